@@ -1,0 +1,90 @@
+"""Prompts (+ reference images) -> DiT conditioning, once per generation (spec §2.3-§2.5).
+
+Positive and negative rows go through the VLM and the bridge in one batch so that the shorter rows
+carry the official left padding (pitfall 1). Precision and device are the caller's: everything is
+computed in the dtype/device of the modules passed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .compat import vlm_parts
+from .errors import DeepGenInputError
+from .images import image_token_count, reference_size, resized_uint8, to_signed, vit_inputs
+from .prompts import edit_prompt, t2i_prompt, tokenize_pair
+from .vlm import floating_dtype, stacked_hidden_states
+
+
+@dataclass
+class DeepGenConditioning:
+    """seq [2b, L, D] and pooled [2b, Dp]: rows 0..b-1 positive, b..2b-1 negative."""
+
+    seq: torch.Tensor
+    pooled: torch.Tensor
+    references: list[torch.Tensor] = field(default_factory=list)  # resized refs [3, h, w] in [-1, 1], fp32
+    prompt_text: list[str] = field(default_factory=list)  # the exact 2b strings fed to the tokenizer
+
+    @property
+    def batch_size(self) -> int:
+        return self.seq.shape[0] // 2
+
+    def positive(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.seq[: self.batch_size], self.pooled[: self.batch_size]
+
+    def negative(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.seq[self.batch_size:], self.pooled[self.batch_size:]
+
+
+def _as_list(prompts, what: str) -> list[str]:
+    items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else None
+    if not items or not all(isinstance(p, str) for p in items):
+        raise DeepGenInputError(f"{what} must be a string or a non-empty list of strings, got {prompts!r}.")
+    return items
+
+
+def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: list[str] | str,
+           images: list[torch.Tensor] | None = None, max_side: int = 512) -> DeepGenConditioning:
+    """Text-to-image when `images` is None; editing with every tensor of `images` (ComfyUI IMAGE
+    rows [H, W, 3], 0..1) as a reference shared by all b prompts and by the negative branch.
+
+    A single negative string is used for every prompt. References are resized by the CLI rule
+    (`reference_size`, long side at most `max_side`)."""
+    positives = _as_list(prompts, "prompts")
+    negatives = _as_list(negative_prompts, "negative_prompts")
+    if len(negatives) == 1 and len(positives) > 1:
+        negatives = negatives * len(positives)
+    if len(negatives) != len(positives):
+        raise DeepGenInputError(f"got {len(positives)} prompts but {len(negatives)} negative prompts.")
+    reference_size(1, 1, max_side)  # validates max_side
+
+    references, pixel_values, grids = [], [], []
+    if images is None:
+        texts = [t2i_prompt(p) for p in positives + negatives]
+    else:
+        if isinstance(images, torch.Tensor) or not len(images):
+            raise DeepGenInputError(
+                "images must be a non-empty list of [H, W, 3] tensors (one per reference); "
+                "pass images=None for text-to-image."
+            )
+        visual_dtype = floating_dtype(vlm_parts(vlm)[0])
+        counts = []
+        for image in images:
+            pixels = resized_uint8(image, max_side)
+            references.append(to_signed(pixels, torch.float32))
+            pv, grid = vit_inputs(to_signed(pixels, visual_dtype))  # the release does this in the model dtype
+            pixel_values.append(pv)
+            grids.append(grid)
+            counts.append(image_token_count(pixels.shape[0], pixels.shape[1]))
+        texts = [edit_prompt(p, counts) for p in positives + negatives]
+
+    b = len(positives)
+    ids, mask = tokenize_pair(tokenizer, texts[:b], texts[b:])
+    occurrences = pixel_values * (2 * b) if images is not None else None  # same objects: ViT runs once per ref
+    grid_thw = torch.cat(grids * (2 * b)) if images is not None else None
+    stacked = stacked_hidden_states(vlm, tokenizer, bridge.meta_queries, ids, mask, occurrences, grid_thw)
+    with torch.no_grad():
+        p1 = bridge.projector_1.weight
+        seq, pooled = bridge(stacked.to(p1.device, p1.dtype))
+    return DeepGenConditioning(seq=seq, pooled=pooled, references=references, prompt_text=texts)

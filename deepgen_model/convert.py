@@ -1,0 +1,114 @@
+"""Convert any DeepGen 1.0 release layout into four self-describing safetensors files.
+
+    python -m deepgen_model.convert SRC DST_DIR [--vlm-path Q] [--base-path U] [--dtype bf16|fp16|fp32] [--force]
+
+Writes deepgen_dit.safetensors, deepgen_scb.safetensors, deepgen_vlm.safetensors (LoRA merged, legacy
+key names, hub config.json + tokenizer files in the metadata) and deepgen_vae.safetensors, each with
+metadata {"format": "deepgen-1.0", "component": ..., "config": JSON, ...}. Reloading them needs no
+other folder and no pickle. Components are converted one at a time to bound peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import DeepGenError, DeepGenLoadError
+from .loading import (CONVERTED_FILES, FORMAT, load_bridge, load_dit, load_scheduler_config, load_vae, load_vlm,
+                      vlm_assets, vlm_legacy_state)
+from .precision import parse_dtype
+
+log = logging.getLogger(__name__)
+COMPONENTS = ("dit", "scb", "vlm", "vae")
+
+
+def _diffusers_config_json(model) -> str:
+    return json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.config).items()
+                       if not k.startswith("_")}, sort_keys=True)
+
+
+def _save(path: Path, state: dict, component: str, config: str, dtype, **extra: str) -> int:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    metadata = {"format": FORMAT, "component": component, "config": config, **extra}
+    if dtype is not None:
+        metadata["dtype"] = str(dtype).removeprefix("torch.")
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)  # never leave a truncated file under the final name
+    return path.stat().st_size
+
+
+def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=False,
+            connector_heads=None, components=COMPONENTS) -> dict[str, Path]:
+    """Convert `src` (any layout) into DST_DIR; returns {component: written path}."""
+    dtype = parse_dtype(dtype)
+    dst = Path(dst_dir).expanduser()
+    targets = {c: dst / CONVERTED_FILES[c] for c in components}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not force:
+        raise DeepGenLoadError(f"refusing to overwrite {', '.join(existing)}; pass --force to replace them")
+    if Path(src).expanduser().resolve() == dst.resolve():
+        raise DeepGenLoadError(f"DST_DIR {dst} must differ from SRC")
+    dst.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for component, path in targets.items():
+        size = _convert_one(component, src, path, vlm_path=vlm_path, base_path=base_path, dtype=dtype,
+                            connector_heads=connector_heads)
+        print(f"wrote {path} ({size / 2**20:.1f} MiB)")
+        written[component] = path
+        gc.collect()
+    return written
+
+
+def _convert_one(component, src, path, *, vlm_path, base_path, dtype, connector_heads) -> int:
+    if component == "dit":
+        dit = load_dit(src, base_path=base_path, dtype=dtype)
+        scheduler = json.dumps(load_scheduler_config(src, base_path=base_path), sort_keys=True)
+        return _save(path, dit.state_dict(), "dit", _diffusers_config_json(dit), dtype, scheduler_config=scheduler)
+    if component == "scb":
+        bridge = load_bridge(src, dtype=dtype, num_attention_heads=connector_heads)
+        return _save(path, bridge.state_dict(), "scb", bridge.config.to_json(), dtype)
+    if component == "vae":
+        vae = load_vae(src, base_path=base_path, dtype=dtype)
+        return _save(path, vae.state_dict(), "vae", _diffusers_config_json(vae), dtype)
+    if component == "vlm":
+        config, tokenizer_files = vlm_assets(src, vlm_path)
+        vlm, _ = load_vlm(src, base_vlm_path=vlm_path, dtype=dtype)
+        if dtype is not None:
+            config = {**config, "torch_dtype": str(dtype).removeprefix("torch.")}
+        return _save(path, vlm_legacy_state(vlm), "vlm", json.dumps(config, sort_keys=True), dtype,
+                     tokenizer_files=json.dumps(tokenizer_files, sort_keys=True))
+    raise DeepGenLoadError(f"unknown component {component!r}; choose from {COMPONENTS}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deepgen_model.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", help="DeepGen-1.0-diffusers folder, native model.pt (or its folder), or converted files")
+    parser.add_argument("dst_dir", help="output folder for deepgen_*.safetensors")
+    parser.add_argument("--vlm-path", help="Qwen2.5-VL-3B-Instruct folder (needed for a native model.pt)")
+    parser.add_argument("--base-path", help="UniPic2-SD3.5M-Kontext-2B folder (VAE/scheduler for a native model.pt)")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="cast all weights (default: keep as stored)")
+    parser.add_argument("--connector-heads", type=int, help="connector head count when SRC has no connector "
+                        "config (native model.pt; default: the released 32)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        convert(args.src, args.dst_dir, vlm_path=args.vlm_path, base_path=args.base_path, dtype=args.dtype,
+                force=args.force, connector_heads=args.connector_heads)
+    except DeepGenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Merging the VLM LoRA of a native `model.pt` into Qwen2.5-VL weights (spec §3.3, pitfalls 17-18).
+
+PEFT names: `lmm.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight` (>= 4.52)
+or `lmm.model.layers...` / `lmm.visual...` (4.51); embeddings use `lora_embedding_{A,B}.default`.
+Merge (scale = alpha / r = 2.0): Linear W += s * B @ A; Embedding E += s * (B @ A)^T.
+The lm_head LoRA is skipped: logits are unused and the head shares storage with the input embedding.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .constants import LORA_SCALE
+from .errors import DeepGenLoadError
+from .keys import is_lora_key, runtime_key_map, to_legacy
+
+log = logging.getLogger(__name__)
+
+_KINDS = {"A": ("A", False), "B": ("B", False), "embedding_A": ("A", True), "embedding_B": ("B", True)}
+
+
+@dataclass
+class LoraPair:
+    module: str  # legacy module name, e.g. model.layers.0.self_attn.q_proj / model.embed_tokens / visual.merger.mlp.0
+    a: torch.Tensor | None = None
+    b: torch.Tensor | None = None
+    embedding: bool = False
+
+
+def split_lora(state: dict) -> tuple[dict, dict]:
+    """(LoRA tensors, everything else)."""
+    lora = {k: v for k, v in state.items() if is_lora_key(k)}
+    return lora, {k: v for k, v in state.items() if k not in lora}
+
+
+def normalize_lora_key(key: str) -> tuple[str, str, bool]:
+    """PEFT LoRA key -> (legacy module name, "A" | "B", is_embedding)."""
+    name = key
+    while name.startswith("module."):
+        name = name[len("module."):]
+    if name.startswith("lmm."):
+        name = name[len("lmm."):]
+    module, sep, rest = name.partition(".lora_")
+    if not sep:
+        raise DeepGenLoadError(f"{key!r} is not a LoRA tensor name")
+    parts = rest.split(".")
+    if parts[0] not in _KINDS:
+        raise DeepGenLoadError(f"LoRA tensor {key!r}: unknown part 'lora_{parts[0]}'")
+    adapter = [p for p in parts[1:] if p not in ("default", "weight")]
+    if adapter:
+        raise DeepGenLoadError(f"LoRA tensor {key!r} belongs to adapter {adapter[0]!r}; only the 'default' "
+                               "adapter of the DeepGen checkpoint is supported")
+    part, embedding = _KINDS[parts[0]]
+    return to_legacy(module.replace(".base_layer", "")), part, embedding
+
+
+def group_lora(lora: dict, source: str = "LoRA") -> dict[str, LoraPair]:
+    pairs: dict[str, LoraPair] = {}
+    for key, t in lora.items():
+        module, part, embedding = normalize_lora_key(key)
+        pair = pairs.setdefault(module, LoraPair(module, embedding=embedding))
+        setattr(pair, part.lower(), t)
+    incomplete = sorted(m for m, p in pairs.items() if p.a is None or p.b is None)
+    if incomplete:
+        raise DeepGenLoadError(f"{source}: LoRA modules without both A and B tensors: {_preview(incomplete)}")
+    return pairs
+
+
+def merge_lora(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA") -> dict:
+    """Return the merged tensors {weight key: new tensor} for `weights` (legacy or runtime names).
+
+    The delta is formed and added in fp32, then cast back to the weight's dtype. Input tensors are
+    never modified in place (they may be read-only mmaps)."""
+    pairs = group_lora(lora, source)
+    key_of = runtime_key_map(weights)
+    merged, unmatched = {}, []
+    if pairs.pop("lm_head", None) is not None:
+        log.info("%s: skipped the lm_head LoRA (unused logits; the head is tied to the input embedding)", source)
+    for module, pair in sorted(pairs.items()):
+        key = key_of.get(module + ".weight")
+        if key is None:
+            unmatched.append(module)
+            continue
+        w = weights[key]
+        delta = pair.b.float() @ pair.a.float()
+        if pair.embedding:
+            delta = delta.T
+        if w.ndim != 2 or tuple(delta.shape) != tuple(w.shape):
+            raise DeepGenLoadError(f"{source}: LoRA for {module} gives a {tuple(delta.shape)} update but the weight "
+                                   f"{key} is {tuple(w.shape)}; the LoRA does not belong to this Qwen2.5-VL model")
+        merged[key] = (w.float() + scale * delta).to(w.dtype)
+    if unmatched:
+        raise DeepGenLoadError(f"{source}: {len(unmatched)} LoRA target(s) match no Qwen2.5-VL weight: "
+                               f"{_preview(unmatched)}. Is the base VLM folder Qwen2.5-VL-3B-Instruct?")
+    log.info("%s: merged %d LoRA modules (scale %.1f)", source, len(merged), scale)
+    return merged
+
+
+@torch.no_grad()
+def merge_lora_into_model(model: torch.nn.Module, lora: dict, *, scale: float = LORA_SCALE,
+                          source: str = "LoRA") -> int:
+    """Merge into a loaded model's parameters (tied parameters see the change once). Returns #modules."""
+    params = model.state_dict(keep_vars=True)
+    merged = merge_lora(params, lora, scale=scale, source=source)
+    for key, value in merged.items():
+        params[key].data = value
+    return len(merged)
+
+
+def _preview(names: list[str], n: int = 8) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" ... (+{len(names) - n} more)" if len(names) > n else "")

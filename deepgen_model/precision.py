@@ -1,0 +1,117 @@
+"""Storage vs compute dtypes (engine-feasibility §3).
+
+CPUs without native bf16 (no AVX512-BF16/AMX) run bf16 matmuls ~7x slower than fp32, so there the
+weights are stored in bf16 (half the RAM) and every layer computes in fp32 ("manual cast": weights
+are cast per call, the stored tensors never change).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from .errors import DeepGenInputError
+
+_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+_CAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """torch.dtype, 'bf16'/'fp16'/'fp32' (and long names), or None/'auto' -> None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in ("auto", "default", ""):
+            return None
+        if key in _NAMES:
+            return _NAMES[key]
+    raise DeepGenInputError(f"dtype {dtype!r} is not supported; use 'bf16', 'fp16', 'fp32' or None")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtypes(device, dtype=None) -> tuple[torch.dtype, torch.dtype]:
+    """-> (storage dtype, compute dtype) for `device`. An explicit dtype is used for both."""
+    explicit = parse_dtype(dtype)
+    if explicit is not None:
+        return explicit, explicit
+    kind = torch.device(device).type
+    if kind == "cuda":
+        half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return half, half
+    if kind == "cpu":
+        return torch.bfloat16, (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    if kind == "mps":
+        return torch.float16, torch.float16
+    return torch.float32, torch.float32
+
+
+def _is_castable(m: nn.Module) -> bool:
+    if not any(p is not None for p in m._parameters.values()):
+        return False
+    return isinstance(m, _CAST_TYPES) or "RMSNorm" in type(m).__name__
+
+
+def _cast_arg(x, dtype):
+    return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def _manual_cast_forward(module: nn.Module, dtype: torch.dtype):
+    cls_forward = type(module).forward
+
+    def forward(*args, **kwargs):
+        stored = dict(module._parameters)
+        try:  # swap in per-call casts; the Parameters themselves are untouched
+            for name, p in stored.items():
+                if p is not None and p.is_floating_point() and p.dtype != dtype:
+                    module._parameters[name] = p.to(dtype)
+            args = tuple(_cast_arg(a, dtype) for a in args)
+            kwargs = {k: _cast_arg(v, dtype) for k, v in kwargs.items()}
+            return cls_forward(module, *args, **kwargs)
+        finally:
+            module._parameters.update(stored)
+
+    return forward
+
+
+def apply_manual_cast(module: nn.Module, compute_dtype) -> nn.Module:
+    """Make Linear/Conv/Embedding/LayerNorm/GroupNorm/RMSNorm layers compute in `compute_dtype` while
+    their weights stay stored as they are. Idempotent; undo with remove_manual_cast."""
+    compute_dtype = parse_dtype(compute_dtype)
+    remove_manual_cast(module)
+    if compute_dtype is None:
+        return module
+    for m in module.modules():
+        if not _is_castable(m):
+            continue
+        if all(p is None or p.dtype == compute_dtype for p in m._parameters.values()):
+            continue  # nothing to cast
+        m.forward = _manual_cast_forward(m, compute_dtype)
+        m._deepgen_manual_cast = compute_dtype
+    return module
+
+
+def remove_manual_cast(module: nn.Module) -> nn.Module:
+    for m in module.modules():
+        if "_deepgen_manual_cast" in m.__dict__:
+            del m.forward
+            del m._deepgen_manual_cast
+    return module
+
+
+def storage_dtype_of(module: nn.Module) -> torch.dtype | None:
+    """The most common floating dtype among the parameters (None for a parameter-less module)."""
+    counts: dict[torch.dtype, int] = {}
+    for p in module.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else None

@@ -1,0 +1,209 @@
+"""DeepGen's DiT as a native ComfyUI model: a ModelPatcher over a flow-matching BaseModel.
+
+ComfyUI's samplers (KSampler, SamplerCustomAdvanced, DeepGenSampler) call
+`BaseModel.apply_model(x, sigma, c_crossattn=seq, y=pooled, ref_latents=[...])`; `DeepGenDiT`
+adapts that call to `DeepGenTransformer` (timestep = sigma * 1000, spec §1.7). Conditioning keys:
+  cross-attn context -> `c_crossattn` as CONDRegular: cond/uncond of different lengths are then run
+      as separate DiT calls, never padded or repeated to a common length (pitfall 3);
+  "pooled_output" -> `y`;
+  "reference_latents" (raw VAE latents, what core ReferenceLatent appends) -> process_latent_in ->
+      `ref_latents`, fed to the DiT as clean reference tokens (spec §1.5).
+Every Linear/Conv2d/LayerNorm/RMSNorm of the diffusers DiT is re-classed in place to a comfy.ops
+equivalent, so ModelPatcher's lowvram partial loading and bf16/fp16-storage manual casting work.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.ops
+import comfy.patcher_extension
+import comfy.supported_models_base
+
+from ..deepgen_model.errors import DeepGenInputError
+from ..deepgen_model.scheduler import official_sigmas, scheduler_shift, sigmas_from_config
+from ..deepgen_model.transformer import DeepGenTransformer
+
+
+# ------------------------------------------------------------------ comfy.ops class swapping
+
+class _RMSNorm(DiffusersRMSNorm, comfy.ops.CastWeightBiasOp):
+    """diffusers RMSNorm whose weight ComfyUI can cast/offload like its own ops."""
+
+    def forward(self, x):
+        comfy.ops.run_every_op()
+        if not (self.comfy_cast_weights or self.weight_function or self.bias_function):
+            return super().forward(x)
+        weight, bias, stream = (None, None, None)
+        if self.weight is not None:
+            weight, bias, stream = comfy.ops.cast_bias_weight(self, x, offloadable=True)
+        # diffusers' math (variance in fp32, half-precision weights multiply in their dtype)
+        y = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        if weight is None:
+            out = y.to(x.dtype)
+        else:
+            if weight.dtype in (torch.float16, torch.bfloat16):
+                y = y.to(weight.dtype)
+            out = y * weight if bias is None else y * weight + bias
+        comfy.ops.uncast_bias_weight(self, weight, bias, stream)
+        return out
+
+
+class _RMSNormCast(_RMSNorm):
+    comfy_cast_weights = True
+
+
+_KINDS = ("Linear", "Conv2d", "LayerNorm", "GroupNorm")
+_BASES = {torch.nn.Linear: "Linear", torch.nn.Conv2d: "Conv2d", torch.nn.LayerNorm: "LayerNorm",
+          torch.nn.GroupNorm: "GroupNorm", DiffusersRMSNorm: "RMSNorm"}
+
+
+def _op_classes(ops) -> dict[str, type]:
+    out = {k: getattr(ops, k) for k in _KINDS}
+    out["RMSNorm"] = _RMSNormCast if ops.Linear.comfy_cast_weights else _RMSNorm
+    return out
+
+
+def _kind(cls: type) -> str | None:
+    """Which op a (possibly already swapped) module class is; None for everything else."""
+    if cls in _BASES:
+        return _BASES[cls]
+    for ops in (comfy.ops.disable_weight_init, comfy.ops.manual_cast):
+        for kind, c in _op_classes(ops).items():
+            if cls is c:
+                return kind
+    return None
+
+
+def use_comfy_ops(module: torch.nn.Module, ops) -> torch.nn.Module:
+    """Re-class every plain torch/diffusers layer in place (weights untouched) to `ops`' classes."""
+    target = _op_classes(ops)
+    for m in module.modules():
+        kind = _kind(type(m))
+        if kind is not None:
+            m.__class__ = target[kind]
+    return module
+
+
+# ------------------------------------------------------------------ the diffusion model
+
+class DeepGenDiT(DeepGenTransformer):
+    """`BaseModel.diffusion_model`: ComfyUI's call convention in, DeepGenTransformer's forward out."""
+
+    def forward(self, x, timesteps, context=None, y=None, ref_latents=None, control=None, transformer_options={}, **kwargs):
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            self._forward, self,
+            comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options),
+        ).execute(x, timesteps, context, y, ref_latents, control, transformer_options, **kwargs)
+
+    def _forward(self, x, timesteps, context, y, ref_latents=None, control=None, transformer_options={}, **kwargs):
+        if context is None or y is None:
+            raise DeepGenInputError(
+                "the DeepGen model got a conditioning without " + ("a context" if context is None else "'pooled_output'")
+                + "; use DeepGen's encode nodes (DeepGenTextEncode / DeepGenEditEncode) for positive and negative.")
+        self._buffers_to(x.device)
+        refs = None
+        if ref_latents:  # ComfyUI batches each reference across the batch: [B,16,h,w] per reference
+            refs = [[r[i] for r in ref_latents] for i in range(x.shape[0])]
+        return DeepGenTransformer.forward(self, x, timesteps, context, y, refs)
+
+    def _buffers_to(self, device):
+        # Partial (lowvram) loading moves parameters only; the pos_embed table is a buffer.
+        for m in self.modules():
+            for name, buf in m.named_buffers(recurse=False):
+                if buf.device != device:
+                    setattr(m, name, buf.to(device))
+
+
+class DeepGenModelConfig(comfy.supported_models_base.BASE):
+    """Never auto-detected from a checkpoint: DeepGen models are built by deepgen_model_patcher."""
+
+    unet_config = {"disable_unet_model_creation": True}
+    unet_extra_config = {}
+    sampling_settings = {"shift": 3.0, "multiplier": 1000}
+    latent_format = comfy.latent_formats.SD3
+    memory_usage_factor = 1.2  # ComfyUI's figure for the SD3 MMDiT
+    # bf16 first: the release runs in bf16, and fp16 overflow is a known MMDiT risk.
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+
+    def __init__(self, scheduler_config: dict | None):
+        super().__init__(dict(self.unet_config))
+        self.scheduler_config = dict(scheduler_config or {})
+        # dynamic shifting: the construction-time table is unshifted, mu is applied per image size
+        dynamic = self.scheduler_config.get("use_dynamic_shifting")
+        self.sampling_settings["shift"] = 1.0 if dynamic else scheduler_shift(self.scheduler_config)
+
+    def get_model(self, state_dict, prefix="", device=None):
+        raise NotImplementedError("DeepGen models are built by nodes.comfy_dit.deepgen_model_patcher")
+
+
+class DeepGenModel(comfy.model_base.BaseModel):
+    def __init__(self, model_config: DeepGenModelConfig, diffusion_model: DeepGenDiT, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
+        self.diffusion_model = diffusion_model
+        self.memory_usage_factor_conds = ("ref_latents",)
+
+    def encode_adm(self, **kwargs):
+        return kwargs.get("pooled_output")
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)  # equal shapes only: no repeat-padding
+        refs = kwargs.get("reference_latents")
+        if refs:
+            out["ref_latents"] = comfy.conds.CONDList([self.process_latent_in(r) for r in refs])
+        return out
+
+    def extra_conds_shapes(self, **kwargs):
+        refs = kwargs.get("reference_latents")
+        if not refs:
+            return {}
+        return {"ref_latents": [1, refs[0].shape[1], sum(r.shape[-2] * r.shape[-1] for r in refs)]}
+
+
+def deepgen_model_patcher(dit_module: torch.nn.Module, scheduler_config: dict | None = None,
+                          load_device=None, offload_device=None) -> comfy.model_patcher.ModelPatcher:
+    """MODEL for a diffusers SD3Transformer2DModel (or a DeepGenTransformer around one).
+
+    Weights keep their dtype (the storage dtype); when the load device cannot compute in it
+    (e.g. bf16 on a CPU) layers cast to ComfyUI's manual-cast dtype on the fly.
+    scheduler_config: the release's scheduler_config.json (None: shift 3.0, the native fallback).
+    """
+    dit = dit_module.dit if isinstance(dit_module, DeepGenTransformer) else dit_module
+    load_device = load_device or mm.get_torch_device()
+    offload_device = offload_device or mm.unet_offload_device()
+    weight_dtype = next(dit.parameters()).dtype
+    config = DeepGenModelConfig(scheduler_config)
+    manual_cast = mm.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
+    config.set_inference_dtype(weight_dtype, manual_cast)
+    use_comfy_ops(dit, comfy.ops.disable_weight_init if manual_cast is None else comfy.ops.manual_cast)
+    dit.eval().requires_grad_(False)
+    model = DeepGenModel(config, DeepGenDiT(dit.to(offload_device)), device=offload_device)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def model_sigmas(model: comfy.model_patcher.ModelPatcher, steps: int, latent_shape=None) -> torch.Tensor:
+    """The official sigma list (spec §1.7) at the MODEL's flow shift (ModelSamplingSD3 patches honoured).
+
+    A release with use_dynamic_shifting needs the latent size (latent_shape [.., h, w]).
+    """
+    sampling = model.get_model_object("model_sampling")
+    if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow):
+        raise DeepGenInputError(
+            f"this MODEL samples with {type(sampling).__name__}, not discrete flow matching; "
+            "connect a DeepGen MODEL (DeepGenDiTLoader) or an SD3-type model.")
+    config = getattr(getattr(model.model, "model_config", None), "scheduler_config", None) or {}
+    if config.get("use_dynamic_shifting"):
+        if latent_shape is None:
+            raise DeepGenInputError("this release's scheduler uses dynamic shifting (the schedule depends on the "
+                                    "image size): use DeepGenSampler, which knows the latent size.")
+        return sigmas_from_config(config, steps, (latent_shape[-2] // 2) * (latent_shape[-1] // 2))
+    return official_sigmas(steps, float(sampling.shift), len(sampling.sigmas))

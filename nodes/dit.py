@@ -1,0 +1,152 @@
+"""Loader nodes for DeepGen's DiT (-> MODEL) and VAE (-> VAE), plus the builders other nodes reuse."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.sd
+
+from ..deepgen_model import loading
+from ..deepgen_model.errors import DeepGenLoadError
+from . import paths
+from .comfy_dit import DeepGenModelConfig, deepgen_model_patcher
+
+WEIGHT_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+NO_BASE = "none"
+DIT_KINDS = (paths.RELEASE, paths.CONVERTED, paths.DIT_FILE, paths.NATIVE)
+BASE_KINDS = (paths.UNIPIC2, paths.RELEASE)
+VAE_KINDS = (paths.RELEASE, paths.UNIPIC2, paths.CONVERTED, paths.VAE_FILE)
+
+
+def load_model(source: str, base_path: str | None = None, weight_dtype: str = "auto"):
+    """MODEL (ModelPatcher) from a release folder, converted folder/file or native model.pt (+ UniPic2 base).
+
+    weight_dtype "auto" keeps ComfyUI's choice for the device (bf16 on recent GPUs, fp32 on a CPU);
+    otherwise the weights are stored in that dtype and computed in it where the device supports it
+    (ComfyUI's manual cast covers the rest, e.g. bf16 storage on a CPU computes in fp32).
+    """
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise DeepGenLoadError(f"weight_dtype {weight_dtype!r} is not one of {list(WEIGHT_DTYPES)}.")
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    dit = loading.load_dit(source, base_path=base_path, dtype=dtype, device="cpu")
+    if dtype is None:
+        stored = next(dit.parameters()).dtype
+        params = sum(p.numel() for p in dit.parameters())
+        dit.to(mm.unet_dtype(model_params=params, supported_dtypes=DeepGenModelConfig.supported_inference_dtypes,
+                             weight_dtype=stored))
+    scheduler = loading.load_scheduler_config(source, base_path=base_path)
+    return deepgen_model_patcher(dit, scheduler)
+
+
+@contextlib.contextmanager
+def _group_norm_groups(groups: int):
+    """ComfyUI's VAE blocks hard-code 32 GroupNorm groups (the SD3 VAE's); honour other counts."""
+    import comfy.ldm.modules.diffusionmodules.model as ldm
+
+    original = ldm.Normalize
+    if groups != 32:
+        ldm.Normalize = lambda in_channels, num_groups=32: original(in_channels, num_groups=groups)
+    try:
+        yield
+    finally:
+        ldm.Normalize = original
+
+
+def comfy_vae(ae) -> comfy.sd.VAE:
+    """comfy.sd.VAE with the weights of a diffusers AutoencoderKL of any SD-family size.
+
+    The ComfyUI architecture is derived from ae.config (not guessed from the 128-channel SD3 layout);
+    absent quant convs (SD3: use_quant_conv False) become exact 1x1 identities.
+    """
+    cfg = ae.config
+    widths = list(cfg.block_out_channels)
+    ch, z = widths[0], cfg.latent_channels
+    if len(widths) != 4 or any(w % ch for w in widths) or not cfg.get("mid_block_add_attention", True):
+        raise DeepGenLoadError(f"VAE config (block_out_channels {widths}) is not an SD/SD3-family AutoencoderKL; "
+                               "use the release's vae/ folder.")
+    ddconfig = {"double_z": True, "z_channels": z, "resolution": 256, "in_channels": cfg.in_channels,
+                "out_ch": cfg.out_channels, "ch": ch, "ch_mult": [w // ch for w in widths],
+                "num_res_blocks": cfg.layers_per_block, "attn_resolutions": [], "dropout": 0.0}
+    sd = dict(ae.state_dict())
+    dtype = next(iter(sd.values())).dtype
+    for name, n, used in (("quant_conv", 2 * z, cfg.use_quant_conv), ("post_quant_conv", z, cfg.use_post_quant_conv)):
+        if not used:
+            sd[f"{name}.weight"] = torch.eye(n, dtype=dtype)[:, :, None, None]
+            sd[f"{name}.bias"] = torch.zeros(n, dtype=dtype)
+    with _group_norm_groups(cfg.norm_num_groups):
+        vae = comfy.sd.VAE(sd=sd, config={"params": {"embed_dim": z, "ddconfig": ddconfig}})
+    vae.latent_channels = z
+    return vae
+
+
+def load_vae(source: str, base_path: str | None = None) -> comfy.sd.VAE:
+    return comfy_vae(loading.load_vae(source, base_path=base_path, device="cpu"))
+
+
+class DeepGenDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DeepGenDiTLoader",
+            display_name="DeepGen DiT Loader",
+            category="DeepGen/loaders",
+            description="Loads DeepGen's diffusion transformer as a ComfyUI MODEL (flow matching at the "
+                        "release's shift, SD3 latents): core samplers and ReferenceLatent work with it.",
+            inputs=[
+                io.Combo.Input("dit_name", options=paths.choices(*DIT_KINDS),
+                               tooltip="A DeepGen diffusers release folder (uses transformer/), a converted "
+                                       "deepgen_dit.safetensors (or its folder), or the native model.pt."),
+                io.Combo.Input("base_model", options=[NO_BASE, *paths.choices(*BASE_KINDS)], default=NO_BASE,
+                               tooltip="Only for the native model.pt: the UniPic2-SD3.5M-Kontext-2B folder "
+                                       "(DiT config and scheduler). 'none' uses the built-in config and shift 3.0."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="auto",
+                               tooltip="Weight precision. auto: ComfyUI's choice for your device "
+                                       "(bf16 on recent GPUs, fp32 on CPU)."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, dit_name, base_model):
+        ok = paths.check(dit_name, DIT_KINDS, "dit_name")
+        if ok is True and base_model != NO_BASE:
+            ok = paths.check(base_model, BASE_KINDS, "base_model")
+        return ok
+
+    @classmethod
+    def execute(cls, dit_name, base_model, weight_dtype) -> io.NodeOutput:
+        source = paths.resolve(dit_name, DIT_KINDS, "dit_name").path
+        base = None if base_model == NO_BASE else paths.resolve(base_model, BASE_KINDS, "base_model").path
+        return io.NodeOutput(load_model(source, base, weight_dtype))
+
+
+class DeepGenVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DeepGenVAELoader",
+            display_name="DeepGen VAE Loader",
+            category="DeepGen/loaders",
+            description="Loads the SD3 VAE of a DeepGen (or UniPic2) release folder or a converted "
+                        "deepgen_vae.safetensors as a ComfyUI VAE.",
+            inputs=[
+                io.Combo.Input("vae_name", options=paths.choices(*VAE_KINDS),
+                               tooltip="A DeepGen diffusers release or UniPic2 folder (uses vae/), or a converted "
+                                       "deepgen_vae.safetensors (or its folder)."),
+            ],
+            outputs=[io.Vae.Output(display_name="VAE")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, vae_name):
+        return paths.check(vae_name, VAE_KINDS, "vae_name")
+
+    @classmethod
+    def execute(cls, vae_name) -> io.NodeOutput:
+        return io.NodeOutput(load_vae(paths.resolve(vae_name, VAE_KINDS, "vae_name").path))
+
+
+NODES = [DeepGenDiTLoader, DeepGenVAELoader]

@@ -1,0 +1,158 @@
+"""DeepGenTextEncode / DeepGenEditEncode: prompts (+ references) -> CONDITIONING (spec §2.1-§2.5).
+
+Positive and negative come from ONE joint encode, so both carry the official shared left padding
+(pitfall 1) and have the same length (pitfall 3: ComfyUI never has to repeat context tokens).
+Both nodes are pure: their outputs depend only on their inputs, so a new sampler seed re-uses them.
+"""
+from __future__ import annotations
+
+import comfy.model_management as mm
+import torch
+from comfy_api.latest import io
+
+from ..deepgen_model.conditioning import encode as joint_encode
+from ..deepgen_model.constants import DEFAULT_SIZE, EDIT_NEGATIVE, REFERENCE_UNIT, SIZE_MULTIPLE, T2I_NEGATIVE
+from ..deepgen_model.errors import DeepGenInputError
+from ..deepgen_model.images import reference_size, resized_uint8
+from .vlm import DeepGenSCB, DeepGenVLM, release, scb_module, vlm_parts_of
+
+MAX_REFERENCES = 4
+MAX_SIDE = 4096
+
+
+def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int):
+    """Load VLM + bridge through ComfyUI's model management, encode, then move the VLM off the GPU."""
+    mm.load_models_gpu([vlm, scb], force_full_load=True)
+    try:
+        model, tokenizer = vlm_parts_of(vlm)
+        return joint_encode(model, tokenizer, scb_module(scb), prompt, negative, images, max_side)
+    finally:
+        release(vlm)  # the DiT needs the room more than the (3B) VLM does
+
+
+def _conditioning(cond, extra: dict) -> tuple[list, list]:
+    """Rows 0 / 1 of the joint encode -> ComfyUI [[seq [1,L,D], {pooled_output, deepgen_prompt, ...}]]."""
+    dev = mm.intermediate_device()
+
+    def entry(i):
+        info = {"pooled_output": cond.pooled[i:i + 1].to(dev), "deepgen_prompt": cond.prompt_text[i]}
+        info.update({k: list(v) if isinstance(v, list) else v for k, v in extra.items()})
+        return [[cond.seq[i:i + 1].to(dev), info]]
+
+    return entry(0), entry(1)
+
+
+def _tooltip_prompt(kind: str) -> str:
+    return f"The {kind} (plain text; the DeepGen template and special tokens are added by the node)."
+
+
+class DeepGenTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DeepGenTextEncode",
+            display_name="DeepGen Text Encode",
+            category="DeepGen/conditioning",
+            description="Text-to-image conditioning: prompt and negative prompt go through the VLM and the "
+                        "SCB bridge together (one batch, shared padding), exactly as the official pipeline.",
+            inputs=[
+                DeepGenVLM.Input("vlm", tooltip="The DeepGen VLM (DeepGen VLM Loader or DeepGen Checkpoint Loader)."),
+                DeepGenSCB.Input("scb", tooltip="The DeepGen SCB bridge (DeepGen SCB Loader or DeepGen Checkpoint Loader)."),
+                io.String.Input("prompt", multiline=True, dynamic_prompts=True, default="",
+                                tooltip=_tooltip_prompt("prompt") + " 'Generate an image: ' is prepended."),
+                io.String.Input("negative_prompt", multiline=True, dynamic_prompts=True, default=T2I_NEGATIVE,
+                                tooltip=_tooltip_prompt("negative prompt") + " The authors use an empty one for text-to-image."),
+            ],
+            outputs=[
+                io.Conditioning.Output("positive", display_name="positive"),
+                io.Conditioning.Output("negative", display_name="negative"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, vlm, scb, prompt: str, negative_prompt: str) -> io.NodeOutput:
+        cond = _encode(vlm, scb, prompt, negative_prompt, None, DEFAULT_SIZE)
+        return io.NodeOutput(*_conditioning(cond, {}))
+
+
+def _references(images: dict) -> list[torch.Tensor]:
+    refs = []
+    for name, image in images.items():
+        if image is None:
+            continue
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or 0 in image.shape:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise DeepGenInputError(f"{name} is empty or not an IMAGE batch [B, H, W, C] (got {shape}).")
+        if image.shape[0] != 1:
+            raise DeepGenInputError(
+                f"{name} holds {image.shape[0]} images; each reference input takes exactly one image "
+                f"(use image1..image{MAX_REFERENCES} for several references, e.g. split the batch with 'Image From Batch').")
+        refs.append(image[0])
+    return refs
+
+
+class DeepGenEditEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DeepGenEditEncode",
+            display_name="DeepGen Edit Encode",
+            category="DeepGen/conditioning",
+            description="Editing conditioning from 1-4 reference images: resizes each by the official rule, feeds "
+                        "them to the VLM (both branches) and VAE-encodes them as reference latents; also returns an "
+                        "empty latent of the official output size.",
+            inputs=[
+                DeepGenVLM.Input("vlm", tooltip="The DeepGen VLM (DeepGen VLM Loader or DeepGen Checkpoint Loader)."),
+                DeepGenSCB.Input("scb", tooltip="The DeepGen SCB bridge (DeepGen SCB Loader or DeepGen Checkpoint Loader)."),
+                io.Vae.Input("vae", tooltip="The SD3 VAE that encodes the references into reference latents."),
+                io.String.Input("prompt", multiline=True, dynamic_prompts=True, default="",
+                                tooltip=_tooltip_prompt("edit instruction")),
+                io.String.Input("negative_prompt", multiline=True, dynamic_prompts=True, default=EDIT_NEGATIVE,
+                                tooltip=_tooltip_prompt("negative prompt") + " Default: the authors' evaluation negative."),
+                io.Image.Input("image1", tooltip="First reference image (required)."),
+                io.Int.Input("max_side", default=DEFAULT_SIZE, min=REFERENCE_UNIT, max=MAX_SIDE, step=REFERENCE_UNIT,
+                             tooltip="Long side of the resized references (multiple of 32). Larger images are scaled "
+                                     "down to it, smaller ones only rounded up to multiples of 32."),
+                io.Int.Input("width", default=DEFAULT_SIZE, min=SIZE_MULTIPLE, max=MAX_SIDE, step=SIZE_MULTIPLE,
+                             tooltip="Output width when SEVERAL references are given (multiple of 16). With one "
+                                     "reference the output takes the resized reference's size."),
+                io.Int.Input("height", default=DEFAULT_SIZE, min=SIZE_MULTIPLE, max=MAX_SIDE, step=SIZE_MULTIPLE,
+                             tooltip="Output height when SEVERAL references are given (multiple of 16). With one "
+                                     "reference the output takes the resized reference's size."),
+                io.Image.Input("image2", optional=True, tooltip="Optional second reference image."),
+                io.Image.Input("image3", optional=True, tooltip="Optional third reference image."),
+                io.Image.Input("image4", optional=True, tooltip="Optional fourth reference image."),
+            ],
+            outputs=[
+                io.Conditioning.Output("positive", display_name="positive"),
+                io.Conditioning.Output("negative", display_name="negative"),
+                io.Latent.Output("latent", display_name="latent"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, vlm, scb, vae, prompt: str, negative_prompt: str, image1, max_side: int, width: int,
+                height: int, image2=None, image3=None, image4=None) -> io.NodeOutput:
+        if max_side % REFERENCE_UNIT:
+            raise DeepGenInputError(f"max_side must be a multiple of {REFERENCE_UNIT}, got {max_side}.")
+        refs = _references({"image1": image1, "image2": image2, "image3": image3, "image4": image4})
+        if len(refs) > 1:
+            for name, v in (("width", width), ("height", height)):
+                if v % SIZE_MULTIPLE or v <= 0:
+                    raise DeepGenInputError(f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {v}.")
+            out_w, out_h = width, height
+        else:
+            out_w, out_h = reference_size(refs[0].shape[1], refs[0].shape[0], max_side)
+
+        cond = _encode(vlm, scb, prompt, negative_prompt, refs, max_side)
+        # raw VAE latents of the same resized pixels, as core's ReferenceLatent stores them
+        latents = []
+        for ref in refs:
+            pixels = torch.from_numpy(resized_uint8(ref, max_side)).float()[None] / 255.0
+            latents.append(vae.encode(pixels))
+        positive, negative = _conditioning(cond, {"reference_latents": latents})
+        empty = torch.zeros([1, 16, out_h // 8, out_w // 8], device=mm.intermediate_device())
+        return io.NodeOutput(positive, negative, {"samples": empty})
+
+
+NODES = [DeepGenTextEncode, DeepGenEditEncode]

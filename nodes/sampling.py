@@ -1,0 +1,92 @@
+"""DeepGenSampler (the official schedule + Euler + CFG) and DeepGenScheduler (its SIGMAS).
+
+Both run through ComfyUI's own sampling stack (comfy.samplers CFGGuider + the core "euler"
+sampler), so the progress bar, live latent previews, interruption at every step, model loading
+and cond batching are core's. Noise is comfy.sample.prepare_noise: fp32 on the CPU generator, the
+same draw as deepgen_model.sampling.make_noise, so a seed gives the same image on any device.
+"""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS
+from .comfy_dit import model_sigmas
+
+MAX_STEPS = 1000
+
+
+def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float) -> dict:
+    """LATENT dict out; cfg <= 1 runs the conditional branch only (as the official pipeline)."""
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    sigmas = model_sigmas(model, steps, latent_image.shape)
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    samples = comfy.sample.sample_custom(
+        model, noise, max(float(cfg), 1.0), comfy.samplers.sampler_object("euler"), sigmas, positive, negative,
+        latent_image, noise_mask=latent.get("noise_mask"), callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = latent.copy()
+    out["samples"] = samples
+    return out
+
+
+class DeepGenSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DeepGenSampler",
+            display_name="DeepGen Sampler",
+            category="DeepGen/sampling",
+            description="Samples with DeepGen's official flow-matching schedule, Euler steps and "
+                        "classifier-free guidance (the authors' defaults: 50 steps, cfg 4.0).",
+            inputs=[
+                io.Model.Input("model", tooltip="The DeepGen MODEL (DeepGenDiTLoader or DeepGenCheckpointLoader)."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning from DeepGen Text/Edit Encode."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning from the same DeepGen encode node."),
+                io.Latent.Input("latent", tooltip="The latent to fill: its size sets the image size "
+                                                  "(e.g. EmptySD3LatentImage, or the edit encode's latent)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed (64-bit); noise is drawn on the CPU, so a seed gives the same "
+                                     "image on every device."),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS,
+                             tooltip="Number of Euler steps of the official schedule (authors: 50)."),
+                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (authors: 4.0). At 1 or below only the "
+                                       "positive branch runs."),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, seed, steps, cfg) -> io.NodeOutput:
+        return io.NodeOutput(deepgen_sample(model, positive, negative, latent, seed, steps, cfg))
+
+
+class DeepGenScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DeepGenScheduler",
+            display_name="DeepGen Scheduler",
+            category="DeepGen/sampling",
+            description="The official DeepGen sigma list (diffusers' FlowMatchEulerDiscreteScheduler at the "
+                        "model's shift) for SamplerCustomAdvanced.",
+            inputs=[
+                io.Model.Input("model", tooltip="The DeepGen MODEL; its flow shift sets the schedule."),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS,
+                             tooltip="Number of sampling steps (authors: 50)."),
+            ],
+            outputs=[io.Sigmas.Output(display_name="SIGMAS")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps) -> io.NodeOutput:
+        return io.NodeOutput(model_sigmas(model, steps))
+
+
+NODES = [DeepGenSampler, DeepGenScheduler]

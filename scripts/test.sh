@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The test command: sets up (or reuses) the environment outside the repository, then runs
+#   unit-tf5      tests/unit under the venv's transformers 5.x
+#   unit-tf4      tests/unit under transformers 4.56 (PYTHONPATH overlay)
+#   integration   tests/integration against a real ComfyUI 0.3.75 (server + in-process)
+# Usage: bash scripts/test.sh [pytest args...]      e.g.  bash scripts/test.sh -x -k packaging
+# Env: DEEPGEN_HOME (default ~/.cache/comfyui-deepgen), DEEPGEN_LEGS (default "unit-tf5 unit-tf4 integration").
+# Exit status: non-zero if any leg fails. A leg that collects no tests fails, unless pytest args were
+# given (a -k/path selection may legitimately select nothing in some legs).
+set -uo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+export DEEPGEN_HOME="${DEEPGEN_HOME:-$HOME/.cache/comfyui-deepgen}"
+LEGS="${DEEPGEN_LEGS:-unit-tf5 unit-tf4 integration}"
+ARTIFACTS="${DEEPGEN_ARTIFACTS:-$REPO/artifacts}"
+export DEEPGEN_ARTIFACTS="$ARTIFACTS"
+export DEEPGEN_PID_DIR="${DEEPGEN_PID_DIR:-$DEEPGEN_HOME/run}"
+mkdir -p "$ARTIFACTS" "$DEEPGEN_PID_DIR"
+t0=$SECONDS
+
+trap 'bash "$REPO/scripts/stop_servers.sh" "$DEEPGEN_PID_DIR"' EXIT
+
+bash "$REPO/.ci/setup.sh" || { echo "setup failed" >&2; exit 1; }
+PY="$DEEPGEN_HOME/venv/bin/python"
+
+declare -a SUMMARY=()
+FAILED=0
+run_leg() {  # run_leg NAME PATH [env assignments...]
+  local name="$1" path="$2"; shift 2
+  local log="$ARTIFACTS/pytest-$name.log" t=$SECONDS rc last
+  echo; echo "=============================== leg: $name ==============================="
+  env "$@" "$PY" -m pytest "$path" -p no:cacheprovider --junitxml="$ARTIFACTS/junit-$name.xml" \
+      ${PYTEST_ARGS[@]+"${PYTEST_ARGS[@]}"} 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  last="$(grep -E '^=+ .* in [0-9.]+s' "$log" | tail -1 | sed -E 's/^=+ //; s/ =+$//')"
+  if [ "$rc" -eq 5 ] && [ ${#PYTEST_ARGS[@]} -gt 0 ]; then
+    rc=0; last="nothing selected by the given args"
+  elif [ "$rc" -eq 5 ]; then
+    last="NO TESTS COLLECTED (a leg must run tests)"
+  fi
+  [ "$rc" -eq 0 ] || FAILED=1
+  SUMMARY+=("$(printf '%-12s %-4s %4ss  %s' "$name" "$([ "$rc" -eq 0 ] && echo ok || echo FAIL)" "$((SECONDS - t))" "${last:-pytest exit $rc}")")
+}
+
+PYTEST_ARGS=("$@")
+for leg in $LEGS; do
+  case "$leg" in
+    unit-tf5) run_leg unit-tf5 tests/unit ;;
+    unit-tf4) run_leg unit-tf4 tests/unit "PYTHONPATH=$DEEPGEN_HOME/tf4${PYTHONPATH:+:$PYTHONPATH}" ;;
+    integration) run_leg integration tests/integration "DEEPGEN_COMFY_DIR=$DEEPGEN_HOME/ComfyUI" ;;
+    *) echo "unknown leg '$leg' (known: unit-tf5 unit-tf4 integration)" >&2; exit 2 ;;
+  esac
+done
+
+echo; echo "=============================== summary ==============================="
+printf '%s\n' "${SUMMARY[@]}"
+echo "total $((SECONDS - t0))s, $([ "$FAILED" -eq 0 ] && echo 'ALL LEGS PASSED' || echo 'FAILED')"
+exit "$FAILED"

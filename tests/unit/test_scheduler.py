@@ -1,0 +1,79 @@
+"""The official sigma list (spec §1.7, pitfall 13) and scheduler-config handling."""
+import math
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from deepgen_model.errors import DeepGenInputError
+from deepgen_model.scheduler import (dynamic_shift_mu, dynamic_sigmas, official_sigmas, scheduler_shift,
+                                     sigmas_from_config)
+
+
+def test_four_steps_match_the_spec_numbers():
+    s = official_sigmas(4)
+    assert s.dtype == torch.float32 and s.shape == (5,)
+    torch.testing.assert_close(s, torch.tensor([1.0, 0.857692, 0.602151, 0.008929, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(s[:-1] * 1000, torch.tensor([1000.0, 857.692, 602.151, 8.929]), atol=1e-3, rtol=0)
+
+
+def test_fifty_steps_double_shifted_endpoints():
+    s = official_sigmas(50)
+    assert s.shape == (51,) and s[0] == 1.0 and s[-1] == 0.0
+    assert s[1].item() == pytest.approx(0.99312, abs=1e-5)
+    assert s[-2].item() == pytest.approx(0.0089286, abs=1e-7)  # single shift would end at 0.0029940
+    assert torch.all(s[1:] < s[:-1])
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 20, 28, 50, 100])
+def test_bit_identical_to_diffusers_set_timesteps(steps):
+    sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    sch.set_timesteps(steps)
+    assert torch.equal(official_sigmas(steps), sch.sigmas)
+    assert torch.equal(official_sigmas(steps)[:-1] * 1000, sch.timesteps)
+
+
+def test_other_shift_matches_diffusers():
+    sch = FlowMatchEulerDiscreteScheduler(shift=1.5)
+    sch.set_timesteps(10)
+    assert torch.equal(official_sigmas(10, shift=1.5), sch.sigmas)
+    assert not torch.equal(official_sigmas(10, shift=1.5), official_sigmas(10))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "4"])
+def test_steps_validated(bad):
+    with pytest.raises(DeepGenInputError, match="steps"):
+        official_sigmas(bad)
+
+
+def test_scheduler_shift_reads_config():
+    assert scheduler_shift({"shift": 3.0, "use_dynamic_shifting": False}) == 3.0
+    assert scheduler_shift({"shift": 2.5}) == 2.5
+    assert scheduler_shift({}) == 3.0  # native .pt fallback
+    with pytest.raises(DeepGenInputError, match="use_dynamic_shifting"):
+        scheduler_shift({"shift": 3.0, "use_dynamic_shifting": True})
+    with pytest.raises(DeepGenInputError, match="use_karras_sigmas"):
+        scheduler_shift({"shift": 3.0, "use_karras_sigmas": True})
+
+
+def test_sigmas_from_config_static_and_fallback():
+    assert torch.equal(sigmas_from_config(None, 4), official_sigmas(4))
+    assert torch.equal(sigmas_from_config({"shift": 2.0, "num_train_timesteps": 1000}, 6), official_sigmas(6, 2.0))
+
+
+def test_dynamic_shifting_uses_target_seq_len_mu_like_diffusers():
+    cfg = {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
+           "base_image_seq_len": 256, "max_image_seq_len": 4096}
+    mu = dynamic_shift_mu(cfg, 32 * 32)  # 512x512 image -> 64x64 latent -> 1024 tokens
+    assert mu == pytest.approx(0.5 + 0.65 * (1024 - 256) / (4096 - 256))
+    assert dynamic_shift_mu({}, 4096) == pytest.approx(1.16)  # official pipeline default max_shift
+    sch = FlowMatchEulerDiscreteScheduler(**cfg)
+    sch.set_timesteps(8, mu=mu)
+    got = sigmas_from_config(cfg, 8, image_seq_len=1024)
+    assert torch.equal(got, sch.sigmas)
+    assert got[1].item() != pytest.approx(official_sigmas(8, math.exp(mu))[1].item(), abs=1e-6)  # shifted once only
+    with pytest.raises(DeepGenInputError, match="image_seq_len"):
+        sigmas_from_config(cfg, 8)
+    lin = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
+    lin.set_timesteps(5, mu=1.3)
+    assert torch.equal(dynamic_sigmas(5, 1.3, time_shift_type="linear"), lin.sigmas)
