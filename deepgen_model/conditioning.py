@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .compat import vlm_parts
 from .errors import DeepGenInputError
 from .images import image_token_count, reference_size, resized_uint8, to_signed, vit_inputs
 from .prompts import edit_prompt, t2i_prompt, tokenize_pair
-from .vlm import floating_dtype, stacked_hidden_states
+from .vlm import compute_dtype, stacked_hidden_states
 
 
 @dataclass
@@ -35,6 +34,14 @@ class DeepGenConditioning:
 
     def negative(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.seq[self.batch_size:], self.pooled[self.batch_size:]
+
+
+def _device_and_dtype(linear) -> tuple[torch.device, torch.dtype]:
+    """Where and in which dtype a Linear computes: its storage dtype, or the compute dtype when its
+    weights are cast per call (precision.py), so a bf16-stored fp32-computing bridge keeps fp32 input."""
+    w = linear.weight
+    with torch.no_grad():
+        return w.device, linear(torch.zeros(1, w.shape[1], dtype=w.dtype, device=w.device)).dtype
 
 
 def _as_list(prompts, what: str) -> list[str]:
@@ -68,12 +75,12 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
                 "images must be a non-empty list of [H, W, 3] tensors (one per reference); "
                 "pass images=None for text-to-image."
             )
-        visual_dtype = floating_dtype(vlm_parts(vlm)[0])
+        vlm_dtype = compute_dtype(vlm)
         counts = []
         for image in images:
             pixels = resized_uint8(image, max_side)
             references.append(to_signed(pixels, torch.float32))
-            pv, grid = vit_inputs(to_signed(pixels, visual_dtype))  # the release does this in the model dtype
+            pv, grid = vit_inputs(to_signed(pixels, vlm_dtype))  # the release does this in the model dtype
             pixel_values.append(pv)
             grids.append(grid)
             counts.append(image_token_count(pixels.shape[0], pixels.shape[1]))
@@ -85,6 +92,5 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
     grid_thw = torch.cat(grids * (2 * b)) if images is not None else None
     stacked = stacked_hidden_states(vlm, tokenizer, bridge.meta_queries, ids, mask, occurrences, grid_thw)
     with torch.no_grad():
-        p1 = bridge.projector_1.weight
-        seq, pooled = bridge(stacked.to(p1.device, p1.dtype))
+        seq, pooled = bridge(stacked.to(*_device_and_dtype(bridge.projector_1)))
     return DeepGenConditioning(seq=seq, pooled=pooled, references=references, prompt_text=texts)

@@ -16,13 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from .errors import DeepGenError, DeepGenLoadError
-from .loading import (CONVERTED_FILES, FORMAT, load_bridge, load_dit, load_scheduler_config, load_vae, load_vlm,
-                      vlm_assets, vlm_legacy_state)
-from .precision import parse_dtype
 
+# torch/transformers/diffusers are imported only when converting, so --help stays instant.
 log = logging.getLogger(__name__)
 COMPONENTS = ("dit", "scb", "vlm", "vae")
 
@@ -34,6 +30,8 @@ def _diffusers_config_json(model) -> str:
 
 def _save(path: Path, state: dict, component: str, config: str, dtype, **extra: str) -> int:
     from safetensors.torch import save_file
+
+    from .loading import FORMAT
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     metadata = {"format": FORMAT, "component": component, "config": config, **extra}
@@ -48,6 +46,11 @@ def _save(path: Path, state: dict, component: str, config: str, dtype, **extra: 
 def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=False,
             connector_heads=None, components=COMPONENTS) -> dict[str, Path]:
     """Convert `src` (any layout) into DST_DIR; returns {component: written path}."""
+    import torch
+
+    from .loading import CONVERTED_FILES
+    from .precision import parse_dtype
+
     dtype = parse_dtype(dtype)
     dst = Path(dst_dir).expanduser()
     targets = {c: dst / CONVERTED_FILES[c] for c in components}
@@ -59,8 +62,9 @@ def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=Fa
     dst.mkdir(parents=True, exist_ok=True)
     written = {}
     for component, path in targets.items():
-        size = _convert_one(component, src, path, vlm_path=vlm_path, base_path=base_path, dtype=dtype,
-                            connector_heads=connector_heads)
+        with torch.no_grad():
+            size = _convert_one(component, src, path, vlm_path=vlm_path, base_path=base_path, dtype=dtype,
+                                connector_heads=connector_heads)
         print(f"wrote {path} ({size / 2**20:.1f} MiB)")
         written[component] = path
         gc.collect()
@@ -68,6 +72,8 @@ def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=Fa
 
 
 def _convert_one(component, src, path, *, vlm_path, base_path, dtype, connector_heads) -> int:
+    from .loading import load_bridge, load_dit, load_scheduler_config, load_vae, load_vlm, vlm_assets, vlm_legacy_state
+
     if component == "dit":
         dit = load_dit(src, base_path=base_path, dtype=dtype)
         scheduler = json.dumps(load_scheduler_config(src, base_path=base_path), sort_keys=True)
@@ -110,5 +116,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     sys.exit(main())

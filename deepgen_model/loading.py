@@ -25,9 +25,9 @@ import torch
 
 from . import configs
 from .bridge import BridgeConfig, SCBBridge
-from .errors import DeepGenInputError, DeepGenLoadError
+from .errors import DeepGenLoadError
 from .keys import describe_families, family, normalize_vlm_keys, to_legacy
-from .lora import merge_lora, split_lora
+from .lora import merge_lora_into_state, split_lora
 from .precision import parse_dtype, resolve_dtypes
 
 log = logging.getLogger(__name__)
@@ -411,7 +411,8 @@ def load_vlm(source, *, base_vlm_path=None, dtype=None, device="cpu", attn_imple
     weights, with a warning, when model.pt has none). converted: deepgen_vlm.safetensors."""
     dtype = parse_dtype(dtype)
     attn = check_attn_implementation(attn_implementation)
-    quant = quantization_config(quantization, resolve_dtypes(device, dtype)[1])
+    default_storage, default_compute = resolve_dtypes(device)
+    quant = quantization_config(quantization, default_compute if dtype in (None, default_storage) else dtype)
     opts = dict(dtype=dtype, device=device, attn=attn, quant=quant)
     layout = _layout(source)
     if layout == "converted":
@@ -439,17 +440,12 @@ def load_vlm(source, *, base_vlm_path=None, dtype=None, device="cpu", attn_imple
         raise DeepGenLoadError(f"{name} does not contain the VLM: pass base_vlm_path= {QWEN_HINT}")
     lora, _ = split_lora(load_native_state(name))
     if lora:
-        state = merge_vlm_lora(read_hf_weights(base), lora, name)
+        state = merge_lora_into_state(read_hf_weights(base), lora, source=str(name))
         model = _vlm_from_state(_json_file(base / "config.json"), state, base, **opts)
     else:
         log.warning("%s has no VLM LoRA tensors; using stock Qwen2.5-VL weights from %s", name, base)
         model = _vlm_from_pretrained(base, **opts)
     return model, load_tokenizer(base)
-
-
-def merge_vlm_lora(base_state: dict, lora: dict, source) -> dict:
-    merged = merge_lora(base_state, lora, source=str(source))
-    return {**base_state, **merged}
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -554,15 +550,8 @@ def _vlm_from_state(config: dict, state: dict, source, *, dtype, device, attn, q
 def _tie_lm_head(model) -> None:
     """The release drops the tied lm_head on save; point it back at the input embedding (never used)."""
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is None:
-        return
-    if head.weight.is_meta or "lm_head.weight" not in _loaded_keys(model):
-        if tuple(head.weight.shape) == tuple(emb.weight.shape):
-            head.weight = emb.weight
-
-
-def _loaded_keys(model) -> set:
-    return {k for k, v in model.state_dict().items() if not v.is_meta}
+    if head is not None and head.weight.is_meta and tuple(head.weight.shape) == tuple(emb.weight.shape):
+        head.weight = emb.weight
 
 
 def load_tokenizer(*folders):
@@ -627,4 +616,4 @@ def vlm_legacy_state(vlm) -> dict[str, torch.Tensor]:
 
 __all__ = ["detect_layout", "load_vlm", "load_bridge", "load_dit", "load_vae", "load_scheduler_config",
            "load_native_state", "load_tokenizer", "read_converted", "vlm_assets", "vlm_legacy_state",
-           "DeepGenLoadError", "DeepGenInputError", "FORMAT", "CONVERTED_FILES"]
+           "FORMAT", "CONVERTED_FILES"]

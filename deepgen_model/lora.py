@@ -68,34 +68,47 @@ def group_lora(lora: dict, source: str = "LoRA") -> dict[str, LoraPair]:
     return pairs
 
 
-def merge_lora(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA") -> dict:
-    """Return the merged tensors {weight key: new tensor} for `weights` (legacy or runtime names).
+def iter_merged(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA"):
+    """Yield (weight key, merged tensor) one module at a time for `weights` (legacy or runtime names).
 
-    The delta is formed and added in fp32, then cast back to the weight's dtype. Input tensors are
-    never modified in place (they may be read-only mmaps)."""
+    Every target is checked before the first merge, so a bad LoRA fails before anything changes. The
+    delta is formed and added in fp32, then cast back to the weight's dtype; inputs are never modified
+    in place (they may be read-only mmaps)."""
     pairs = group_lora(lora, source)
     key_of = runtime_key_map(weights)
-    merged, unmatched = {}, []
     if pairs.pop("lm_head", None) is not None:
         log.info("%s: skipped the lm_head LoRA (unused logits; the head is tied to the input embedding)", source)
-    for module, pair in sorted(pairs.items()):
-        key = key_of.get(module + ".weight")
-        if key is None:
-            unmatched.append(module)
-            continue
-        w = weights[key]
-        delta = pair.b.float() @ pair.a.float()
-        if pair.embedding:
-            delta = delta.T
-        if w.ndim != 2 or tuple(delta.shape) != tuple(w.shape):
-            raise DeepGenLoadError(f"{source}: LoRA for {module} gives a {tuple(delta.shape)} update but the weight "
-                                   f"{key} is {tuple(w.shape)}; the LoRA does not belong to this Qwen2.5-VL model")
-        merged[key] = (w.float() + scale * delta).to(w.dtype)
+    unmatched = sorted(m for m in pairs if m + ".weight" not in key_of)
     if unmatched:
         raise DeepGenLoadError(f"{source}: {len(unmatched)} LoRA target(s) match no Qwen2.5-VL weight: "
                                f"{_preview(unmatched)}. Is the base VLM folder Qwen2.5-VL-3B-Instruct?")
-    log.info("%s: merged %d LoRA modules (scale %.1f)", source, len(merged), scale)
-    return merged
+    for module, pair in sorted(pairs.items()):
+        key = key_of[module + ".weight"]
+        w = weights[key]
+        out_in = (pair.b.shape[0], pair.a.shape[1])
+        if pair.embedding:
+            out_in = out_in[::-1]
+        if w.ndim != 2 or tuple(w.shape) != out_in or pair.a.shape[0] != pair.b.shape[1]:
+            raise DeepGenLoadError(f"{source}: LoRA for {module} gives a {out_in} update but the weight "
+                                   f"{key} is {tuple(w.shape)}; the LoRA does not belong to this Qwen2.5-VL model")
+    for module, pair in sorted(pairs.items()):
+        key = key_of[module + ".weight"]
+        w = weights[key]
+        delta = pair.b.float() @ pair.a.float()
+        yield key, (w.float() + scale * (delta.T if pair.embedding else delta)).to(w.dtype)
+    log.info("%s: merged %d LoRA modules (scale %.1f)", source, len(pairs), scale)
+
+
+def merge_lora(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA") -> dict:
+    """{weight key: merged tensor}; `weights` is left as it is."""
+    return dict(iter_merged(weights, lora, scale=scale, source=source))
+
+
+def merge_lora_into_state(state: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA") -> dict:
+    """Replace the merged entries of `state` one by one (each old tensor can be freed at once)."""
+    for key, value in iter_merged(state, lora, scale=scale, source=source):
+        state[key] = value
+    return state
 
 
 @torch.no_grad()
@@ -103,10 +116,11 @@ def merge_lora_into_model(model: torch.nn.Module, lora: dict, *, scale: float = 
                           source: str = "LoRA") -> int:
     """Merge into a loaded model's parameters (tied parameters see the change once). Returns #modules."""
     params = model.state_dict(keep_vars=True)
-    merged = merge_lora(params, lora, scale=scale, source=source)
-    for key, value in merged.items():
+    n = 0
+    for key, value in iter_merged(params, lora, scale=scale, source=source):
         params[key].data = value
-    return len(merged)
+        n += 1
+    return n
 
 
 def _preview(names: list[str], n: int = 8) -> str:

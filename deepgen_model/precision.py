@@ -7,6 +7,7 @@ are cast per call, the stored tensors never change).
 from __future__ import annotations
 
 import functools
+import types
 
 import torch
 from torch import nn
@@ -55,32 +56,31 @@ def resolve_dtypes(device, dtype=None) -> tuple[torch.dtype, torch.dtype]:
     return torch.float32, torch.float32
 
 
-def _is_castable(m: nn.Module) -> bool:
-    if not any(p is not None for p in m._parameters.values()):
+def _is_castable(m: nn.Module, dtype: torch.dtype) -> bool:
+    if type(m).__module__.startswith("bitsandbytes"):  # quantized layers manage their own compute dtype
         return False
-    return isinstance(m, _CAST_TYPES) or "RMSNorm" in type(m).__name__
+    if not (isinstance(m, _CAST_TYPES) or "RMSNorm" in type(m).__name__):
+        return False
+    return any(p is not None and p.is_floating_point() and p.dtype != dtype for p in m._parameters.values())
 
 
 def _cast_arg(x, dtype):
     return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
-def _manual_cast_forward(module: nn.Module, dtype: torch.dtype):
-    cls_forward = type(module).forward
-
-    def forward(*args, **kwargs):
-        stored = dict(module._parameters)
-        try:  # swap in per-call casts; the Parameters themselves are untouched
-            for name, p in stored.items():
-                if p is not None and p.is_floating_point() and p.dtype != dtype:
-                    module._parameters[name] = p.to(dtype)
-            args = tuple(_cast_arg(a, dtype) for a in args)
-            kwargs = {k: _cast_arg(v, dtype) for k, v in kwargs.items()}
-            return cls_forward(module, *args, **kwargs)
-        finally:
-            module._parameters.update(stored)
-
-    return forward
+def _manual_cast_forward(self: nn.Module, *args, **kwargs):
+    """Bound as the instance's forward (a bound method, so deepcopy rebinds it to the copy)."""
+    dtype = self._deepgen_manual_cast
+    stored = dict(self._parameters)
+    try:  # swap in per-call casts; the Parameters themselves are untouched
+        for name, p in stored.items():
+            if p is not None and p.is_floating_point() and p.dtype != dtype:
+                self._parameters[name] = p.to(dtype)
+        args = tuple(_cast_arg(a, dtype) for a in args)
+        kwargs = {k: _cast_arg(v, dtype) for k, v in kwargs.items()}
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        self._parameters.update(stored)
 
 
 def apply_manual_cast(module: nn.Module, compute_dtype) -> nn.Module:
@@ -91,12 +91,10 @@ def apply_manual_cast(module: nn.Module, compute_dtype) -> nn.Module:
     if compute_dtype is None:
         return module
     for m in module.modules():
-        if not _is_castable(m):
+        if not _is_castable(m, compute_dtype):
             continue
-        if all(p is None or p.dtype == compute_dtype for p in m._parameters.values()):
-            continue  # nothing to cast
-        m.forward = _manual_cast_forward(m, compute_dtype)
         m._deepgen_manual_cast = compute_dtype
+        m.forward = types.MethodType(_manual_cast_forward, m)
     return module
 
 

@@ -68,7 +68,9 @@ def sample(
     batch = noise.shape[0]
     for name, pair in (("cond", cond), ("uncond", uncond if guided else None)):
         if pair is not None and (pair[0].shape[0] != batch or pair[1].shape[0] != batch):
-            raise DeepGenInputError(f"{name} has batch {pair[0].shape[0]}/{pair[1].shape[0]} but noise has batch {batch}.")
+            raise DeepGenInputError(
+                f"{name} has batch {pair[0].shape[0]}/{pair[1].shape[0]} but noise has batch {batch}."
+            )
 
     device = getattr(model, "device", noise.device)
     dtype = compute_dtype or getattr(model, "dtype", torch.float32)
@@ -99,9 +101,8 @@ def sample(
             v_u = model(xin, t.expand(batch), seq_u, pooled_u, references).float()
             v_c = model(xin, t.expand(batch), seq_c, pooled_c, references).float()
             v = v_u + cfg_scale * (v_c - v_u)
-        sigma, dt = sigmas[i].item(), (sigmas[i + 1] - sigmas[i]).to(device)
-        x0 = x - sigma * v
-        x = x + dt * v
+        x0 = x - sigmas[i].item() * v if callback is not None else None
+        x = x + (sigmas[i + 1] - sigmas[i]).to(device) * v
         if callback is not None:
             callback(i, total, x, x0)
     return x

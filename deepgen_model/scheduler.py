@@ -31,7 +31,8 @@ def _endpoints(num_train_timesteps: int, shift: float | None) -> tuple[float, fl
     return train[0].item(), train[-1].item()
 
 
-def official_sigmas(steps: int, shift: float = DEFAULT_SHIFT, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+def official_sigmas(steps: int, shift: float = DEFAULT_SHIFT,
+                    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
     """fp32 Tensor[steps + 1]: the sigmas of `set_timesteps(steps)` (static shift), then a final 0.
 
     For shift 3 and 4 steps: [1.0, 0.857692, 0.602151, 0.008929, 0]. Timesteps are sigma * 1000.
@@ -118,4 +119,5 @@ def sigmas_from_config(config: dict | None, steps: int, image_seq_len: int | Non
         return official_sigmas(steps, scheduler_shift(config), n)
     if image_seq_len is None:
         raise DeepGenInputError("use_dynamic_shifting=true needs image_seq_len = (latent_h/2)*(latent_w/2).")
-    return dynamic_sigmas(steps, dynamic_shift_mu(config, image_seq_len), n, config.get("time_shift_type", "exponential"))
+    mu = dynamic_shift_mu(config, image_seq_len)
+    return dynamic_sigmas(steps, mu, n, config.get("time_shift_type", "exponential"))

@@ -112,7 +112,8 @@ class DeepGenTransformer(nn.Module):
         if h > limit or w > limit:
             raise DeepGenInputError(
                 f"{what} is {h}x{w} (about {8 * w}x{8 * h} px) but the DiT position table "
-                f"(pos_embed_max_size {limit // p}) allows latent sides <= {limit}, i.e. image sides <= {8 * limit} px; "
+                f"(pos_embed_max_size {limit // p}) allows latent sides <= {limit}, "
+                f"i.e. image sides <= {8 * limit} px; "
                 "use a smaller width/height or reference size."
             )
 

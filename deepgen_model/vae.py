@@ -30,7 +30,9 @@ def encode_reference(vae, pixels: torch.Tensor) -> torch.Tensor:
         raise DeepGenInputError(f"reference pixels must be [3, h, w] in [-1, 1], got {list(pixels.shape)}.")
     h, w = pixels.shape[-2:]
     if h % VAE_DOWNSCALE or w % VAE_DOWNSCALE:
-        raise DeepGenInputError(f"reference is {w}x{h} px; sides must be multiples of {VAE_DOWNSCALE} (resize it first).")
+        raise DeepGenInputError(
+            f"reference is {w}x{h} px; sides must be multiples of {VAE_DOWNSCALE} (resize it first)."
+        )
     p = _param(vae)
     mean = vae.encode(pixels[None].to(device=p.device, dtype=p.dtype)).latent_dist.mean[0]
     scale, shift = latent_scale_shift(vae)

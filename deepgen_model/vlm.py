@@ -21,12 +21,12 @@ class _StopForward(Exception):
     """Raised by the hook of the deepest selected layer; never leaves this module."""
 
 
-def floating_dtype(module: torch.nn.Module) -> torch.dtype:
-    """Compute dtype of a (possibly int8/nf4-quantised) module: its first floating parameter."""
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
+def compute_dtype(vlm) -> torch.dtype:
+    """The dtype the VLM computes in: what its token embedding returns. That is the storage dtype,
+    or the compute dtype when weights are stored smaller and cast per call (precision.py)."""
+    embed = vlm_parts(vlm)[1].get_input_embeddings()
+    with torch.no_grad():
+        return embed(torch.zeros(1, dtype=torch.long, device=embed.weight.device)).dtype
 
 
 def _image_token_id(vlm, tokenizer) -> int:
@@ -50,13 +50,12 @@ def _image_embeddings(visual, pixel_values, grid_thw: torch.Tensor) -> torch.Ten
         pixel_values = list(pixel_values.split(counts))
     if len(pixel_values) != len(counts) or any(p.shape[0] != n for p, n in zip(pixel_values, counts)):
         raise DeepGenInputError("pixel_values do not match grid_thw (one [t*h*w, 1176] block per image expected).")
-    dtype = floating_dtype(visual)
     device = next(visual.parameters()).device
     cache: dict[int, torch.Tensor] = {}
     out = []
     for pv, grid in zip(pixel_values, grid_thw):
-        if id(pv) not in cache:
-            cache[id(pv)] = visual_embeds(visual, pv.to(device, dtype), grid[None].to(device))
+        if id(pv) not in cache:  # the ViT's patch embedding casts pv to its own weight dtype
+            cache[id(pv)] = visual_embeds(visual, pv.to(device), grid[None].to(device))
         out.append(cache[id(pv)])
     return torch.cat(out)
 
@@ -70,7 +69,7 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
     grid_thw: [n_occurrences, 3]. meta_queries [Q, H] are appended as embeddings (never as ids)."""
     visual, text_model = vlm_parts(vlm)
     embed = text_model.get_input_embeddings()
-    device, dtype = embed.weight.device, floating_dtype(embed)
+    device = embed.weight.device
     ids = input_ids.to(device)
     mask = attention_mask.to(device=device, dtype=torch.bool)
     b, q = ids.shape[0], meta_queries.shape[0]
@@ -78,7 +77,8 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
     is_image = ids == image_id
 
     with torch.no_grad():
-        embeds = embed(ids).to(dtype)  # pads get the real <|endoftext|> embedding (pitfall 1)
+        embeds = embed(ids)  # pads get the real <|endoftext|> embedding (pitfall 1)
+        dtype = embeds.dtype
         if pixel_values is None:
             if is_image.any():
                 raise DeepGenInputError("prompt contains image tokens but no pixel_values were given.")

@@ -1,4 +1,15 @@
-"""ComfyUI node classes of the pack, collected from one module per node family."""
+"""ComfyUI node classes of the pack (V3 schema), collected from one module per node family."""
+from comfy_api.latest import ComfyExtension, io
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+from . import checkpoint, dit, encode, sampling, vlm
+
+NODES: list[type[io.ComfyNode]] = [*checkpoint.NODES, *vlm.NODES, *dit.NODES, *encode.NODES, *sampling.NODES]
+
+
+class DeepGenExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> DeepGenExtension:
+    return DeepGenExtension()

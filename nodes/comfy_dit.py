@@ -96,17 +96,19 @@ def use_comfy_ops(module: torch.nn.Module, ops) -> torch.nn.Module:
 class DeepGenDiT(DeepGenTransformer):
     """`BaseModel.diffusion_model`: ComfyUI's call convention in, DeepGenTransformer's forward out."""
 
-    def forward(self, x, timesteps, context=None, y=None, ref_latents=None, control=None, transformer_options={}, **kwargs):
-        return comfy.patcher_extension.WrapperExecutor.new_class_executor(
-            self._forward, self,
-            comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options),
+    def forward(self, x, timesteps, context=None, y=None, ref_latents=None, control=None,
+                transformer_options={}, **kwargs):
+        ext = comfy.patcher_extension
+        return ext.WrapperExecutor.new_class_executor(
+            self._forward, self, ext.get_all_wrappers(ext.WrappersMP.DIFFUSION_MODEL, transformer_options),
         ).execute(x, timesteps, context, y, ref_latents, control, transformer_options, **kwargs)
 
     def _forward(self, x, timesteps, context, y, ref_latents=None, control=None, transformer_options={}, **kwargs):
         if context is None or y is None:
+            missing = "a context" if context is None else "'pooled_output'"
             raise DeepGenInputError(
-                "the DeepGen model got a conditioning without " + ("a context" if context is None else "'pooled_output'")
-                + "; use DeepGen's encode nodes (DeepGenTextEncode / DeepGenEditEncode) for positive and negative.")
+                f"the DeepGen model got a conditioning without {missing}; use DeepGen's encode nodes "
+                "(DeepGenTextEncode / DeepGenEditEncode) for positive and negative.")
         self._buffers_to(x.device)
         refs = None
         if ref_latents:  # ComfyUI batches each reference across the batch: [B,16,h,w] per reference

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from comfy_api.latest import io
 
 import comfy.model_management as mm
+import comfy.ops
 import comfy.sd
 
 from ..deepgen_model import loading
@@ -43,16 +45,23 @@ def load_model(source: str, base_path: str | None = None, weight_dtype: str = "a
 
 @contextlib.contextmanager
 def _group_norm_groups(groups: int):
-    """ComfyUI's VAE blocks hard-code 32 GroupNorm groups (the SD3 VAE's); honour other counts."""
-    import comfy.ldm.modules.diffusionmodules.model as ldm
+    """ComfyUI's VAE blocks build GroupNorm(32, C) (the SD3 VAE's count); build `groups` instead.
 
-    original = ldm.Normalize
+    Only VAEs with another group count (test-size ones) take this path; the swap of ComfyUI's
+    GroupNorm class lasts for the construction only (ComfyUI builds models on one thread).
+    """
+    ops = comfy.ops.disable_weight_init
+    original = ops.GroupNorm
     if groups != 32:
-        ldm.Normalize = lambda in_channels, num_groups=32: original(in_channels, num_groups=groups)
+        class GroupNorm(original):
+            def __init__(self, num_groups, num_channels, *args, **kwargs):
+                super().__init__(groups, num_channels, *args, **kwargs)
+
+        ops.GroupNorm = GroupNorm
     try:
         yield
     finally:
-        ldm.Normalize = original
+        ops.GroupNorm = original
 
 
 def comfy_vae(ae) -> comfy.sd.VAE:
@@ -72,8 +81,8 @@ def comfy_vae(ae) -> comfy.sd.VAE:
                 "num_res_blocks": cfg.layers_per_block, "attn_resolutions": [], "dropout": 0.0}
     sd = dict(ae.state_dict())
     dtype = next(iter(sd.values())).dtype
-    for name, n, used in (("quant_conv", 2 * z, cfg.use_quant_conv), ("post_quant_conv", z, cfg.use_post_quant_conv)):
-        if not used:
+    for name, n in (("quant_conv", 2 * z), ("post_quant_conv", z)):
+        if not cfg.get(f"use_{name}", True):
             sd[f"{name}.weight"] = torch.eye(n, dtype=dtype)[:, :, None, None]
             sd[f"{name}.bias"] = torch.zeros(n, dtype=dtype)
     with _group_norm_groups(cfg.norm_num_groups):
@@ -84,6 +93,16 @@ def comfy_vae(ae) -> comfy.sd.VAE:
 
 def load_vae(source: str, base_path: str | None = None) -> comfy.sd.VAE:
     return comfy_vae(loading.load_vae(source, base_path=base_path, device="cpu"))
+
+
+def _load_vae_entry(entry) -> comfy.sd.VAE:
+    if entry.kind != paths.UNIPIC2:
+        return load_vae(entry.path)
+    # a UniPic2 folder is no DeepGen layout for deepgen_model.loading: read its vae/ directly
+    from diffusers import AutoencoderKL
+
+    folder = os.path.dirname(paths.require(entry, "vae", "config.json"))
+    return comfy_vae(AutoencoderKL.from_pretrained(folder))
 
 
 class DeepGenDiTLoader(io.ComfyNode):
@@ -146,7 +165,7 @@ class DeepGenVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name) -> io.NodeOutput:
-        return io.NodeOutput(load_vae(paths.resolve(vae_name, VAE_KINDS, "vae_name").path))
+        return io.NodeOutput(_load_vae_entry(paths.resolve(vae_name, VAE_KINDS, "vae_name")))
 
 
 NODES = [DeepGenDiTLoader, DeepGenVAELoader]

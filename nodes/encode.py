@@ -3,6 +3,11 @@
 Positive and negative come from ONE joint encode, so both carry the official shared left padding
 (pitfall 1) and have the same length (pitfall 3: ComfyUI never has to repeat context tokens).
 Both nodes are pure: their outputs depend only on their inputs, so a new sampler seed re-uses them.
+
+Edit output size (spec §2.2): with one reference the empty latent takes the resized reference's size;
+with several it takes the node's width/height inputs (default 512x512, the CLI's --width/--height).
+References enter the VLM and, VAE-encoded in raw latent space, the "reference_latents" of both
+conditionings (the key core's ReferenceLatent node appends to).
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ def _conditioning(cond, extra: dict) -> tuple[list, list]:
         info.update({k: list(v) if isinstance(v, list) else v for k, v in extra.items()})
         return [[cond.seq[i:i + 1].to(dev), info]]
 
-    return entry(0), entry(1)
+    return entry(0), entry(1)  # separate lists: a node that mutates one branch must not change the other
 
 
 def _tooltip_prompt(kind: str) -> str:
@@ -148,7 +153,7 @@ class DeepGenEditEncode(io.ComfyNode):
         # raw VAE latents of the same resized pixels, as core's ReferenceLatent stores them
         latents = []
         for ref in refs:
-            pixels = torch.from_numpy(resized_uint8(ref, max_side)).float()[None] / 255.0
+            pixels = torch.tensor(resized_uint8(ref, max_side), dtype=torch.float32)[None] / 255.0
             latents.append(vae.encode(pixels))
         positive, negative = _conditioning(cond, {"reference_latents": latents})
         empty = torch.zeros([1, 16, out_h // 8, out_w // 8], device=mm.intermediate_device())

@@ -14,11 +14,11 @@ export DEEPGEN_HOME="${DEEPGEN_HOME:-$HOME/.cache/comfyui-deepgen}"
 LEGS="${DEEPGEN_LEGS:-unit-tf5 unit-tf4 integration}"
 ARTIFACTS="${DEEPGEN_ARTIFACTS:-$REPO/artifacts}"
 export DEEPGEN_ARTIFACTS="$ARTIFACTS"
-export DEEPGEN_PID_DIR="${DEEPGEN_PID_DIR:-$DEEPGEN_HOME/run}"
+export DEEPGEN_PID_DIR="${DEEPGEN_PID_DIR:-$DEEPGEN_HOME/run/$$}"   # per run: concurrent runs keep their servers
 mkdir -p "$ARTIFACTS" "$DEEPGEN_PID_DIR"
 t0=$SECONDS
 
-trap 'bash "$REPO/scripts/stop_servers.sh" "$DEEPGEN_PID_DIR"' EXIT
+trap 'bash "$REPO/scripts/stop_servers.sh" "$DEEPGEN_PID_DIR"; rmdir "$DEEPGEN_PID_DIR" 2>/dev/null' EXIT
 
 bash "$REPO/.ci/setup.sh" || { echo "setup failed" >&2; exit 1; }
 PY="$DEEPGEN_HOME/venv/bin/python"

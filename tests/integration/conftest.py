@@ -52,15 +52,19 @@ def _comfy_problem() -> str | None:
 def pytest_collection_modifyitems(items):
     here = Path(__file__).parent
     for item in items:
-        if here in Path(item.fspath).parents:
+        if here in item.path.parents:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(autouse=True)
-def _needs_comfyui():
+def _gate():
     problem = _comfy_problem()
     if problem:  # an unset dir skips (ERROR under DEEPGEN_REQUIRE_INTEGRATION=1); a wrong one always ERRORs
         (pytest.fail if REQUIRE or COMFY_DIR else pytest.skip)(problem)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _needs_comfyui():  # session + autouse: runs before any other session fixture (tiny models...)
+    _gate()
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +76,7 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def comfy_dir() -> Path:
-    problem = _comfy_problem()
-    if problem:
-        pytest.fail(problem)
+    _gate()
     return Path(COMFY_DIR).resolve()
 
 
@@ -302,7 +304,7 @@ class InProcessComfy:
     """ComfyUI 0.3.75 loaded into this process, with the pack loaded through ``nodes.load_custom_node``.
 
     Attributes: nodes / execution / folder_paths (ComfyUI's modules), pack (the pack's module as ComfyUI
-    imported it), pack_nodes (its NODE_CLASS_MAPPINGS), output_dir, server (StubServer), events (last run's
+    imported it), pack_nodes ({node id: class} ComfyUI registered for the pack, V1 or V3), output_dir, server (StubServer), events (last run's
     server events incl. "progress", "executed", binary previews as int event types).
     """
 
@@ -342,7 +344,9 @@ class InProcessComfy:
 
         self.pack_loaded = asyncio.run(load())
         self.pack = sys.modules.get(pack_dir.replace(".", "_x_"))
-        self.pack_nodes = dict(getattr(self.pack, "NODE_CLASS_MAPPINGS", None) or {})
+        # V1 and V3 alike: ComfyUI tags every class it registered for the pack with its module
+        self.pack_nodes = {k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items()
+                           if getattr(v, "RELATIVE_PYTHON_MODULE", None) == f"custom_nodes.{PACK_NAME}"}
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
                                                  cache_args={"lru": 0, "ram": 0})
 
@@ -357,6 +361,17 @@ class InProcessComfy:
         self._mm.throw_exception_if_processing_interrupted()
         get_progress_state().update_progress(node_id, value, total, preview)
         self.server.send_sync("progress", {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id})
+
+    def declared_nodes(self) -> set[str]:
+        """Node ids the pack module itself declares (V1 NODE_CLASS_MAPPINGS or V3 comfy_entrypoint)."""
+        if getattr(self.pack, "NODE_CLASS_MAPPINGS", None) is not None:
+            return set(self.pack.NODE_CLASS_MAPPINGS)
+
+        async def v3():
+            ext = await self.pack.comfy_entrypoint()
+            return {cls.GET_SCHEMA().node_id for cls in await ext.get_node_list()}
+
+        return asyncio.run(v3()) if hasattr(self.pack, "comfy_entrypoint") else set()
 
     @property
     def events(self) -> list:

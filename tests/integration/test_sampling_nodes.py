@@ -166,12 +166,42 @@ def test_cfg_at_most_one_runs_only_the_positive(inproc, tiny, t2i):
         _close(_run(inproc, _graph(pk, other, cfg=cfg)), want)
 
 
-def test_progress_and_previews_every_step(inproc, t2i):
+def test_contexts_of_different_lengths_are_never_repeated(inproc, tiny, t2i):
+    """Lengths 12 and 6: core CONDCrossAttn would batch them by repeating the 6 tokens twice (pitfall 3).
+
+    The DeepGen model keeps them apart (two DiT calls), which equals the engine's unbatched CFG."""
+    pos, _, pk, _ = t2i
+    short = _conds(4, 6)
+    got = _run(inproc, _graph(pk, _put(_cond(*short))))
+    _close(got, _engine(tiny, SEED, STEPS, CFG, pos, short))
+    repeated = (short[0].repeat(1, 2, 1), short[1])
+    assert (got - _engine(tiny, SEED, STEPS, CFG, pos, repeated)).abs().max() > 1e-3
+
+
+def test_progress_and_live_previews_every_step(inproc, t2i):
+    import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+
     _, _, pk, nk = t2i
-    ok, _, msgs = inproc.run(_graph(pk, nk, steps=4, seed=SEED + 7))
+    previews, original, method = [], comfy.utils.PROGRESS_BAR_HOOK, args.preview_method
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        if preview is not None:
+            previews.append((value, preview[0], preview[1].size))
+        return original(value, total, preview, prompt_id=prompt_id, node_id=node_id)
+
+    args.preview_method = LatentPreviewMethod.Latent2RGB  # what --preview-method latent2rgb sets
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        ok, _, msgs = inproc.run(_graph(pk, nk, steps=4, seed=SEED + 7))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(original)
+        args.preview_method = method
     assert ok, msgs
     values = [d["value"] for e, d in inproc.events if e == "progress" and d.get("node") == "5"]
     assert values == [1, 2, 3, 4], values
+    assert [(v, fmt) for v, fmt, _ in previews] == [(i, "JPEG") for i in (1, 2, 3, 4)], previews
+    assert previews[0][2] == (W // 8, H // 8)  # an SD3 Latent2RGB image of the x0 prediction
 
 
 def test_sampler_custom_advanced_matches_deepgen_sampler(inproc, tiny, t2i):
@@ -282,7 +312,7 @@ def test_unload_all_models_releases_the_model(inproc, t2i):
 
 # ------------------------------------------------------------------ real HTTP server
 
-def _http_graph(seed, steps, prefix, prompt="a red cat sitting on a blue mat"):
+def _http_graph(seed, steps, prefix, prompt="a red cat sitting on a blue mat", size=W):
     return {
         "1": _loader(),
         "2": {"class_type": "DeepGenVLMLoader", "inputs": {"source": RELEASE, "weight_dtype": "fp32",
@@ -290,7 +320,7 @@ def _http_graph(seed, steps, prefix, prompt="a red cat sitting on a blue mat"):
         "3": {"class_type": "DeepGenSCBLoader", "inputs": {"source": RELEASE, "weight_dtype": "fp32"}},
         "4": {"class_type": "DeepGenTextEncode", "inputs": {"vlm": ["2", 0], "scb": ["3", 0], "prompt": prompt,
                                                             "negative_prompt": ""}},
-        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": W, "height": H, "batch_size": 1}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "5": {"class_type": "DeepGenSampler", "inputs": {"model": ["1", 0], "positive": ["4", 0], "negative": ["4", 1],
                                                          "latent": ["6", 0], "seed": seed, "steps": steps, "cfg": CFG}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": prefix}},
@@ -349,8 +379,8 @@ async def _run_and_interrupt(server, prompt, node, at_value):
 
 
 def test_http_interrupt_then_next_prompt_succeeds(server):
-    steps = 400
-    events, sent = asyncio.run(_run_and_interrupt(server, _http_graph(SEED + 4, steps, "h6_int"), "5", 2))
+    steps = 400  # at 512 px a tiny-DiT step outlasts the websocket + POST /interrupt round trip
+    events, sent = asyncio.run(_run_and_interrupt(server, _http_graph(SEED + 4, steps, "h6_int", size=512), "5", 2))
     kinds = [k for k, _ in events]
     assert sent is not None and kinds[-1] == "execution_interrupted", kinds
     assert events[-1][1].get("node_id") == "5"
@@ -370,5 +400,6 @@ def test_http_free_unloads_the_model(server):
     server.run(_http_graph(SEED + 7, STEPS, "h6_free"))
     assert loads() == before, "the model should still be loaded between prompts"
     server.post("/free", {"unload_models": True})
+    time.sleep(0.5)  # the queue worker wakes on the flag; let it unload before the next prompt arrives
     server.run(_http_graph(SEED + 8, STEPS, "h6_free"))
     assert loads() == before + 1, "POST /free did not unload the DeepGen model"

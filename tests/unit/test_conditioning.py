@@ -107,6 +107,20 @@ def test_runs_in_the_modules_dtype(tiny, bridge):
     assert mixed.seq.dtype == torch.float32
 
 
+def test_manual_cast_keeps_the_compute_dtype(tiny, bridge):
+    """bf16 storage + fp32 compute (the CPU path) must not round activations to bf16 in between."""
+    precision = pytest.importorskip("deepgen_model.precision")
+    stored = copy.deepcopy(tiny.vlm_base).to(torch.bfloat16)
+    stored_bridge = copy.deepcopy(bridge).to(torch.bfloat16)
+    reference = encode(copy.deepcopy(stored).float(), tiny.tokenizer, copy.deepcopy(stored_bridge).float(), "a red cat", "")
+    precision.apply_manual_cast(stored, torch.float32)
+    precision.apply_manual_cast(stored_bridge, torch.float32)
+    cond = encode(stored, tiny.tokenizer, stored_bridge, "a red cat", "")
+    assert cond.seq.dtype == torch.float32
+    torch.testing.assert_close(cond.seq, reference.seq, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cond.pooled, reference.pooled, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # transformers 4.56 vs 5.x: the same folder must give the same conditioning
 

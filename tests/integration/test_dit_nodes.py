@@ -1,0 +1,255 @@
+"""DeepGenDiTLoader / DeepGenVAELoader and the DeepGen MODEL's ComfyUI integration (real ComfyUI 0.3.75).
+
+Every loaded model is compared with the tiny fixture's own weights/modules (tests/deepgen_tiny.py),
+and every VAE result with diffusers' AutoencoderKL run directly.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+SUB = "h6dit"
+RELEASE, SHIFTED, UNIPIC2, NATIVE = (f"{SUB}/DeepGen-1.0-diffusers", f"{SUB}/DeepGen-shift2",
+                                     f"{SUB}/UniPic2-SD3.5M-Kontext-2B", f"{SUB}/DeepGen-1.0/model.pt")
+CONVERTED = f"{SUB}/converted"
+SD3_VAE_FILE = "h6_sd3_vae_random.safetensors"
+SCALE, SHIFT = 1.5305, 0.0609
+
+
+@pytest.fixture(scope="module")
+def layouts(tiny, comfy_models):
+    import deepgen_tiny
+    from deepgen_model.convert import convert
+
+    root = comfy_models / "deepgen"
+    if not (root / RELEASE).exists():
+        deepgen_tiny.write_diffusers_release(root / RELEASE, tiny)
+        shifted = copy.copy(tiny)
+        shifted.scheduler_config = {**tiny.scheduler_config, "shift": 2.0}
+        deepgen_tiny.write_diffusers_release(root / SHIFTED, shifted)
+        deepgen_tiny.write_unipic2_base(root / UNIPIC2, tiny)
+        deepgen_tiny.write_native_model_pt(root / NATIVE, tiny)
+        convert(root / RELEASE, root / CONVERTED, components=("dit", "vae"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def node(comfy_inprocess, layouts):
+    mappings = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS
+    if "DeepGenDiTLoader" not in mappings:
+        pytest.fail("the pack registered no DeepGenDiTLoader: wire nodes/dit.py's NODES into the pack")
+    return lambda node_id, **kw: mappings[node_id].execute(**kw)[0]
+
+
+def _dit(node, name=RELEASE, base="none", dtype="fp32"):
+    return node("DeepGenDiTLoader", dit_name=name, base_model=base, weight_dtype=dtype)
+
+
+def _dit_state(patcher) -> dict:
+    return patcher.model.diffusion_model.dit.state_dict()
+
+
+def _same_weights(patcher, reference, exact=True):
+    got, want = _dit_state(patcher), reference.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        a, b = got[k].float(), want[k].float()
+        assert torch.equal(a, b) if exact else torch.allclose(a, b, atol=1e-2, rtol=1e-2), k
+
+
+# ------------------------------------------------------------------ public schema (ids, names, order)
+
+def test_node_schemas(comfy_inprocess, layouts):
+    m = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS
+
+    def required(node_id):
+        return list(m[node_id].INPUT_TYPES()["required"])
+
+    assert required("DeepGenDiTLoader") == ["dit_name", "base_model", "weight_dtype"]
+    assert required("DeepGenVAELoader") == ["vae_name"]
+    assert required("DeepGenSampler") == ["model", "positive", "negative", "latent", "seed", "steps", "cfg"]
+    assert required("DeepGenScheduler") == ["model", "steps"]
+    outputs = {n: list(m[n].RETURN_TYPES) for n in ("DeepGenDiTLoader", "DeepGenVAELoader", "DeepGenSampler",
+                                                    "DeepGenScheduler")}
+    assert outputs == {"DeepGenDiTLoader": ["MODEL"], "DeepGenVAELoader": ["VAE"], "DeepGenSampler": ["LATENT"],
+                       "DeepGenScheduler": ["SIGMAS"]}
+    sampler = m["DeepGenSampler"].INPUT_TYPES()["required"]
+    assert sampler["seed"][1]["max"] == 2**64 - 1 and sampler["seed"][1]["control_after_generate"]
+    assert sampler["steps"][1]["default"] == 50 and sampler["cfg"][1]["default"] == 4.0
+    loader = m["DeepGenDiTLoader"].INPUT_TYPES()["required"]
+    assert RELEASE in loader["dit_name"][1]["options"] and NATIVE in loader["dit_name"][1]["options"]
+    assert loader["weight_dtype"][1]["options"] == ["auto", "bf16", "fp16", "fp32"]
+    for node_id in ("DeepGenDiTLoader", "DeepGenVAELoader", "DeepGenSampler", "DeepGenScheduler"):
+        assert m[node_id].CATEGORY.startswith("DeepGen/")
+        for name, spec in m[node_id].INPUT_TYPES()["required"].items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+# ------------------------------------------------------------------ DiT loader -> MODEL
+
+def test_release_loads_as_a_flow_model(node, tiny):
+    import comfy.latent_formats
+    import comfy.model_patcher
+    import comfy.model_sampling
+
+    patcher = _dit(node)
+    assert isinstance(patcher, comfy.model_patcher.ModelPatcher)
+    model = patcher.model
+    assert isinstance(model.latent_format, comfy.latent_formats.SD3)
+    sampling = patcher.get_model_object("model_sampling")
+    assert isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow) and sampling.shift == 3.0
+    assert sampling.timestep(torch.tensor(0.5)).item() == 500.0  # t = sigma * 1000 (spec §1.7)
+    _same_weights(patcher, tiny.dit)
+    assert patcher.model_dtype() == torch.float32 and model.manual_cast_dtype is None
+    assert _dit(node, SHIFTED).get_model_object("model_sampling").shift == 2.0  # the release's scheduler config
+
+
+def test_native_model_pt_with_unipic2_base(node, tiny):
+    patcher = _dit(node, NATIVE, base=UNIPIC2)
+    _same_weights(patcher, tiny.dit)  # model.pt's fine-tuned transformer.*, not the base DiT
+    assert not torch.equal(_dit_state(patcher)["proj_out.weight"], tiny.dit_base.state_dict()["proj_out.weight"])
+    assert patcher.get_model_object("model_sampling").shift == 3.0
+
+
+@pytest.mark.parametrize("name", [CONVERTED, f"{CONVERTED}/deepgen_dit.safetensors"])
+def test_converted_file_and_folder(node, tiny, name):
+    patcher = _dit(node, name)
+    _same_weights(patcher, tiny.dit)
+    assert patcher.get_model_object("model_sampling").shift == 3.0
+
+
+def test_weight_dtypes(node, tiny):
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        patcher = _dit(node, dtype=name)
+        assert patcher.model_dtype() == dtype
+        assert patcher.model.manual_cast_dtype == torch.float32  # a CPU computes half-precision weights in fp32
+        _same_weights(patcher, tiny.dit, exact=False)
+    assert _dit(node, dtype="auto").model_dtype() == torch.float32  # ComfyUI's choice on a CPU
+
+
+def test_unknown_model_is_a_validation_error(comfy_inprocess, layouts):
+    prompt = {"1": {"class_type": "DeepGenDiTLoader", "inputs": {"dit_name": "nope/missing", "base_model": "none",
+                                                                 "weight_dtype": "auto"}},
+              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    ok, error, _, node_errors = comfy_inprocess.validate(prompt)
+    assert not ok
+    text = json.dumps(node_errors)
+    assert "nope/missing" in text and "deepgen" in text, text
+
+
+def _inputs(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, 8, 8, generator=g)
+    sigma = torch.tensor([0.7, 0.7])
+    return x, sigma, {"c_crossattn": torch.randn(2, 5, 32, generator=g), "y": torch.randn(2, 32, generator=g),
+                      "ref_latents": [torch.randn(2, 16, 4, 6, generator=g)]}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lowvram_partial_load_matches_full_load(node, dtype):
+    """Forced lowvram: every swapped layer (incl. qk RMSNorm) casts its weight per call; same result."""
+    patcher = _dit(node, dtype=dtype)
+    x, sigma, conds = _inputs(patcher.model)
+    with torch.no_grad():
+        full = patcher.model.apply_model(x, sigma, **conds)
+        patcher.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1)
+        try:
+            assert patcher.model.model_lowvram
+            casting = [m for m in patcher.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+            assert {type(m).__name__ for m in casting} >= {"Linear", "Conv2d", "_RMSNorm", "_RMSNormCast"} - (
+                {"_RMSNorm"} if dtype == "bf16" else {"_RMSNormCast"})
+            partial = patcher.model.apply_model(x, sigma, **conds)
+        finally:
+            patcher.unpatch_model(device_to=torch.device("cpu"))
+    assert torch.equal(partial, full)
+
+
+def test_apply_model_is_the_engine_forward(node, tiny):
+    """BaseModel.apply_model(x, sigma) = x - sigma * v with v = DeepGenTransformer(x, 1000 sigma, ...)."""
+    from deepgen_model.transformer import DeepGenTransformer
+
+    patcher = _dit(node)
+    x, sigma, conds = _inputs(patcher.model, seed=1)
+    engine = DeepGenTransformer(copy.deepcopy(tiny.dit))
+    refs = [(conds["ref_latents"][0][i],) for i in range(2)]
+    with torch.no_grad():
+        got = patcher.model.apply_model(x, sigma, **conds)
+        v = engine(x, sigma * 1000, conds["c_crossattn"], conds["y"], [list(r) for r in refs])
+    assert (got - (x - sigma[:, None, None, None] * v)).abs().max() <= 1e-5
+
+
+# ------------------------------------------------------------------ VAE
+
+@pytest.fixture(scope="module")
+def latent():
+    return torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(5))  # raw VAE space (LATENT)
+
+
+def test_vae_loader_decodes_like_the_engine(node, tiny, latent):
+    from deepgen_model.vae import decode, encode_reference
+
+    for name in (RELEASE, UNIPIC2, CONVERTED, f"{CONVERTED}/deepgen_vae.safetensors"):
+        vae = node("DeepGenVAELoader", vae_name=name)
+        image = vae.decode(latent)
+        assert image.shape == (1, 64, 64, 3)
+        want = decode(tiny.vae, (latent - SHIFT) * SCALE)
+        assert (image.float() - want).abs().max() <= 1e-4, name
+    # encoder too (posterior mean; ComfyUI returns raw latents)
+    pixels = want[:, :, :, :3]
+    raw = vae.encode(pixels)
+    ref = encode_reference(tiny.vae, pixels[0].movedim(-1, 0) * 2 - 1)
+    assert (raw[0] - (ref / SCALE + SHIFT)).abs().max() <= 1e-4
+
+
+def test_vae_decode_graph_saves_the_engine_image(comfy_inprocess, tiny, latent, layouts):
+    """DeepGenVAELoader + core VAEDecode + SaveImage: the PNG is the engine image quantised to 8 bits."""
+    from deepgen_model.vae import decode
+
+    path = comfy_inprocess.folder_paths.get_input_directory() + "/h6_latent.latent"
+    save_file({"latent_tensor": latent.contiguous(), "latent_format_version_0": torch.tensor([])}, path)
+    prompt = {
+        "1": {"class_type": "DeepGenVAELoader", "inputs": {"vae_name": RELEASE}},
+        "2": {"class_type": "LoadLatent", "inputs": {"latent": "h6_latent.latent"}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "h6_vae"}},
+    }
+    ok, outputs, msgs = comfy_inprocess.run(prompt)
+    assert ok, msgs
+    (img,) = outputs["4"]["images"]
+    png = np.asarray(Image.open(comfy_inprocess.output_dir / img["subfolder"] / img["filename"]).convert("RGB"))
+    want = np.clip(255.0 * decode(tiny.vae, (latent - SHIFT) * SCALE)[0].numpy(), 0, 255).astype(np.uint8)
+    assert np.abs(png.astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def sd3_vae(comfy_models):
+    """A real-architecture SD3 VAE (random weights) saved as one diffusers-key safetensors in models/vae/."""
+    from diffusers import AutoencoderKL
+    from deepgen_model.configs import get
+
+    torch.manual_seed(0)
+    ae = AutoencoderKL(**{k: v for k, v in get("vae").items()}).eval()
+    path = comfy_models / "vae" / SD3_VAE_FILE
+    path.parent.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(path))
+    return ae
+
+
+def test_core_vae_loader_takes_a_real_sd3_vae(comfy_inprocess, sd3_vae, latent):
+    """Core VAELoader accepts the SD3 VAE file; it (and our config-derived VAE) decode like diffusers."""
+    import sys
+
+    latent = latent[:, :, :4, :4]  # 32 px: the real-size decoder is slow on a CPU
+    vae = comfy_inprocess.nodes.VAELoader().load_vae(SD3_VAE_FILE)[0]
+    with torch.no_grad():
+        want = ((sd3_vae.decode(latent).sample + 1) / 2).clamp(0, 1).movedim(1, -1)
+    assert (vae.decode(latent).float() - want).abs().max() <= 1e-3
+    dit_module = sys.modules[comfy_inprocess.nodes.NODE_CLASS_MAPPINGS["DeepGenVAELoader"].__module__]
+    ours = dit_module.comfy_vae(sd3_vae)
+    assert (ours.decode(latent).float() - want).abs().max() <= 1e-3

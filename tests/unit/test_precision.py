@@ -1,0 +1,135 @@
+"""Storage/compute dtype choice and manual casting (engine-feasibility §3)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from deepgen_model import precision
+from deepgen_model.errors import DeepGenInputError
+from deepgen_model.precision import apply_manual_cast, remove_manual_cast, resolve_dtypes
+
+
+def test_resolve_cpu(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtypes("cpu") == (torch.bfloat16, torch.float32)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtypes(torch.device("cpu")) == (torch.bfloat16, torch.bfloat16)
+
+
+def test_resolve_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtypes("cuda:0") == (torch.bfloat16, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtypes("cuda") == (torch.float16, torch.float16)
+
+
+def test_explicit_dtype_honoured():
+    assert resolve_dtypes("cpu", "fp32") == (torch.float32, torch.float32)
+    assert resolve_dtypes("cpu", torch.bfloat16) == (torch.bfloat16, torch.bfloat16)
+    assert resolve_dtypes("cuda", "fp16") == (torch.float16, torch.float16)
+    assert precision.parse_dtype("auto") is None
+    with pytest.raises(DeepGenInputError, match="int8"):
+        resolve_dtypes("cpu", "int8")
+
+
+def test_cpu_probe_matches_torch():
+    assert precision.cpu_has_native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class AllLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.ln = nn.LayerNorm(8)
+        self.rms = nn.RMSNorm(8)
+        self.lin = nn.Linear(8, 5)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+
+    def forward(self, ids):
+        x = self.emb(ids)  # [B, 16, 8]
+        x = self.conv(x.transpose(1, 2).reshape(-1, 8, 4, 4))
+        x = self.gn(x).flatten(2).transpose(1, 2)
+        return self.lin(self.rms(self.ln(x)))
+
+
+def _rounded(model, dtype=torch.bfloat16):
+    """fp32 model whose weights (and buffers) are rounded to `dtype`: the manual-cast reference."""
+    ref = copy.deepcopy(model).float()
+    with torch.no_grad():
+        for t in list(ref.parameters()) + list(ref.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.to(dtype).float())
+    return ref
+
+
+def _check(model, run):
+    torch.manual_seed(0)
+    ref = _rounded(model)
+    stored = copy.deepcopy(model).to(torch.bfloat16)
+    ptrs = {n: p.data_ptr() for n, p in stored.named_parameters()}
+    apply_manual_cast(stored, torch.float32)
+    with torch.no_grad():
+        want, got = run(ref), run(stored)
+    assert all(p.dtype == torch.bfloat16 for p in stored.parameters())  # storage stays bf16
+    assert {n: p.data_ptr() for n, p in stored.named_parameters()} == ptrs  # never re-materialised
+    return stored, want, got
+
+
+def test_manual_cast_all_layer_types():
+    ids = torch.randint(0, 11, (2, 16))
+    stored, want, got = _check(AllLayers(), lambda m: m(ids))
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
+    remove_manual_cast(stored)
+    with torch.no_grad():
+        plain = stored(ids)  # back to bf16 compute
+    assert plain.dtype == torch.bfloat16 and not torch.equal(plain.float(), want)
+    assert all("_deepgen_manual_cast" not in m.__dict__ for m in stored.modules())
+
+
+def test_manual_cast_tiny_bridge(tiny):
+    from deepgen_model.bridge import BridgeConfig, SCBBridge
+
+    bridge = SCBBridge(BridgeConfig.from_state_dict(tiny.bridge_state, tiny.bridge_heads))
+    bridge.load_state_dict(tiny.bridge_state)
+    x = torch.randn(2, 7, bridge.projector_1.in_features)
+    _, want, got = _check(bridge, lambda m: m(x))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_manual_cast_tiny_dit(tiny):
+    g = torch.Generator().manual_seed(0)
+    cfg = tiny.dit.config
+    inputs = dict(hidden_states=torch.randn(1, 16, 8, 8, generator=g),
+                  encoder_hidden_states=torch.randn(1, 5, cfg.joint_attention_dim, generator=g),
+                  pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g),
+                  timestep=torch.tensor([500.0]))
+    _, want, got = _check(tiny.dit, lambda m: m(**inputs).sample)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_manual_cast_tiny_vlm_text(tiny):
+    ids = torch.tensor([[1, 5, 9, 200, 3]])
+    _, want, got = _check(tiny.vlm_base, lambda m: m.model.language_model(input_ids=ids).last_hidden_state)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_manual_cast_survives_deepcopy():
+    ids = torch.randint(0, 11, (2, 16))
+    stored = apply_manual_cast(AllLayers().to(torch.bfloat16), torch.float32)
+    clone = copy.deepcopy(stored)
+    with torch.no_grad():
+        clone.lin.weight.add_(1.0)  # the copy must use its own weights, not the original's
+        assert not torch.equal(clone(ids), stored(ids))
+        assert clone(ids).dtype == torch.float32
+
+
+def test_manual_cast_noop_when_dtypes_match():
+    m = AllLayers()
+    apply_manual_cast(m, torch.float32)
+    assert not any("_deepgen_manual_cast" in x.__dict__ for x in m.modules())
