@@ -25,13 +25,13 @@ class DeepGenCheckpointLoader(io.ComfyNode):
             description="Loads everything DeepGen needs from one release: the DiT (MODEL), the VLM, the SCB "
                         "bridge and the VAE.",
             inputs=[
-                io.Combo.Input("checkpoint", options=paths.choices(*CHECKPOINT_KINDS),
+                io.Combo.Input("ckpt_name", options=paths.choices(*CHECKPOINT_KINDS),
                                tooltip="The DeepGen-1.0-diffusers folder, the native DeepGen-1.0 model.pt, or a "
                                        "folder of converted deepgen_*.safetensors; looked up in models/deepgen."),
                 io.Combo.Input("vlm_base", options=[NONE] + paths.choices(paths.QWEN), default=NONE,
                                tooltip="Only for the native model.pt (it has no VLM): the Qwen2.5-VL-3B-Instruct "
                                        "folder; the LoRA in model.pt is merged into it."),
-                io.Combo.Input("base_model", options=[NONE] + paths.choices(paths.UNIPIC2), default=NONE,
+                io.Combo.Input("dit_base", options=[NONE] + paths.choices(paths.UNIPIC2), default=NONE,
                                tooltip="Only for the native model.pt (it has no VAE): the "
                                        "UniPic2-SD3.5M-Kontext-2B folder (VAE, scheduler and DiT config)."),
                 io.Combo.Input("weight_dtype", options=PRECISIONS, default="auto",
@@ -52,24 +52,24 @@ class DeepGenCheckpointLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, checkpoint, vlm_base=NONE, base_model=NONE):
-        for value, kinds, what in ((checkpoint, CHECKPOINT_KINDS, "checkpoint"), (vlm_base, (paths.QWEN,), "vlm_base"),
-                                   (base_model, (paths.UNIPIC2,), "base_model")):
-            if what == "checkpoint" or value != NONE:
+    def validate_inputs(cls, ckpt_name, vlm_base=NONE, dit_base=NONE):
+        for value, kinds, what in ((ckpt_name, CHECKPOINT_KINDS, "ckpt_name"), (vlm_base, (paths.QWEN,), "vlm_base"),
+                                   (dit_base, (paths.UNIPIC2,), "dit_base")):
+            if what == "ckpt_name" or value != NONE:
                 ok = paths.check(value, kinds, what)
                 if ok is not True:
                     return ok
         return True
 
     @classmethod
-    def execute(cls, checkpoint, vlm_base, base_model, weight_dtype, quantization, attention) -> io.NodeOutput:
-        entry = paths.resolve(checkpoint, CHECKPOINT_KINDS, "checkpoint")
+    def execute(cls, ckpt_name, vlm_base, dit_base, weight_dtype, quantization, attention) -> io.NodeOutput:
+        entry = paths.resolve(ckpt_name, CHECKPOINT_KINDS, "ckpt_name")
         qwen = _optional(vlm_base, (paths.QWEN,), "vlm_base")
-        base = _optional(base_model, (paths.UNIPIC2,), "base_model")
+        base = _optional(dit_base, (paths.UNIPIC2,), "dit_base")
         if entry.kind == paths.NATIVE:
-            for missing, what, hint in ((qwen, "vlm_base", paths.QWEN), (base, "base_model", paths.UNIPIC2)):
+            for missing, what, hint in ((qwen, "vlm_base", paths.QWEN), (base, "dit_base", paths.UNIPIC2)):
                 if missing is None:
-                    raise DeepGenLoadError(f"checkpoint {checkpoint!r} is the native model.pt, which holds only the "
+                    raise DeepGenLoadError(f"checkpoint {ckpt_name!r} is the native model.pt, which holds only the "
                                            f"DiT, the bridge and the VLM LoRA: set {what} to {paths.DOWNLOAD_HINT[hint]} "
                                            f"(put it in {', '.join(paths.folders_for((hint,)))}).")
         elif entry.kind == paths.RELEASE:
@@ -80,7 +80,7 @@ class DeepGenCheckpointLoader(io.ComfyNode):
                       "deepgen_vae.safetensors"):
                 paths.require(entry, f)
         if entry.kind != paths.NATIVE and (qwen or base):
-            raise DeepGenLoadError(f"vlm_base and base_model are only used with the native model.pt; {checkpoint!r} "
+            raise DeepGenLoadError(f"vlm_base and dit_base are only used with the native model.pt; {ckpt_name!r} "
                                    "already contains its VLM and VAE. Set both to 'none'.")
 
         base_path = base.path if base else None

@@ -118,7 +118,7 @@ class DeepGenDiTLoader(io.ComfyNode):
                 io.Combo.Input("dit_name", options=paths.choices(*DIT_KINDS),
                                tooltip="A DeepGen diffusers release folder (uses transformer/), a converted "
                                        "deepgen_dit.safetensors (or its folder), or the native model.pt."),
-                io.Combo.Input("base_model", options=[NO_BASE, *paths.choices(*BASE_KINDS)], default=NO_BASE,
+                io.Combo.Input("dit_base", options=[NO_BASE, *paths.choices(*BASE_KINDS)], default=NO_BASE,
                                tooltip="Only for the native model.pt: the UniPic2-SD3.5M-Kontext-2B folder "
                                        "(DiT config and scheduler). 'none' uses the built-in config and shift 3.0."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="auto",
@@ -129,16 +129,16 @@ class DeepGenDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dit_name, base_model):
+    def validate_inputs(cls, dit_name, dit_base):
         ok = paths.check(dit_name, DIT_KINDS, "dit_name")
-        if ok is True and base_model != NO_BASE:
-            ok = paths.check(base_model, BASE_KINDS, "base_model")
+        if ok is True and dit_base != NO_BASE:
+            ok = paths.check(dit_base, BASE_KINDS, "dit_base")
         return ok
 
     @classmethod
-    def execute(cls, dit_name, base_model, weight_dtype) -> io.NodeOutput:
+    def execute(cls, dit_name, dit_base, weight_dtype) -> io.NodeOutput:
         source = paths.resolve(dit_name, DIT_KINDS, "dit_name").path
-        base = None if base_model == NO_BASE else paths.resolve(base_model, BASE_KINDS, "base_model").path
+        base = None if dit_base == NO_BASE else paths.resolve(dit_base, BASE_KINDS, "dit_base").path
         return io.NodeOutput(load_model(source, base, weight_dtype))
 
 

@@ -80,23 +80,23 @@ def quantization_arg(choice: str, device: torch.device) -> str | None:
     return _QUANT_ARG[choice]
 
 
-def vlm_source(source: str, lora: str | None) -> tuple[str, str | None, str]:
+def vlm_source(vlm_name: str, lora: str | None) -> tuple[str, str | None, str]:
     """Widget values -> (source path for load_vlm, base_vlm_path, description)."""
-    entry = paths.resolve(source, VLM_SOURCES, "source")
+    entry = paths.resolve(vlm_name, VLM_SOURCES, "vlm_name")
     with_lora = lora not in (None, NO_LORA)
     if entry.kind == paths.QWEN:
         if not with_lora:
             raise DeepGenLoadError(
-                f"source {source!r} is a stock Qwen2.5-VL folder, which lacks DeepGen's fine-tuning: set lora to the "
+                f"vlm_name {vlm_name!r} is a stock Qwen2.5-VL folder, which lacks DeepGen's fine-tuning: set lora to the "
                 "native DeepGen model.pt (its VLM LoRA is merged in), or pick the release folder (vlm/ has it merged).")
         native = paths.resolve(lora, (paths.NATIVE,), "lora")
         return native.path, entry.path, f"{entry.name} + LoRA of {native.name}"
     if with_lora:
-        raise DeepGenLoadError(f"lora {lora!r} can only be merged into a Qwen2.5-VL base folder; {source!r} "
+        raise DeepGenLoadError(f"lora {lora!r} can only be merged into a Qwen2.5-VL base folder; {vlm_name!r} "
                                f"already contains the DeepGen LoRA. Set lora to 'none'.")
     if entry.kind == paths.RELEASE:
         paths.require(entry, "vlm", "config.json", download="the release's vlm/ folder (LoRA merged), or pick a "
-                      "Qwen2.5-VL-3B-Instruct folder as source with the LoRA of model.pt")
+                      "Qwen2.5-VL-3B-Instruct folder as vlm_name with the LoRA of model.pt")
         paths.require(entry, "tokenizer", download="the release's tokenizer/ folder")
     return entry.path, None, entry.name
 
@@ -110,7 +110,7 @@ class DeepGenVLMLoader(io.ComfyNode):
             category="DeepGen/loaders",
             description="Loads DeepGen's Qwen2.5-VL-3B (with the DeepGen LoRA) and its tokenizer.",
             inputs=[
-                io.Combo.Input("source", options=paths.choices(*VLM_SOURCES),
+                io.Combo.Input("vlm_name", options=paths.choices(*VLM_SOURCES),
                                tooltip="A DeepGen diffusers release folder (uses its vlm/ and tokenizer/), a "
                                        "Qwen2.5-VL-3B-Instruct folder, or a converted deepgen_vlm*.safetensors; "
                                        "looked up in models/deepgen and models/text_encoders."),
@@ -126,22 +126,22 @@ class DeepGenVLMLoader(io.ComfyNode):
                                        "reproduced with every backend."),
                 io.Combo.Input("lora", options=[NO_LORA] + paths.choices(paths.NATIVE), default=NO_LORA,
                                optional=True,
-                               tooltip="Only with a Qwen2.5-VL-3B base folder as source: the native DeepGen "
+                               tooltip="Only with a Qwen2.5-VL-3B base folder as vlm_name: the native DeepGen "
                                        "model.pt whose VLM LoRA is merged in. 'none' = no LoRA."),
             ],
             outputs=[DeepGenVLM.Output("vlm", display_name="DEEPGEN_VLM")],
         )
 
     @classmethod
-    def validate_inputs(cls, source, lora=None):
-        ok = paths.check(source, VLM_SOURCES, "source")
+    def validate_inputs(cls, vlm_name, lora=None):
+        ok = paths.check(vlm_name, VLM_SOURCES, "vlm_name")
         if ok is not True or lora in (None, NO_LORA):
             return ok
         return paths.check(lora, (paths.NATIVE,), "lora")
 
     @classmethod
-    def execute(cls, source, weight_dtype, quantization, attention, lora=NO_LORA) -> io.NodeOutput:
-        src, base, desc = vlm_source(source, lora)
+    def execute(cls, vlm_name, weight_dtype, quantization, attention, lora=NO_LORA) -> io.NodeOutput:
+        src, base, desc = vlm_source(vlm_name, lora)
         return io.NodeOutput(load_vlm_patcher(src, base, desc, weight_dtype, quantization, attention))
 
 
@@ -174,7 +174,7 @@ class DeepGenSCBLoader(io.ComfyNode):
             description="Loads the Stacked Channel Bridge: think tokens, projectors and connector that turn VLM "
                         "hidden states into the DiT's context.",
             inputs=[
-                io.Combo.Input("source", options=paths.choices(*SCB_SOURCES),
+                io.Combo.Input("scb_name", options=paths.choices(*SCB_SOURCES),
                                tooltip="A DeepGen diffusers release folder (uses connector/), a native model.pt, "
                                        "or a converted deepgen_scb*.safetensors; looked up in models/deepgen."),
                 io.Combo.Input("weight_dtype", options=PRECISIONS, default="auto",
@@ -185,12 +185,12 @@ class DeepGenSCBLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, source):
-        return paths.check(source, SCB_SOURCES, "source")
+    def validate_inputs(cls, scb_name):
+        return paths.check(scb_name, SCB_SOURCES, "scb_name")
 
     @classmethod
-    def execute(cls, source, weight_dtype) -> io.NodeOutput:
-        entry = paths.resolve(source, SCB_SOURCES, "source")
+    def execute(cls, scb_name, weight_dtype) -> io.NodeOutput:
+        entry = paths.resolve(scb_name, SCB_SOURCES, "scb_name")
         if entry.kind == paths.RELEASE:
             paths.require(entry, "connector", "model.safetensors")
         return io.NodeOutput(load_scb_patcher(entry.path, weight_dtype))

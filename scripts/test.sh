@@ -54,5 +54,9 @@ done
 
 echo; echo "=============================== summary ==============================="
 printf '%s\n' "${SUMMARY[@]}"
-echo "total $((SECONDS - t0))s, $([ "$FAILED" -eq 0 ] && echo 'ALL LEGS PASSED' || echo 'FAILED')"
+echo "time $((SECONDS - t0))s, $([ "$FAILED" -eq 0 ] && echo 'ALL LEGS PASSED' || echo 'FAILED')"
+# One closing line over all legs (errors count as failed), for readers of the last line.
+count() { printf '%s\n' "${SUMMARY[@]}" | grep -oE "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
+[ "$FAILED" -eq 0 ] || [ "$(count failed)" -gt 0 ] || [ "$(count error)" -gt 0 ] || echo "a leg failed without failing tests (see above)"
+echo "total: $(count passed) passed, $(( $(count failed) + $(count error) )) failed, $(count skipped) skipped"
 exit "$FAILED"

@@ -48,7 +48,7 @@ def node(comfy_inprocess, layouts):
 
 
 def _dit(node, name=RELEASE, base="none", dtype="fp32"):
-    return node("DeepGenDiTLoader", dit_name=name, base_model=base, weight_dtype=dtype)
+    return node("DeepGenDiTLoader", dit_name=name, dit_base=base, weight_dtype=dtype)
 
 
 def _dit_state(patcher) -> dict:
@@ -71,7 +71,7 @@ def test_node_schemas(comfy_inprocess, layouts):
     def required(node_id):
         return list(m[node_id].INPUT_TYPES()["required"])
 
-    assert required("DeepGenDiTLoader") == ["dit_name", "base_model", "weight_dtype"]
+    assert required("DeepGenDiTLoader") == ["dit_name", "dit_base", "weight_dtype"]
     assert required("DeepGenVAELoader") == ["vae_name"]
     assert required("DeepGenSampler") == ["model", "positive", "negative", "latent", "seed", "steps", "cfg"]
     assert required("DeepGenScheduler") == ["model", "steps"]
@@ -134,7 +134,7 @@ def test_weight_dtypes(node, tiny):
 
 
 def test_unknown_model_is_a_validation_error(comfy_inprocess, layouts):
-    prompt = {"1": {"class_type": "DeepGenDiTLoader", "inputs": {"dit_name": "nope/missing", "base_model": "none",
+    prompt = {"1": {"class_type": "DeepGenDiTLoader", "inputs": {"dit_name": "nope/missing", "dit_base": "none",
                                                                  "weight_dtype": "auto"}},
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
     ok, error, _, node_errors = comfy_inprocess.validate(prompt)

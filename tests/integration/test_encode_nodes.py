@@ -47,8 +47,8 @@ def engine(release):
 def loaders(dtype="fp32") -> dict:
     return {
         "1": {"class_type": "DeepGenVLMLoader",
-              "inputs": {"source": RELEASE, "weight_dtype": dtype, "quantization": "none", "attention": "sdpa"}},
-        "2": {"class_type": "DeepGenSCBLoader", "inputs": {"source": RELEASE, "weight_dtype": dtype}},
+              "inputs": {"vlm_name": RELEASE, "weight_dtype": dtype, "quantization": "none", "attention": "sdpa"}},
+        "2": {"class_type": "DeepGenSCBLoader", "inputs": {"scb_name": RELEASE, "weight_dtype": dtype}},
     }
 
 
@@ -208,7 +208,7 @@ def test_requeue_with_new_seed_reuses_the_encode(comfy_server, release):
     def graph(seed):
         return {**text_graph(prompt="cache me"),
                 "6": {"class_type": "DeepGenDiTLoader",
-                      "inputs": {"dit_name": RELEASE, "base_model": "none", "weight_dtype": "fp32"}},
+                      "inputs": {"dit_name": RELEASE, "dit_base": "none", "weight_dtype": "fp32"}},
                 "7": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
                 "8": {"class_type": "DeepGenSampler",
                       "inputs": {"model": ["6", 0], "positive": ["3", 0], "negative": ["3", 1], "latent": ["7", 0],

@@ -76,7 +76,7 @@ def sample_and_save(prefix: str, model, positive, negative, latent, vae) -> dict
 def t2i_checkpoint_graph(prompt: str) -> dict:
     return {
         "1": {"class_type": "DeepGenCheckpointLoader",
-              "inputs": {"checkpoint": RELEASE, "vlm_base": "none", "base_model": "none", "weight_dtype": "fp32",
+              "inputs": {"ckpt_name": RELEASE, "vlm_base": "none", "dit_base": "none", "weight_dtype": "fp32",
                          "quantization": "none", "attention": "sdpa"}},
         "2": {"class_type": "DeepGenTextEncode",
               "inputs": {"vlm": ["1", 1], "scb": ["1", 2], "prompt": prompt, "negative_prompt": NEGATIVE}},
@@ -88,9 +88,9 @@ def t2i_checkpoint_graph(prompt: str) -> dict:
 def separate_loaders() -> dict:
     return {
         "10": {"class_type": "DeepGenVLMLoader",
-               "inputs": {"source": RELEASE, "weight_dtype": "fp32", "quantization": "none", "attention": "sdpa"}},
-        "11": {"class_type": "DeepGenSCBLoader", "inputs": {"source": RELEASE, "weight_dtype": "fp32"}},
-        "12": {"class_type": "DeepGenDiTLoader", "inputs": {"dit_name": RELEASE, "base_model": "none",
+               "inputs": {"vlm_name": RELEASE, "weight_dtype": "fp32", "quantization": "none", "attention": "sdpa"}},
+        "11": {"class_type": "DeepGenSCBLoader", "inputs": {"scb_name": RELEASE, "weight_dtype": "fp32"}},
+        "12": {"class_type": "DeepGenDiTLoader", "inputs": {"dit_name": RELEASE, "dit_base": "none",
                                                             "weight_dtype": "fp32"}},
         "13": {"class_type": "DeepGenVAELoader", "inputs": {"vae_name": RELEASE}},
     }

@@ -65,12 +65,12 @@ def errors_text(messages) -> str:
 
 
 def vlm_graph(source, lora=None, quantization="none", weight_dtype="fp32", scb=RELEASE) -> dict:
-    vlm_inputs = {"source": source, "weight_dtype": weight_dtype, "quantization": quantization, "attention": "sdpa"}
+    vlm_inputs = {"vlm_name": source, "weight_dtype": weight_dtype, "quantization": quantization, "attention": "sdpa"}
     if lora:
         vlm_inputs["lora"] = lora
     return {
         "1": {"class_type": "DeepGenVLMLoader", "inputs": vlm_inputs},
-        "2": {"class_type": "DeepGenSCBLoader", "inputs": {"source": scb, "weight_dtype": weight_dtype}},
+        "2": {"class_type": "DeepGenSCBLoader", "inputs": {"scb_name": scb, "weight_dtype": weight_dtype}},
         "3": {"class_type": "DeepGenTextEncode", "inputs": {"vlm": ["1", 0], "scb": ["2", 0], "prompt": "a red cat",
                                                               "negative_prompt": ""}},
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
@@ -105,22 +105,22 @@ def test_deepgen_folder_registered_with_explicit_extensions(comfy_inprocess, lay
 
 def test_loaders_list_every_layout(comfy_server, layouts):
     info = comfy_server.object_info()
-    vlm_sources = options(info, "DeepGenVLMLoader", "source")
+    vlm_sources = options(info, "DeepGenVLMLoader", "vlm_name")
     assert {RELEASE, QWEN, f"{CONVERTED}/deepgen_vlm.safetensors"} <= set(vlm_sources)
     assert UNIPIC2 not in vlm_sources and NATIVE not in vlm_sources
     # other test modules may add layouts of their own: check inclusion, and what must NOT be listed
     loras = options(info, "DeepGenVLMLoader", "lora")
     assert loras[0] == "none" and {NATIVE, NATIVE_LEGACY, NATIVE_NEW} <= set(loras)
     assert not {RELEASE, QWEN, UNIPIC2} & set(loras)
-    scb_sources = set(options(info, "DeepGenSCBLoader", "source"))
+    scb_sources = set(options(info, "DeepGenSCBLoader", "scb_name"))
     assert {RELEASE, NATIVE, NATIVE_NEW, NATIVE_LEGACY, f"{CONVERTED}/deepgen_scb.safetensors"} <= scb_sources
     assert not {QWEN, UNIPIC2, f"{CONVERTED}/deepgen_vlm.safetensors"} & scb_sources
-    checkpoints = set(options(info, "DeepGenCheckpointLoader", "checkpoint"))
+    checkpoints = set(options(info, "DeepGenCheckpointLoader", "ckpt_name"))
     assert {RELEASE, NATIVE, NATIVE_NEW, NATIVE_LEGACY, CONVERTED} <= checkpoints
     assert not {QWEN, UNIPIC2} & checkpoints
     assert options(info, "DeepGenCheckpointLoader", "vlm_base")[0] == "none"
     assert QWEN in options(info, "DeepGenCheckpointLoader", "vlm_base")
-    assert UNIPIC2 in options(info, "DeepGenCheckpointLoader", "base_model")
+    assert UNIPIC2 in options(info, "DeepGenCheckpointLoader", "dit_base")
 
 
 def test_listing_spans_all_registered_paths_and_text_encoders(comfy_inprocess, layouts, tmp_path, tiny):
@@ -185,7 +185,7 @@ def test_checkpoint_loader_loads_every_layout(comfy_inprocess, layouts):
     for ckpt, vlm_base, base in ((RELEASE, "none", "none"), (CONVERTED, "none", "none"), (NATIVE_NEW, QWEN, UNIPIC2)):
         prompt = {
             "1": {"class_type": "DeepGenCheckpointLoader",
-                  "inputs": {"checkpoint": ckpt, "vlm_base": vlm_base, "base_model": base, "weight_dtype": "fp32",
+                  "inputs": {"ckpt_name": ckpt, "vlm_base": vlm_base, "dit_base": base, "weight_dtype": "fp32",
                              "quantization": "none", "attention": "sdpa"}},
             "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 3]}},
         }
@@ -202,7 +202,7 @@ def test_checkpoint_loader_loads_every_layout(comfy_inprocess, layouts):
 def test_native_checkpoint_without_bases_names_what_to_download(comfy_inprocess, layouts):
     prompt = {
         "1": {"class_type": "DeepGenCheckpointLoader",
-              "inputs": {"checkpoint": NATIVE, "vlm_base": "none", "base_model": "none", "weight_dtype": "fp32",
+              "inputs": {"ckpt_name": NATIVE, "vlm_base": "none", "dit_base": "none", "weight_dtype": "fp32",
                          "quantization": "none", "attention": "sdpa"}},
         "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 3]}},
     }

@@ -107,7 +107,7 @@ def _engine(tiny, seed, steps, cfg, pos, neg, refs=None, sigmas=None):
 
 
 def _loader():
-    return {"class_type": "DeepGenDiTLoader", "inputs": {"dit_name": RELEASE, "base_model": "none", "weight_dtype": "fp32"}}
+    return {"class_type": "DeepGenDiTLoader", "inputs": {"dit_name": RELEASE, "dit_base": "none", "weight_dtype": "fp32"}}
 
 
 def _graph(pos_key, neg_key, *, seed=SEED, steps=STEPS, cfg=CFG, prefix="h6"):
@@ -227,7 +227,7 @@ def test_scheduler_is_the_official_list_at_the_model_shift(inproc, release):
     from deepgen_model.scheduler import official_sigmas
 
     mappings = inproc.nodes.NODE_CLASS_MAPPINGS
-    model = mappings["DeepGenDiTLoader"].execute(dit_name=RELEASE, base_model="none", weight_dtype="fp32")[0]
+    model = mappings["DeepGenDiTLoader"].execute(dit_name=RELEASE, dit_base="none", weight_dtype="fp32")[0]
     sigmas = mappings["DeepGenScheduler"].execute(model=model, steps=50)[0]
     assert torch.equal(sigmas, official_sigmas(50, 3.0))
     assert sigmas[1].item() == pytest.approx(0.99312, abs=1e-5) and sigmas[-2].item() == pytest.approx(0.0089286, abs=1e-6)
@@ -246,7 +246,7 @@ def test_ksampler_drives_the_model(inproc, tiny, t2i):
         "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": SEED,
         "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
     got = _run(inproc, graph)
-    model = inproc.nodes.NODE_CLASS_MAPPINGS["DeepGenDiTLoader"].execute(dit_name=RELEASE, base_model="none",
+    model = inproc.nodes.NODE_CLASS_MAPPINGS["DeepGenDiTLoader"].execute(dit_name=RELEASE, dit_base="none",
                                                                          weight_dtype="fp32")[0]
     simple = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
     _close(got, _engine(tiny, SEED, STEPS, CFG, pos, neg, sigmas=simple))
@@ -315,9 +315,9 @@ def test_unload_all_models_releases_the_model(inproc, t2i):
 def _http_graph(seed, steps, prefix, prompt="a red cat sitting on a blue mat", size=W):
     return {
         "1": _loader(),
-        "2": {"class_type": "DeepGenVLMLoader", "inputs": {"source": RELEASE, "weight_dtype": "fp32",
+        "2": {"class_type": "DeepGenVLMLoader", "inputs": {"vlm_name": RELEASE, "weight_dtype": "fp32",
                                                            "quantization": "none", "attention": "sdpa"}},
-        "3": {"class_type": "DeepGenSCBLoader", "inputs": {"source": RELEASE, "weight_dtype": "fp32"}},
+        "3": {"class_type": "DeepGenSCBLoader", "inputs": {"scb_name": RELEASE, "weight_dtype": "fp32"}},
         "4": {"class_type": "DeepGenTextEncode", "inputs": {"vlm": ["2", 0], "scb": ["3", 0], "prompt": prompt,
                                                             "negative_prompt": ""}},
         "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
