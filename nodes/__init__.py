@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from . import checkpoint, dit, encode, sampling, vlm
+from . import routes  # noqa: F401  (the web extension's /deepgen/* HTTP routes)
 
 NODES: list[type[io.ComfyNode]] = [*checkpoint.NODES, *vlm.NODES, *dit.NODES, *encode.NODES, *sampling.NODES]
 

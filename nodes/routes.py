@@ -1,0 +1,245 @@
+"""HTTP routes of the web extension (web/): the exact VLM prompt strings and size presets, from the engine.
+
+POST /deepgen/prompt_preview builds the strings with deepgen_model.prompts / images (the code the encode
+nodes run), so the in-graph preview cannot drift from what is encoded. Token counts need a tokenizer:
+only the tokenizer of a model the pack LISTS is loaded (never the VLM), picked by its widget value; the
+request never names a path. Inputs are checked strictly and answered with 400 {"error": ...}.
+GET /deepgen/size_presets lists output sizes that follow the model's rules.
+
+Registered only when a real PromptServer exists (in-process tests run a stub server without routes).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import math
+import os
+
+from ..deepgen_model.constants import (DEFAULT_SIZE, IMAGE_PAD_TOKEN, NUM_THINK_TOKENS, REFERENCE_UNIT,
+                                       SIZE_MULTIPLE)
+from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
+from ..deepgen_model.images import image_token_count, reference_size
+from ..deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
+from . import paths
+from .checkpoint import CHECKPOINT_KINDS, NONE
+from .encode import MAX_REFERENCES, MAX_SIDE
+from .vlm import VLM_SOURCES
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 256 * 1024  # bytes of JSON; prompts are limited separately
+MAX_TEXT = 20000  # characters per prompt
+MAX_IMAGE_SIDE = 1 << 16
+LOADERS = {"DeepGenVLMLoader": ("vlm_name", VLM_SOURCES), "DeepGenCheckpointLoader": ("ckpt_name", CHECKPOINT_KINDS)}
+# Output-size presets: the training "fix_pixels" rule (sqrt(w*h) = 512, sides rounded up to multiples of 32)
+ASPECTS = (("1:1", 1, 1), ("4:3", 4, 3), ("3:4", 3, 4), ("3:2", 3, 2), ("2:3", 2, 3), ("16:9", 16, 9),
+           ("9:16", 9, 16), ("21:9", 21, 9), ("9:21", 9, 21))
+
+
+class BadRequest(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------ validation
+
+def _int(body: dict, key: str, lo: int, hi: int, default: int | None = None, multiple: int = 1) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi or value % multiple:
+        rule = f" and a multiple of {multiple}" if multiple > 1 else ""
+        raise BadRequest(f"{key} must be an integer in {lo}..{hi}{rule}, got {value!r}")
+    return value
+
+
+def _text(body: dict, key: str) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT:
+        raise BadRequest(f"{key} is too long to preview ({len(value)} characters, at most {MAX_TEXT})")
+    return value
+
+
+def _references(body: dict) -> list[tuple[int, int] | None]:
+    refs = body.get("references")
+    if not isinstance(refs, list) or not 1 <= len(refs) <= MAX_REFERENCES:
+        raise BadRequest(f"references must be a list of 1..{MAX_REFERENCES} entries "
+                         "({\"width\", \"height\"} or null when the size is unknown)")
+    out = []
+    for i, ref in enumerate(refs, 1):
+        if ref is None:
+            out.append(None)
+            continue
+        if not isinstance(ref, dict) or set(ref) - {"width", "height"}:
+            raise BadRequest(f"references[{i - 1}] must be {{\"width\": int, \"height\": int}} or null")
+        out.append((_int(ref, "width", 1, MAX_IMAGE_SIDE), _int(ref, "height", 1, MAX_IMAGE_SIDE)))
+    return out
+
+
+def _model(body: dict) -> dict | None:
+    model = body.get("model")
+    if model is None:
+        return None
+    if not isinstance(model, dict) or model.get("loader") not in LOADERS:
+        raise BadRequest(f"model must be null or {{\"loader\": one of {sorted(LOADERS)}, \"name\": ..., "
+                         "\"vlm_base\": ...}")
+    for key in ("name", "vlm_base"):
+        if not isinstance(model.get(key, ""), str) or len(model.get(key, "")) > 1024:
+            raise BadRequest(f"model.{key} must be a string")
+    return model
+
+
+# ------------------------------------------------------------------ tokenizer of a listed model
+
+def _listed(name: str, kinds, what: str) -> paths.Entry:
+    """Only names the pack lists resolve: a path, "..", or an unlisted name is refused."""
+    entry = paths.entries(*kinds).get(name)
+    if entry is None:
+        raise BadRequest(f"{what} {name!r} is not one of the DeepGen models listed by the pack")
+    return entry
+
+
+def _tokenizer_source(model: dict) -> tuple[str, str]:
+    """-> (kind, path): "dirs" with os.pathsep-joined folders, or "embedded" with a converted VLM file."""
+    widget, kinds = LOADERS[model["loader"]]
+    entry = _listed(model.get("name", ""), kinds, widget)
+    if entry.kind == paths.RELEASE:
+        return "dirs", os.pathsep.join((os.path.join(entry.path, "tokenizer"), os.path.join(entry.path, "vlm")))
+    if entry.kind == paths.QWEN:
+        return "dirs", entry.path
+    if entry.kind == paths.VLM_FILE:
+        return "embedded", entry.path
+    if entry.kind == paths.CONVERTED:
+        return "embedded", os.path.join(entry.path, "deepgen_vlm.safetensors")
+    base = model.get("vlm_base") or NONE  # native model.pt: the tokenizer is the Qwen base folder's
+    if base == NONE:
+        raise DeepGenLoadError(f"{entry.name!r} (native model.pt) has no tokenizer: set vlm_base to the "
+                               "Qwen2.5-VL-3B-Instruct folder to count tokens")
+    return "dirs", _listed(base, (paths.QWEN,), "vlm_base").path
+
+
+def _stamp(kind: str, where: str) -> int:
+    files = [where] if kind == "embedded" else [os.path.join(d, "tokenizer.json") for d in where.split(os.pathsep)]
+    return max((os.stat(f).st_mtime_ns for f in files if os.path.exists(f)), default=0)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(kind: str, where: str, stamp: int):
+    from ..deepgen_model import loading
+
+    if kind == "dirs":
+        return loading.load_tokenizer(*where.split(os.pathsep))
+    files = json.loads(loading.safetensors_metadata(where).get("tokenizer_files") or "{}")
+    return loading._tokenizer_from_files(files, where)  # the loader's own way of reading converted files
+
+
+def _count_tokens(model: dict, positive: str, negative: str, placeholders: int) -> dict:
+    kind, where = _tokenizer_source(model)
+    tokenizer = _load_tokenizer(kind, where, _stamp(kind, where))
+    ids, mask = tokenize_pair(tokenizer, [positive], [negative])  # the encode's own tokenisation + padding
+    pos, neg = (int(n) - placeholders for n in mask.sum(1).tolist())
+    return {"positive": pos, "negative": neg, "padded": int(ids.shape[1]) - placeholders,
+            "think": NUM_THINK_TOKENS, "tokenizer": model.get("name")}
+
+
+# ------------------------------------------------------------------ the preview itself
+
+def preview(body) -> dict:
+    """Request body -> response (raises BadRequest for invalid input)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    mode = body.get("mode")
+    if mode not in ("t2i", "edit"):
+        raise BadRequest(f"mode must be \"t2i\" or \"edit\", got {mode!r}")
+    prompt, negative = _text(body, "prompt"), _text(body, "negative_prompt")
+    model = _model(body)
+    out = {"mode": mode, "complete": True, "references": [], "output": None, "tokens": None, "tokens_note": None}
+    placeholders = 0
+    if mode == "t2i":
+        out["positive"], out["negative"] = t2i_prompt(prompt), t2i_prompt(negative)
+    else:
+        refs = _references(body)
+        max_side = _int(body, "max_side", REFERENCE_UNIT, MAX_SIDE, DEFAULT_SIZE, REFERENCE_UNIT)
+        counts = []
+        for ref in refs:
+            if ref is None:  # unknown size: one pad stands in for the block's tokens (marked incomplete)
+                out["references"].append(None)
+                counts.append(1)
+                continue
+            w, h = reference_size(ref[0], ref[1], max_side)
+            n = image_token_count(h, w)
+            out["references"].append({"width": ref[0], "height": ref[1], "resized": [w, h], "tokens": n})
+            counts.append(n)
+        placeholders = refs.count(None)
+        out["complete"] = not placeholders
+        out["positive"], out["negative"] = edit_prompt(prompt, counts), edit_prompt(negative, counts)
+        if len(refs) == 1 and refs[0] is not None:  # encode.py: one reference -> output = resized reference
+            w, h = out["references"][0]["resized"]
+            out["output"] = {"width": w, "height": h, "from": "image1"}
+        elif len(refs) > 1:
+            out["output"] = {"width": _int(body, "width", SIZE_MULTIPLE, MAX_SIDE, DEFAULT_SIZE, SIZE_MULTIPLE),
+                             "height": _int(body, "height", SIZE_MULTIPLE, MAX_SIDE, DEFAULT_SIZE, SIZE_MULTIPLE),
+                             "from": "widgets"}
+    out["placeholder"] = IMAGE_PAD_TOKEN if placeholders else None
+    if model is None:
+        out["tokens_note"] = "connect a DeepGen VLM or checkpoint loader to count tokens"
+    else:
+        try:
+            out["tokens"] = _count_tokens(model, out["positive"], out["negative"], placeholders)
+        except (DeepGenLoadError, DeepGenInputError, OSError, ValueError) as e:
+            if isinstance(e, BadRequest):
+                raise
+            out["tokens_note"] = f"no token count: {e}"
+    return out
+
+
+def size_presets() -> list[dict]:
+    """Output sizes near 512x512 in area for common aspect ratios: each side rounded up to a multiple of
+    32 (training's fix_pixels rule; 32 is also a multiple of the required 16)."""
+    out = []
+    for name, a, b in ASPECTS:
+        r = math.sqrt(a / b)
+        w = math.ceil(DEFAULT_SIZE * r / REFERENCE_UNIT) * REFERENCE_UNIT
+        h = math.ceil(DEFAULT_SIZE / r / REFERENCE_UNIT) * REFERENCE_UNIT
+        out.append({"name": name, "width": w, "height": h})
+    return out
+
+
+# ------------------------------------------------------------------ aiohttp glue
+
+def _register() -> None:
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return
+    routes = getattr(getattr(PromptServer, "instance", None), "routes", None)
+    if routes is None:  # no HTTP server (in-process execution): nothing to serve
+        return
+
+    def error(status: int, message: str):
+        return web.json_response({"error": message}, status=status)
+
+    @routes.post("/deepgen/prompt_preview")
+    async def prompt_preview(request):
+        if request.content_length is None or request.content_length > MAX_BODY:
+            return error(413 if request.content_length else 411, f"send a JSON body of at most {MAX_BODY} bytes")
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return error(400, "the request body is not valid JSON")
+        try:
+            return web.json_response(await asyncio.to_thread(preview, body))
+        except BadRequest as e:
+            return error(400, str(e))
+        except DeepGenInputError as e:  # e.g. a size the engine rejects
+            return error(400, str(e))
+
+    @routes.get("/deepgen/size_presets")
+    async def presets(request):
+        return web.json_response({"presets": size_presets(), "multiple": SIZE_MULTIPLE,
+                                  "reference_unit": REFERENCE_UNIT, "default": DEFAULT_SIZE})
+
+
+_register()

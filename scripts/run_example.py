@@ -1,0 +1,325 @@
+"""Run the text-to-image example on a real ComfyUI with this pack (called by scripts/run_example.sh).
+
+Checks the weights, starts ComfyUI on 127.0.0.1, queues the API-format text-to-image workflow, waits
+for it over /history, prints the saved image's path and always stops the server. Standard library
+only (plus this pack's deepgen_model.download, which needs nothing else for --check).
+
+Exit status: 0 image saved; 3 weights missing (the list of files is printed); 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from deepgen_model import download as dl  # noqa: E402  (stdlib-only module; torch is not imported)
+
+WORKFLOW = REPO / "example_workflows" / "api" / "text_to_image.json"
+EXIT_NO_WEIGHTS = 3
+PROMPT = "a racoon holding a shiny red apple over its head"
+# Checkpoint-loader settings per layout: widget values are paths relative to models/deepgen.
+CHECKPOINTS = {
+    "diffusers": {"ckpt_name": dl.PARTS["release"].folder, "vlm_base": "none", "dit_base": "none"},
+    "native": {"ckpt_name": f"{dl.PARTS['model.pt'].folder}/model.pt", "vlm_base": dl.PARTS["qwen"].folder,
+               "dit_base": dl.PARTS["unipic2"].folder},
+}
+
+
+def builtin_workflow() -> dict:
+    """The API-format twin of the text-to-image example, for when example_workflows/api/ lacks it."""
+    return {
+        "1": {"class_type": "DeepGenCheckpointLoader",
+              "inputs": {**CHECKPOINTS["diffusers"], "weight_dtype": "auto", "quantization": "none",
+                         "attention": "sdpa"}},
+        "2": {"class_type": "DeepGenTextEncode",
+              "inputs": {"vlm": ["1", 1], "scb": ["1", 2], "prompt": PROMPT, "negative_prompt": ""}},
+        "3": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "4": {"class_type": "DeepGenSampler",
+              "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent": ["3", 0],
+                         "seed": 42, "steps": 50, "cfg": 4.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 3]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "DeepGen/text_to_image"}},
+    }
+
+
+def load_workflow(path: Path | None) -> tuple[dict, str]:
+    path = path or (WORKFLOW if WORKFLOW.is_file() else None)
+    if path is None:
+        return builtin_workflow(), "built-in text-to-image graph"
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = data.get("prompt", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and "class_type" in v for v in data.values()):
+        raise SystemExit(f"{path} is not an API-format workflow (a dict of nodes with class_type/inputs); "
+                         "export one with 'Export (API)' in ComfyUI")
+    return data, str(path)
+
+
+def _nodes(prompt: dict, class_type: str) -> list[dict]:
+    return [n for n in prompt.values() if n.get("class_type") == class_type]
+
+
+def customise(prompt: dict, layout: str, steps=None, size=None, seed=None, text=None, weight_dtype=None) -> dict:
+    """Point the graph at the weights found and apply the command-line overrides (in place; returned)."""
+    loaders = _nodes(prompt, "DeepGenCheckpointLoader")
+    if not loaders:
+        raise SystemExit("the workflow has no DeepGenCheckpointLoader node")
+    for n in loaders:
+        n["inputs"].update(CHECKPOINTS[layout])
+        if weight_dtype:
+            n["inputs"]["weight_dtype"] = weight_dtype
+    for n in _nodes(prompt, "DeepGenSampler"):
+        n["inputs"].update({k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
+    if size:
+        for n in _nodes(prompt, "EmptySD3LatentImage"):
+            n["inputs"].update(width=size[0], height=size[1])
+    if text is not None:
+        for n in _nodes(prompt, "DeepGenTextEncode"):
+            n["inputs"]["prompt"] = text
+    return prompt
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    w, _, h = value.lower().partition("x")
+    try:
+        size = (int(w), int(h or w))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {value!r}: use WIDTH[xHEIGHT], e.g. 512 or 768x512") from None
+    if min(size) < 16 or any(s % 16 for s in size):
+        raise argparse.ArgumentTypeError(f"--size {value!r}: width and height must be multiples of 16")
+    return size
+
+
+# ---------------------------------------------------------------------------------------- server
+
+class Server:
+    def __init__(self, python: str, comfyui: Path, base: Path | None, models: Path | None, port: int,
+                 cpu: bool, log_path: Path):
+        cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
+        if cpu:
+            cmd.append("--cpu")
+        if base is not None:
+            cmd += ["--base-directory", str(base)]
+        if models is not None:  # extra_model_paths.yaml: JSON is YAML, so no quoting trouble with odd paths
+            cfg = log_path.with_name("run_example_model_paths.yaml")
+            cfg.write_text(json.dumps({"deepgen_run_example": {"deepgen": str(models)}}), encoding="utf-8")
+            cmd += ["--extra-model-paths-config", str(cfg)]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                         start_new_session=True)
+
+    def request(self, method: str, path: str, payload=None, timeout: float = 30):
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, body.decode(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def progress(self) -> str:
+        text = self.log_tail(5).strip().splitlines()
+        return text[-1].strip()[:120] if text else ""
+
+    def wait_ready(self, timeout: float):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                fail(f"ComfyUI exited ({self.proc.returncode}) while starting. Its log ({self.log_path}) ends:\n"
+                     f"{self.log_tail()}")
+            try:
+                if self.request("GET", "/system_stats", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                fail(f"ComfyUI did not answer within {timeout:.0f}s; its log ({self.log_path}) ends:\n{self.log_tail()}")
+            time.sleep(0.5)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(20)
+
+
+def fail(message: str, code: int = 1):
+    print(f"run_example: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def has_accelerator(python: str) -> bool:
+    probe = ("import torch; print(bool(torch.cuda.is_available() or getattr(torch, 'xpu', None) and "
+             "torch.xpu.is_available() or torch.backends.mps.is_available()))")
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    return out.stdout.strip() == "True"
+
+
+def run(server: Server, prompt: dict, timeout: float) -> dict:
+    """Queue the prompt and wait for its /history entry; returns it, or exits with the server's error."""
+    status, body = server.request("POST", "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    if status != 200:
+        errors = body.get("node_errors") if isinstance(body, dict) else None
+        detail = json.dumps(errors or body, indent=2)[:4000]
+        fail(f"ComfyUI rejected the workflow (HTTP {status}):\n{detail}")
+    prompt_id = body["prompt_id"]
+    print(f"queued prompt {prompt_id}; waiting (server log: {server.log_path})", flush=True)
+    t0 = last = time.monotonic()
+    while True:
+        if server.proc.poll() is not None:
+            fail(f"ComfyUI exited ({server.proc.returncode}) while running the workflow:\n{server.log_tail()}")
+        status, hist = server.request("GET", f"/history/{prompt_id}")
+        entry = hist.get(prompt_id) if status == 200 and isinstance(hist, dict) else None
+        if entry and entry.get("status", {}).get("completed") or entry and entry.get("status", {}).get(
+                "status_str") == "error":
+            return entry
+        now = time.monotonic()
+        if now - t0 > timeout:
+            server.request("POST", "/interrupt")
+            fail(f"the workflow did not finish within {timeout:.0f}s (raise --timeout; CPU runs are slow)")
+        if now - last >= 15:
+            print(f"  ... {now - t0:.0f}s  {server.progress()}", flush=True)
+            last = now
+        time.sleep(0.5)
+
+
+def images_of(entry: dict, output_dir: Path) -> list[Path]:
+    return [output_dir / img.get("subfolder", "") / img["filename"]
+            for out in entry.get("outputs", {}).values() for img in out.get("images", [])
+            if img.get("type", "output") == "output"]
+
+
+def error_text(entry: dict) -> str:
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return (f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_type')}: "
+                    f"{data.get('exception_message')}")
+    return json.dumps(entry.get("status"), indent=2)
+
+
+# ---------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    env = os.environ.get
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--comfyui", type=Path, required=True, help="the ComfyUI folder (with main.py)")
+    ap.add_argument("--base-dir", type=Path, help="ComfyUI --base-directory (custom_nodes/, models/, output/ ...)")
+    ap.add_argument("--models", type=Path, default=env("DEEPGEN_EXAMPLE_MODELS") or None,
+                    help="folder holding the DeepGen model folders (default: <base or ComfyUI>/models/deepgen)")
+    ap.add_argument("--port", type=int, default=int(env("DEEPGEN_EXAMPLE_PORT", "0")), help="default: a free port")
+    ap.add_argument("--steps", type=int, default=int(env("DEEPGEN_EXAMPLE_STEPS", "0")) or None,
+                    help="sampling steps (default: the workflow's, 50)")
+    ap.add_argument("--size", type=parse_size, default=parse_size(env("DEEPGEN_EXAMPLE_SIZE")) if env(
+        "DEEPGEN_EXAMPLE_SIZE") else None, help="WIDTH[xHEIGHT] (default: the workflow's, 512x512)")
+    ap.add_argument("--seed", type=int, help="default: the workflow's")
+    ap.add_argument("--prompt", help="text prompt (default: the workflow's)")
+    ap.add_argument("--weight-dtype", choices=("auto", "bf16", "fp16", "fp32"), help="default: the workflow's")
+    ap.add_argument("--workflow", type=Path, help=f"API-format workflow (default: {WORKFLOW.relative_to(REPO)})")
+    ap.add_argument("--out", type=Path, help="also copy the image here")
+    ap.add_argument("--download", action="store_true", help="download missing weights first (huggingface_hub)")
+    ap.add_argument("--layout", choices=(*dl.LAYOUTS, "auto"), default="auto",
+                    help="which release to use/download (auto: whichever is present, else diffusers)")
+    ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                    help="auto: --cpu when this Python's torch sees no GPU")
+    ap.add_argument("--timeout", type=float, default=float(env("DEEPGEN_EXAMPLE_TIMEOUT", "7200")),
+                    help="seconds to wait for the image (default 7200: CPU runs are slow)")
+    ap.add_argument("--start-timeout", type=float, default=300)
+    a = ap.parse_args(argv)
+
+    comfyui = a.comfyui.expanduser().resolve()
+    if not (comfyui / "main.py").is_file():
+        fail(f"{comfyui} is not a ComfyUI folder (no main.py)")
+    base = a.base_dir.expanduser().resolve() if a.base_dir else None
+    home = base or comfyui
+    models = a.models.expanduser().resolve() if a.models else home / "models" / "deepgen"
+    models.mkdir(parents=True, exist_ok=True)
+
+    layout = dl.detect(models) if a.layout == "auto" else a.layout
+    if a.download:
+        dl.download(models, layout)
+    ok, lines = dl.check_report(models, layout, python=dl._q(sys.executable))
+    print("\n".join(lines), flush=True)
+    if not ok:
+        again = " ".join(dl._q(x) for x in ["bash", "scripts/run_example.sh", *sys.argv[1:]])
+        print(f"\nDeepGen's weights are not in place, so the example cannot run yet. Put the files listed above "
+              f"where shown (or add --download), then run again:\n  cd {dl._q(REPO)} && {again}", file=sys.stderr)
+        return EXIT_NO_WEIGHTS
+
+    prompt, source = load_workflow(a.workflow)
+    customise(prompt, layout, a.steps, a.size, a.seed, a.prompt, a.weight_dtype)
+    cpu = a.device == "cpu" or a.device == "auto" and not has_accelerator(sys.executable)
+    log_path = home / "user" / "run_example-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    port = a.port or free_port()
+    print(f"workflow: {source}\nstarting ComfyUI ({comfyui}{', CPU only' if cpu else ''}) on http://127.0.0.1:{port}",
+          flush=True)
+    if cpu:
+        print("note: no GPU; DeepGen (5B) on the CPU needs ~30 GB RAM and takes long at 512x512/50 steps "
+              "(try --steps 8 --size 256 for a first look)", flush=True)
+
+    def on_term(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    server = Server(sys.executable, comfyui, base, a.models and models, port, cpu, log_path)
+    try:
+        server.wait_ready(a.start_timeout)
+        if server.request("GET", "/object_info/DeepGenCheckpointLoader")[1] in (None, {}):
+            fail(f"ComfyUI started but the DeepGen nodes are missing (did the pack fail to import?). "
+                 f"Log ({log_path}):\n{server.log_tail(60)}")
+        t0 = time.monotonic()
+        entry = run(server, prompt, a.timeout)
+        if entry.get("status", {}).get("status_str") == "error":
+            fail(f"the workflow failed: {error_text(entry)}\n(server log: {log_path})")
+        images = [p for p in images_of(entry, home / "output") if p.is_file()]
+        if not images:
+            fail(f"the workflow finished but saved no image; outputs: {json.dumps(entry.get('outputs'))[:2000]}")
+        print(f"done in {time.monotonic() - t0:.0f}s")
+        for p in images:
+            print(f"image saved: {p}")
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(images[0], a.out)
+            print(f"copied to: {a.out}")
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
