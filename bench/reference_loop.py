@@ -59,6 +59,22 @@ class ReferenceDeepGen:
         cfg_file = root / "connector" / "config.json"
         self.heads = json.loads(cfg_file.read_text())["num_attention_heads"] if cfg_file.is_file() else 32
 
+    @classmethod
+    def from_modules(cls, vlm, tokenizer, connector_state: dict, heads: int, dit, vae, scheduler_config: dict,
+                     device="cpu", dtype=torch.float32) -> "ReferenceDeepGen":
+        """The same loop over modules that are already built (benchmarks: the pack's own weights, so
+        both run on identical tensors without a second copy). `dtype` is the activation dtype: with
+        weights stored smaller and cast per call (the pack's manual cast) pass the compute dtype.
+        The connector tensors stay as stored; each matmul casts them to the activation dtype."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self = cls.__new__(cls)
+        self.device, self.dtype = torch.device(device), dtype
+        self.tokenizer, self.vlm, self.dit, self.vae = tokenizer, vlm, dit, vae
+        self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+        self.connector, self.heads = dict(connector_state), heads
+        return self
+
     # ---------------------------------------------------------------- VLM
     def _parts(self):
         return self.vlm.model.visual, self.vlm.model.language_model
@@ -123,17 +139,19 @@ class ReferenceDeepGen:
     # ---------------------------------------------------------------- bridge
     def _bridge(self, x: torch.Tensor):
         c, heads = self.connector, self.heads
-        lin = lambda x, name: F.linear(x, c[f"{name}.weight"], c[f"{name}.bias"])  # noqa: E731
-        x = lin(x, "projector_1")
+        lin = lambda x, name: F.linear(x, c[f"{name}.weight"].to(x.dtype), c[f"{name}.bias"].to(x.dtype))  # noqa: E731
+        x = lin(x.to(self.dtype), "projector_1")
         layers = sorted({int(k.split(".")[2]) for k in c if k.startswith("connector.layers.")})
         for i in layers:
             p = f"connector.layers.{i}"
-            h = F.layer_norm(x, x.shape[-1:], c[f"{p}.layer_norm1.weight"], c[f"{p}.layer_norm1.bias"], 1e-6)
+            h = F.layer_norm(x, x.shape[-1:], c[f"{p}.layer_norm1.weight"].to(x.dtype),
+                             c[f"{p}.layer_norm1.bias"].to(x.dtype), 1e-6)
             b, n, d = h.shape
             q, k, v = (lin(h, f"{p}.self_attn.{m}_proj").view(b, n, heads, d // heads).transpose(1, 2) for m in "qkv")
             att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1)
             x = x + lin((att @ v).transpose(1, 2).reshape(b, n, d), f"{p}.self_attn.out_proj")
-            h = F.layer_norm(x, x.shape[-1:], c[f"{p}.layer_norm2.weight"], c[f"{p}.layer_norm2.bias"], 1e-6)
+            h = F.layer_norm(x, x.shape[-1:], c[f"{p}.layer_norm2.weight"].to(x.dtype),
+                             c[f"{p}.layer_norm2.bias"].to(x.dtype), 1e-6)
             x = x + lin(F.gelu(lin(h, f"{p}.mlp.fc1"), approximate="tanh"), f"{p}.mlp.fc2")
         return lin(x, "projector_3"), lin(x.mean(1), "projector_2")
 
@@ -169,7 +187,19 @@ class ReferenceDeepGen:
         return np.asarray(pil.resize((w, h)))
 
     @torch.no_grad()
-    def generate(self, prompt: str, negative: str = "", images=None, width=512, height=512, steps=50,
+    def generate(self, *args, **kwargs):
+        """The official loop; a DiT shared with the pack runs with diffusers' stock attention processor
+        for the duration (the pack installs its own on the modules it wraps)."""
+        from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+        saved = self.dit.attn_processors
+        self.dit.set_attn_processor(JointAttnProcessor2_0())
+        try:
+            return self._generate(*args, **kwargs)
+        finally:
+            self.dit.set_attn_processor(saved)
+
+    def _generate(self, prompt: str, negative: str = "", images=None, width=512, height=512, steps=50,
                  cfg=4.0, seed=0, max_side=512):
         refs, vit_tokens, grids = [], None, []
         if images:

@@ -203,6 +203,12 @@ def state(item: Planned, verify_sha256: bool = False, sha256: str | None = None)
     return None
 
 
+def size_text(f: FileSpec) -> str:
+    if f.approx_bytes:
+        return "≈" + human(f.approx_bytes)
+    return "small" if f.path.endswith((".json", ".txt", ".jinja")) else "?"
+
+
 def human(n: int | None) -> str:
     if n is None:
         return "?"
@@ -229,7 +235,7 @@ def table_lines(items: list[Planned], with_state: bool = False) -> list[str]:
         lines.append(f"[{part}] {p.repo}  ->  {next(i.root for i in items if i.spec.part == part)}")
         for i in (i for i in items if i.spec.part == part):
             f = i.spec
-            size = "≈" + human(f.approx_bytes) if f.approx_bytes else "small"
+            size = size_text(f)
             flag = "" if f.required else " (optional)"
             st = ""
             if with_state:
@@ -237,6 +243,21 @@ def table_lines(items: list[Planned], with_state: bool = False) -> list[str]:
                 st = "ok       " if s is None else "missing  " if s == "missing" else "BROKEN   "
             lines.append(f"  {st}{f.path:<48} {size:>10}  sha256 {f.sha256 or '-'}{flag}")
     return lines
+
+
+def markdown_table(layouts=tuple(LAYOUTS)) -> str:
+    """The file table as Markdown (docs/weights.md embeds it verbatim; a test keeps them in sync)."""
+    rows = ["| layout | repository | file | goes to (under models/deepgen) | size | SHA-256 |",
+            "|---|---|---|---|---|---|"]
+    for layout in layouts:
+        for part in LAYOUTS[layout]:
+            p = PARTS[part]
+            for f in (f for f in FILES if f.part == part):
+                size = size_text(f)
+                opt = " (optional)" if not f.required else ""
+                rows.append(f"| {layout} | `{p.repo}` | `{f.path}`{opt} | `{p.folder}/{f.path}` | {size} | "
+                            f"{'`' + f.sha256 + '`' if f.sha256 else '—'} |")
+    return "\n".join(rows)
 
 
 def check_report(to, layout: str, include=None, verify_sha256: bool = False, python: str = "python"):
@@ -366,7 +387,11 @@ def main(argv=None) -> int:
                     help="verify an existing folder; exit 1 listing each missing file and where it goes")
     ap.add_argument("--verify-sha256", action="store_true", help="also hash the files with a known SHA-256 (slow)")
     ap.add_argument("--revision", default=None, help="repository revision (default: main)")
+    ap.add_argument("--markdown", action="store_true", help="print the file table as Markdown and exit")
     a = ap.parse_args(argv)
+    if a.markdown:
+        print(markdown_table())
+        return 0
     if a.to is None:
         ap.error("--to is required: pass the models/deepgen folder of your ComfyUI, e.g. --to ~/ComfyUI/models/deepgen")
     to = a.to.expanduser().absolute()

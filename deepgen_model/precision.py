@@ -113,3 +113,31 @@ def storage_dtype_of(module: nn.Module) -> torch.dtype | None:
         if p.is_floating_point():
             counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
     return max(counts, key=counts.get) if counts else None
+
+
+def compute_dtype_of(module: nn.Module) -> torch.dtype | None:
+    """The dtype `module` computes in: its manual-cast dtype where one is applied, else its storage dtype."""
+    for m in module.modules():
+        if "_deepgen_manual_cast" in m.__dict__:
+            return m._deepgen_manual_cast
+    return storage_dtype_of(module)
+
+
+FP8_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def store_linear_weights(module: nn.Module, dtype) -> nn.Module:
+    """Re-store the weight of every nn.Linear (the bulk of a transformer) in `dtype`, e.g. fp8 e4m3fn.
+
+    Biases, norms, embeddings and convolutions keep their dtype. fp8 cannot be computed in: follow with
+    apply_manual_cast(module, compute_dtype), which casts each weight per call (as ComfyUI's manual
+    cast does); the stored tensors are replaced once, here."""
+    dtype = FP8_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(dtype, torch.dtype):
+        raise DeepGenInputError(f"weight storage {dtype!r} is not supported; use one of {list(FP8_DTYPES)}")
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear) and type(m).__module__.split(".")[0] != "bitsandbytes":
+                if m.weight.dtype != dtype:
+                    m.weight = nn.Parameter(m.weight.to(dtype), requires_grad=False)
+    return module

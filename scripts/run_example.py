@@ -121,6 +121,13 @@ class Server:
             self.proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                          start_new_session=True)
+        # If this helper is killed outright: run_example.sh's EXIT trap reads the first file, and the test
+        # runner's scripts/stop_servers.sh the second (DEEPGEN_PID_DIR, set by scripts/test.sh).
+        self.pid_files = [Path(p) for p in (os.environ.get("DEEPGEN_EXAMPLE_PIDFILE"), os.environ.get(
+            "DEEPGEN_PID_DIR") and os.path.join(os.environ["DEEPGEN_PID_DIR"], f"comfyui-{self.proc.pid}.pid")) if p]
+        for f in self.pid_files:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(str(self.proc.pid))
 
     def request(self, method: str, path: str, payload=None, timeout: float = 30):
         data = None if payload is None else json.dumps(payload).encode()
@@ -170,6 +177,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(20)
+        for f in self.pid_files:
+            f.unlink(missing_ok=True)
 
 
 def fail(message: str, code: int = 1):
@@ -275,9 +284,10 @@ def main(argv=None) -> int:
     ok, lines = dl.check_report(models, layout, python=dl._q(sys.executable))
     print("\n".join(lines), flush=True)
     if not ok:
-        again = " ".join(dl._q(x) for x in ["bash", "scripts/run_example.sh", *sys.argv[1:]])
+        again = os.environ.get("DEEPGEN_EXAMPLE_CMD") or " ".join(
+            dl._q(x) for x in ["python", "scripts/run_example.py", *sys.argv[1:]])
         print(f"\nDeepGen's weights are not in place, so the example cannot run yet. Put the files listed above "
-              f"where shown (or add --download), then run again:\n  cd {dl._q(REPO)} && {again}", file=sys.stderr)
+              f"where shown (or add --download), then run again:\n  cd {dl._q(REPO)} && {again.strip()}", file=sys.stderr)
         return EXIT_NO_WEIGHTS
 
     prompt, source = load_workflow(a.workflow)

@@ -19,6 +19,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PACK_NAME="ComfyUI-DeepGen"  # the custom_nodes folder name (it names /extensions/ComfyUI-DeepGen/)
 
 COMFY="" PY="" BASE="" ARGS=()
+DEEPGEN_EXAMPLE_CMD="$(printf '%q ' bash scripts/run_example.sh "$@")"  # shown in "run again" hints
+export DEEPGEN_EXAMPLE_CMD
 while [ $# -gt 0 ]; do
   case "$1" in
     --comfyui) COMFY="${2:?--comfyui needs a path}"; shift 2 ;;
@@ -27,8 +29,8 @@ while [ $# -gt 0 ]; do
     --python=*) PY="${1#*=}"; shift ;;
     --base-dir) BASE="${2:?--base-dir needs a path}"; shift 2 ;;
     --base-dir=*) BASE="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; echo
-               ARGS+=(--help); shift ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; echo
+               exec "${PY:-python3}" "$REPO/scripts/run_example.py" --help ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
@@ -76,7 +78,7 @@ if [ -n "$BASE" ]; then
   mkdir -p "$BASE"/{custom_nodes,input,output,user,models/deepgen}
   BASE="$(cd "$BASE" && pwd)"
   link_pack "$BASE/custom_nodes"
-  ARGS=(--base-dir "$BASE" "${ARGS[@]}")
+  ARGS=(--base-dir "$BASE" ${ARGS[@]+"${ARGS[@]}"})
 else
   link_pack "$COMFY/custom_nodes"
 fi
@@ -92,5 +94,5 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 rc=0
-DEEPGEN_EXAMPLE_PIDFILE="$PIDFILE" "$PY" "$REPO/scripts/run_example.py" --comfyui "$COMFY" "${ARGS[@]}" || rc=$?
+DEEPGEN_EXAMPLE_PIDFILE="$PIDFILE" "$PY" "$REPO/scripts/run_example.py" --comfyui "$COMFY" ${ARGS[@]+"${ARGS[@]}"} || rc=$?
 exit "$rc"

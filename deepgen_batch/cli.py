@@ -1,0 +1,249 @@
+"""deepgen-batch command line: plan, resume, check the servers, run, summarise.
+
+Exit status: 0 all items done, 1 some items failed (see the manifest), 2 bad arguments/inputs/workflow,
+3 no server reachable, 130 interrupted (Ctrl-C; run the same command again to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .api import ComfyClient, ItemError, TransientError
+from .manifest import Manifest
+from .plan import PlanError, build_plan, read_mapping
+from .progress import Progress
+from .runner import Runner, Settings, prepare
+from .workflow import DEFAULT_CKPT, Workflow, WorkflowError, builtin, load
+
+DEFAULT_SERVER = "http://127.0.0.1:8188"
+
+
+class UsageError(Exception):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deepgen-batch",
+        description="Edit a folder of images with DeepGen on one or more ComfyUI servers (HTTP API). "
+                    "Re-running the same command resumes: finished items are skipped.",
+        epilog="Guide: docs/batch.md. Exit status: 0 ok, 1 some items failed, 2 bad input, 3 no server, "
+               "130 interrupted.")
+    p.add_argument("input", nargs="?", type=Path,
+                   help="folder of images (default with --mapping: the mapping file's folder)")
+    what = p.add_argument_group("what to do")
+    what.add_argument("-i", "--instruction", help="one edit instruction for every image (or the fallback "
+                                                  "for mapping rows without one)")
+    what.add_argument("-m", "--mapping", type=Path, help="CSV/TSV (header: filename,instruction[,seed,width,"
+                                                         "height,max_side,negative]) or JSONL with the same keys")
+    what.add_argument("-o", "--output", type=Path, required=True, help="folder for the results (<name>.png)")
+    what.add_argument("--manifest", type=Path, help="manifest JSONL (default OUTPUT/manifest.jsonl)")
+    what.add_argument("--recursive", action="store_true", help="also take images in sub-folders")
+    what.add_argument("--limit", type=int, help="process at most N not-yet-done items in this run")
+    what.add_argument("--force", action="store_true", help="redo every item, even those the manifest has as done")
+    what.add_argument("--dry-run", action="store_true", help="print the plan and the first filled workflow; "
+                                                             "contact no server")
+    wf = p.add_argument_group("workflow")
+    wf.add_argument("--workflow", type=Path, help="API-format workflow JSON (Workflow > Export (API)) "
+                                                  "instead of the built-in single-image edit graph")
+    wf.add_argument("--ckpt", help=f"DeepGenCheckpointLoader ckpt_name (built-in default {DEFAULT_CKPT!r})")
+    wf.add_argument("--steps", type=int, help="sampler steps (built-in default 50)")
+    wf.add_argument("--cfg", type=float, help="CFG scale (built-in default 4.0)")
+    wf.add_argument("--negative", help="negative prompt (built-in default: the authors' edit negative)")
+    wf.add_argument("--max-side", type=int, help="long side of the resized reference, multiple of 32 (built-in "
+                                                 "default 512); with one reference it sets the output size")
+    wf.add_argument("--width", type=int, help="output width for multi-reference workflows (multiple of 16)")
+    wf.add_argument("--height", type=int, help="output height for multi-reference workflows (multiple of 16)")
+    wf.add_argument("--weight-dtype", choices=["auto", "bf16", "fp16", "fp32"], help="loader weight_dtype")
+    wf.add_argument("--quantization", choices=["none", "8-bit", "4-bit nf4"], help="VLM quantization")
+    wf.add_argument("--seed", type=lambda s: int(s, 0), default=0,
+                    help="base seed: item i (0-based, plan order) gets BASE+i unless the mapping gives one")
+    wf.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                    help="set any widget input; NODE is a node id or a class_type (all its nodes); VALUE is "
+                         "JSON (2, 4.5, true, \"text\") or plain text. Repeatable")
+    srv = p.add_argument_group("servers")
+    srv.add_argument("-s", "--server", action="append", metavar="URL",
+                     help=f"ComfyUI server URL, repeatable (default {DEFAULT_SERVER})")
+    srv.add_argument("--per-server", type=int, default=2, help="jobs in flight per server (default 2: one runs "
+                                                               "while the next is uploaded and queued)")
+    srv.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                     help="extra HTTP header for every request, e.g. an Authorization for a proxy")
+    srv.add_argument("--retries", type=int, default=3, help="retries of transient failures per item (default 3)")
+    srv.add_argument("--retry-wait", type=float, default=2.0, help="first back-off in seconds, doubling (default 2)")
+    srv.add_argument("--timeout", type=float, default=3600.0, help="seconds one job may take (default 3600)")
+    out = p.add_argument_group("display")
+    out.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    out.add_argument("--version", action="version", version=f"deepgen-batch {__version__}")
+    return p
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def build_workflow(args) -> Workflow:
+    custom = args.workflow is not None
+    wf = Workflow(load(args.workflow) if custom else builtin(args.ckpt or DEFAULT_CKPT))
+    overrides = {"ckpt_name": args.ckpt if custom else None, "steps": args.steps, "cfg": args.cfg,
+                 "weight_dtype": args.weight_dtype, "quantization": args.quantization}
+    for name, value in overrides.items():
+        if value is not None and not wf.set_everywhere(name, value):
+            raise WorkflowError(f"the workflow has no node with a '{name}' widget to set")
+    for spec in args.set:
+        key, eq, raw = spec.partition("=")
+        node, dot, name = key.rpartition(".")
+        if not eq or not dot or not node or not name:
+            raise WorkflowError(f"--set {spec!r}: use NODE.INPUT=VALUE, e.g. --set 4.steps=8")
+        ids = [node] if node in wf.prompt else [i for i, n in wf.prompt.items() if n.get("class_type") == node]
+        if not ids:
+            raise WorkflowError(f"--set {spec!r}: no node id or class_type {node!r} in the workflow")
+        for nid in ids:
+            wf.set_input(nid, name, _value(raw))
+    wf.targets = {role: wf._find(role) for role in wf.targets}  # --set may have changed what is a widget
+    return wf
+
+
+def _combo_options(spec):
+    if isinstance(spec, list) and spec:
+        if isinstance(spec[0], list):
+            return spec[0]
+        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+            return spec[1].get("options")
+    return None
+
+
+def preflight(clients: list[ComfyClient], wf: Workflow, log) -> list[ComfyClient]:
+    """Drop unreachable servers; refuse (UsageError) a server that lacks a node class or a chosen file."""
+    alive = []
+    for c in clients:
+        try:
+            c.get_json("/queue", timeout=10)
+        except (TransientError, ItemError) as e:
+            log(f"warning: skipping {c.url}: {e}")
+            continue
+        alive.append(c)
+    skip = wf.per_item_inputs()
+    classes = sorted({n["class_type"] for n in wf.prompt.values()})
+    for c in alive:
+        for cls in classes:
+            info = c.object_info(cls)
+            if not info:
+                raise UsageError(f"{c.url} has no node '{cls}': install the pack that provides it "
+                                 "(DeepGen nodes: ComfyUI-DeepGen in custom_nodes) and restart ComfyUI")
+            specs = {**info.get("input", {}).get("required", {}), **info.get("input", {}).get("optional", {})}
+            for nid, node in wf.prompt.items():
+                if node["class_type"] != cls:
+                    continue
+                for name, value in node.get("inputs", {}).items():
+                    options = _combo_options(specs.get(name))
+                    if (nid, name) in skip or options is None or isinstance(value, list) or value in options:
+                        continue
+                    listed = ", ".join(map(str, options[:12])) or "nothing"
+                    raise UsageError(f"{c.url}: {cls} (node {nid}) {name}={value!r} is not available there; "
+                                     f"it offers: {listed}" + (" ..." if len(options) > 12 else "")
+                                     + (". Put the DeepGen release folder into ComfyUI/models/deepgen/ or pass --ckpt"
+                                        if name == "ckpt_name" else ""))
+    return alive
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+
+    def log(text):
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        return _main(args, log)
+    except (UsageError, PlanError, WorkflowError, ValueError) as e:
+        log(f"deepgen-batch: error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        log("deepgen-batch: interrupted; run the same command again to resume")
+        return 130
+
+
+def _main(args, log) -> int:
+    if args.per_server < 1 or args.retries < 0 or (args.limit is not None and args.limit < 1):
+        raise UsageError("--per-server and --limit must be >= 1, --retries >= 0")
+    if not args.mapping and not args.instruction:
+        raise UsageError("give --instruction TEXT (one edit for all images) or --mapping FILE")
+    input_dir = args.input or (args.mapping.parent if args.mapping else None)
+    if input_dir is None:
+        raise UsageError("give the input folder")
+    wf = build_workflow(args)
+    rows = read_mapping(args.mapping) if args.mapping else None
+    items = build_plan(input_dir, rows, instruction=args.instruction, seed_base=args.seed,
+                       recursive=args.recursive, width=args.width, height=args.height, max_side=args.max_side,
+                       negative=args.negative)
+    manifest = Manifest(args.manifest or args.output / "manifest.jsonl")
+
+    done = {} if args.force else manifest.done()
+    todo = []
+    for item in items:
+        try:
+            fp = prepare(item, wf).fingerprint
+        except ItemError:
+            fp = None  # fails again in the run, with its error row
+        if (item.input, fp) not in done:
+            todo.append(item)
+    skipped = len(items) - len(todo)
+    if args.limit is not None:
+        todo = todo[:args.limit]
+    log(f"deepgen-batch: {len(items)} items, {skipped} already done (manifest {manifest.path}), "
+        f"{len(todo)} to run")
+
+    if args.dry_run:
+        for item in todo:
+            print(json.dumps({"input": item.input, "instruction": item.instruction, "seed": item.seed,
+                              "output": f"{item.output_stem}.png", "width": item.width, "height": item.height,
+                              "max_side": item.max_side}, ensure_ascii=False))
+        if todo:
+            from .runner import fill, UPLOAD_SUBFOLDER
+            log("first item's workflow (image name = its content hash once uploaded):")
+            print(json.dumps(fill(wf, todo[0], f"{UPLOAD_SUBFOLDER}/<upload>", "deepgen-batch/<name>"), indent=1))
+        return 0
+    if not todo:
+        print(f"nothing to do: all {len(items)} items are done ({manifest.path})")
+        return 0
+
+    headers = {}
+    for h in args.header:
+        name, colon, value = h.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header {h!r}: use 'Name: value'")
+        headers[name.strip()] = value.strip()
+    clients = [ComfyClient(url, headers) for url in dict.fromkeys(args.server or [DEFAULT_SERVER])]
+    clients = preflight(clients, wf, log)
+    if not clients:
+        log("deepgen-batch: error: no ComfyUI server reachable (is it running? check --server)")
+        return 3
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops like Ctrl-C: prompts cancelled
+    args.output.mkdir(parents=True, exist_ok=True)
+    settings = Settings(per_server=args.per_server, retries=args.retries, retry_wait=args.retry_wait,
+                        timeout=args.timeout)
+    progress = Progress(len(todo), min(len(todo), settings.per_server * len(clients)), bars=not args.no_progress)
+    runner = Runner(clients, wf, args.output, manifest, settings, progress)
+    t0 = time.monotonic()
+    try:
+        rows = runner.run(todo)
+    finally:
+        progress.close()
+    failed = [r for r in rows if r["status"] != "ok"]
+    per_server = {c.url: sum(1 for r in rows if r["server"] == c.url and r["status"] == "ok") for c in clients}
+    print(f"deepgen-batch: {len(rows) - len(failed)} ok, {len(failed)} failed, {skipped} skipped (already done) "
+          f"in {time.monotonic() - t0:.1f} s; " + ", ".join(f"{u}: {n}" for u, n in per_server.items()))
+    for r in failed[:20]:
+        print(f"  FAILED {r['input']}: {r['error']}")
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more (status \"error\" in {manifest.path})")
+    print(f"manifest: {manifest.path}")
+    return 1 if failed else 0

@@ -1,0 +1,293 @@
+// Headless-Chromium test of the ComfyUI-DeepGen web extension against a REAL ComfyUI server.
+// Run by tests/integration/test_web_browser.py, which starts the server, places the tiny release and
+// reference images, computes the expected strings with deepgen_model, and passes them in a JSON file:
+//   node web_extension.mjs <spec.json>
+// spec: {url, chromium, artifacts, model, images: {load: name, empty: {width, height}},
+//        prompts: {t2i: {prompt, negative, positive_text, negative_text, tokens}, edit: {...}}, presets}
+// Exit 0 = every check passed; the last stdout line is a JSON summary.
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const spec = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const PACK_URL = "/extensions/ComfyUI-DeepGen/";
+const results = [];
+const consoleErrors = [];
+const t0 = Date.now();
+
+function check(name, ok, detail = "") {
+  results.push({ name, ok: !!ok, detail: ok ? "" : String(detail).slice(0, 3000) });
+  console.log(`${ok ? "ok  " : "FAIL"} ${name}${ok ? "" : `: ${String(detail).slice(0, 3000)}`}`);
+}
+
+// The pack's own errors: raised in its files, about its routes, or logged by it ("DeepGen: ...").
+// Frontend noise that merely names a DeepGen node (the CSP-blocked registry lookup of every node type
+// at api.comfy.org) is not ours.
+function ours(text, url = "") {
+  const t = text ?? "";
+  return [url, t].some((s) => s.includes(PACK_URL) || /\/(api\/)?deepgen\//.test(s)) || /^DeepGen[: ]/.test(t);
+}
+
+const browser = await chromium.launch({
+  executablePath: spec.chromium,
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+page.on("console", (msg) => {
+  if (msg.type() !== "error") return;
+  const where = msg.location()?.url ?? "";
+  consoleErrors.push({ text: msg.text(), url: where, ours: ours(msg.text(), where) });
+});
+page.on("pageerror", (err) => {
+  consoleErrors.push({ text: `${err.message}\n${err.stack ?? ""}`, url: "", ours: ours(`${err.message}\n${err.stack ?? ""}`) });
+});
+
+const shot = (name) => page.screenshot({ path: path.join(spec.artifacts, name) });
+
+try {
+  // first-run dialog off (harness doc §7), then load the real UI
+  await fetch(`${spec.url}/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
+  await page.goto(spec.url, { waitUntil: "domcontentloaded" });
+  await page.waitForFunction(() => window.__deepgenWeb && window.app?.graph && window.LiteGraph, null, { timeout: 60000 });
+  await page.keyboard.press("Escape");
+  check("extension loaded", await page.evaluate(() => window.__deepgenWeb.version));
+  check("size presets fetched from the server",
+    JSON.stringify(await page.evaluate(() => window.__deepgenWeb.presets())) === JSON.stringify(spec.presets));
+  await page.evaluate(() => { window.app.graph.clear(); window.app.canvas.ds.offset = [0, 0]; window.app.canvas.ds.scale = 1; });
+
+  // ---- add DeepGen nodes through the node search box (double-click on the empty canvas)
+  async function addBySearch(displayName, type, x, y) {
+    const before = await page.evaluate((t) => window.app.graph.nodes.filter((n) => n.type === t).length, type);
+    await page.mouse.dblclick(x, y);
+    const input = page.locator('input[id^="comfy-vue-node-search-box-input"]');
+    await input.waitFor({ state: "visible", timeout: 10000 });
+    await input.fill(displayName);
+    const option = page.locator('[role="option"]', { hasText: displayName }).first();
+    await option.waitFor({ state: "visible", timeout: 10000 });
+    await option.click();
+    await input.waitFor({ state: "hidden", timeout: 10000 }); // the dialog must be gone before the next search
+    await page.waitForFunction(([t, n]) => window.app.graph.nodes.filter((x) => x.type === t).length > n, [type, before]);
+    return page.evaluate((t) => window.app.graph.nodes.filter((n) => n.type === t).at(-1).id, type);
+  }
+  const canvasBox = await page.locator("#graph-canvas").boundingBox();
+  const at = (fx, fy) => [canvasBox.x + canvasBox.width * fx, canvasBox.y + canvasBox.height * fy];
+  // empty spots: clear of the top-right run toolbar, the minimap (bottom right) and earlier nodes
+  const editId = await addBySearch("DeepGen Edit Encode", "DeepGenEditEncode", ...at(0.36, 0.22));
+  const textId = await addBySearch("DeepGen Text Encode", "DeepGenTextEncode", ...at(0.66, 0.22));
+  const loaderId = await addBySearch("DeepGen VLM Loader", "DeepGenVLMLoader", ...at(0.08, 0.22));
+  check("nodes added through node search", editId != null && textId != null && loaderId != null);
+
+  // ---- (1) identity: colours + badge on every DeepGen node, none on a core node
+  const identity = await page.evaluate((ids) => {
+    const g = window.app.graph;
+    const core = window.LiteGraph.createNode("EmptyImage");
+    g.add(core);
+    const badge = (n) => (n.badges ?? []).map((b) => (typeof b === "function" ? b() : b))
+      .find((b) => b?.bgColor === "#7c4dff")?.text ?? null;
+    const out = ids.map((id) => { const n = g.getNodeById(id); return { color: n.color, bgcolor: n.bgcolor, badge: badge(n) }; });
+    out.push({ color: core.color ?? null, bgcolor: core.bgcolor ?? null, badge: badge(core) });
+    g.remove(core);
+    return out;
+  }, [editId, textId, loaderId]);
+  check("DeepGen nodes coloured and badged with their role",
+    identity.slice(0, 3).every((n) => n.color === "#4b2d7f" && n.bgcolor === "#2b2540")
+    && JSON.stringify(identity.slice(0, 3).map((n) => n.badge)) === '["edit","T2I","VLM"]', JSON.stringify(identity));
+  check("core nodes untouched", !identity[3].color && !identity[3].badge, JSON.stringify(identity[3]));
+
+  // ---- wire sources: VLM loader -> both encoders, Load Image -> image1, Empty Image -> image2
+  const wiring = await page.evaluate(([editId, textId, loaderId, s]) => {
+    const g = window.app.graph;
+    const edit = g.getNodeById(editId), text = g.getNodeById(textId), loader = g.getNodeById(loaderId);
+    loader.widgets.find((w) => w.name === "vlm_name").value = s.model;
+    loader.connect(0, edit, edit.findInputSlot("vlm"));
+    loader.connect(0, text, text.findInputSlot("vlm"));
+    const load = window.LiteGraph.createNode("LoadImage");
+    load.pos = [90, 400];
+    g.add(load);
+    const imageWidget = load.widgets.find((w) => w.name === "image");
+    imageWidget.value = s.images.load;
+    imageWidget.callback?.(s.images.load);
+    const empty = window.LiteGraph.createNode("EmptyImage");
+    empty.pos = [90, 760];
+    g.add(empty);
+    empty.widgets.find((w) => w.name === "width").value = s.images.empty.width;
+    empty.widgets.find((w) => w.name === "height").value = s.images.empty.height;
+    const names = () => edit.inputs.map((i) => i.name).filter((n) => /^image\d$/.test(n));
+    const initial = names();
+    return { initial, loadId: load.id, emptyId: empty.id };
+  }, [editId, textId, loaderId, spec]);
+  check("edit node starts with image1 + one free slot (image2)",
+    JSON.stringify(wiring.initial) === '["image1","image2"]', JSON.stringify(wiring.initial));
+
+  // ---- (3) reference inputs grow as they are connected, shrink when disconnected
+  const refNames = (id) => page.evaluate((id) => window.app.graph.getNodeById(id).inputs.map((i) => i.name)
+    .filter((n) => /^image\d$/.test(n)), id);
+  const connectRef = (src, name) => page.evaluate(([editId, src, name]) => {
+    const g = window.app.graph, edit = g.getNodeById(editId);
+    g.getNodeById(src).connect(0, edit, edit.findInputSlot(name));
+  }, [editId, src, name]);
+  const waitRefs = async (want) => {
+    try {
+      await page.waitForFunction(([id, want]) => JSON.stringify(window.app.graph.getNodeById(id).inputs.map((i) => i.name)
+        .filter((n) => /^image\d$/.test(n))) === want, [editId, JSON.stringify(want)], { timeout: 5000 });
+    } catch { /* reported by the check below */ }
+    return refNames(editId);
+  };
+  await connectRef(wiring.loadId, "image1");
+  let names = await waitRefs(["image1", "image2"]);
+  check("image1 connected: image2 stays the free slot", JSON.stringify(names) === '["image1","image2"]', JSON.stringify(names));
+  await connectRef(wiring.emptyId, "image2");
+  names = await waitRefs(["image1", "image2", "image3"]);
+  check("image2 connected: image3 appears", JSON.stringify(names) === '["image1","image2","image3"]', JSON.stringify(names));
+  await connectRef(wiring.emptyId, "image3");
+  names = await waitRefs(["image1", "image2", "image3", "image4"]);
+  check("image3 connected: image4 appears", JSON.stringify(names) === '["image1","image2","image3","image4"]', JSON.stringify(names));
+  await page.evaluate((id) => { const n = window.app.graph.getNodeById(id); n.disconnectInput(n.findInputSlot("image3")); }, editId);
+  names = await waitRefs(["image1", "image2", "image3"]);
+  check("image3 disconnected: image4 removed again", JSON.stringify(names) === '["image1","image2","image3"]', JSON.stringify(names));
+
+  // ---- (2) prompt preview: the exact strings and token counts computed by deepgen_model
+  async function previewOf(id, want) {
+    await page.evaluate(([id, p]) => {
+      const n = window.app.graph.getNodeById(id);
+      for (const [k, v] of [["prompt", p.prompt], ["negative_prompt", p.negative]]) {
+        const w = n.widgets.find((x) => x.name === k);
+        w.value = v;
+        w.callback?.(v);
+      }
+      window.__deepgenWeb.refresh(n);
+    }, [id, want]);
+    await page.waitForFunction(([id, pos]) => {
+      const n = window.app.graph.getNodeById(id);
+      return n.__deepgen?.answer?.positive === pos;
+    }, [id, want.positive_text], { timeout: 15000 }).catch(() => {});
+    return page.evaluate((id) => {
+      const n = window.app.graph.getNodeById(id), el = n.__deepgen.element;
+      const box = el.querySelector(".dg-exact-box");
+      const q = (s) => el.querySelector(s).textContent;
+      const compact = { pos: q(".dg-pos"), neg: q(".dg-neg") };
+      box.checked = true;
+      box.dispatchEvent(new Event("change"));
+      const exact = { pos: q(".dg-pos"), neg: q(".dg-neg") };
+      box.checked = false;
+      box.dispatchEvent(new Event("change"));
+      return { compact, exact, tokens: q(".dg-tokens"), refs: q(".dg-refs"), output: q(".dg-output"),
+        note: q(".dg-note"), state: el.dataset.state, visible: el.getBoundingClientRect().height > 20 };
+    }, id);
+  }
+  const t2i = await previewOf(textId, spec.prompts.t2i);
+  check("T2I preview: positive string exact", t2i.exact.pos === spec.prompts.t2i.positive_text, JSON.stringify(t2i.exact.pos));
+  check("T2I preview: negative string exact", t2i.exact.neg === spec.prompts.t2i.negative_text, JSON.stringify(t2i.exact.neg));
+  check("T2I preview: token counts from the release tokenizer", t2i.tokens === spec.prompts.t2i.tokens_line, t2i.tokens);
+  check("T2I preview visible in the node", t2i.visible && t2i.state === "complete", JSON.stringify(t2i));
+
+  const edit = await previewOf(editId, spec.prompts.edit);
+  check("edit preview: positive string exact (image blocks of both references)",
+    edit.exact.pos === spec.prompts.edit.positive_text, `${edit.exact.pos.length} chars: ${edit.compact.pos}`);
+  check("edit preview: negative string exact", edit.exact.neg === spec.prompts.edit.negative_text, edit.compact.neg);
+  check("edit preview: compact view", edit.compact.pos === spec.prompts.edit.positive_compact, edit.compact.pos);
+  check("edit preview: per-reference sizes and image tokens", edit.refs === spec.prompts.edit.refs_line, edit.refs);
+  check("edit preview: token counts", edit.tokens === spec.prompts.edit.tokens_line, edit.tokens);
+
+  // ---- (4) size presets: width/height greyed out with one reference; presets fill them with two
+  const sizes = await page.evaluate(([id, label]) => {
+    const n = window.app.graph.getNodeById(id);
+    const w = (k) => n.widgets.find((x) => x.name === k);
+    const combo = w("size preset");
+    const values = combo.options.values;
+    combo.value = label;
+    combo.callback(label);
+    return { values, width: w("width").value, height: w("height").value, disabled: w("width").disabled, label: combo.value };
+  }, [editId, spec.presets_pick.label]);
+  check("size presets listed (custom, server presets, match image1)",
+    JSON.stringify(sizes.values) === JSON.stringify(spec.presets_pick.values), JSON.stringify(sizes.values));
+  check("picking a preset sets width/height", sizes.width === spec.presets_pick.width && sizes.height === spec.presets_pick.height
+    && sizes.label === spec.presets_pick.label && sizes.disabled === false, JSON.stringify(sizes));
+  await page.evaluate((id) => window.__deepgenWeb.refresh(window.app.graph.getNodeById(id)), editId);
+  await page.waitForFunction(([id, w]) => window.app.graph.getNodeById(id).__deepgen.element
+    .querySelector(".dg-output").textContent.includes(`${w}×`), [editId, spec.presets_pick.width], { timeout: 10000 }).catch(() => {});
+  const out2 = await page.evaluate((id) => window.app.graph.getNodeById(id).__deepgen.element.querySelector(".dg-output").textContent, editId);
+  check("preview shows the output size from width/height", out2 === spec.presets_pick.output_line, out2);
+  await shot("web-extension.png");
+
+  const match = await page.evaluate((id) => {
+    const n = window.app.graph.getNodeById(id);
+    const combo = n.widgets.find((x) => x.name === "size preset");
+    combo.callback("match image1");
+    return [n.widgets.find((x) => x.name === "width").value, n.widgets.find((x) => x.name === "height").value];
+  }, editId);
+  check("'match image1' copies the resized image1 size", JSON.stringify(match) === JSON.stringify(spec.images.load_resized), JSON.stringify(match));
+
+  // one reference: output = resized image1, width/height disabled
+  await page.evaluate((id) => { const n = window.app.graph.getNodeById(id); n.disconnectInput(n.findInputSlot("image2")); }, editId);
+  await waitRefs(["image1", "image2"]);
+  await page.evaluate((id) => window.__deepgenWeb.refresh(window.app.graph.getNodeById(id)), editId);
+  await page.waitForFunction((id) => window.app.graph.getNodeById(id).__deepgen.element
+    .querySelector(".dg-output").textContent.includes("image1"), editId, { timeout: 10000 }).catch(() => {});
+  const one = await page.evaluate((id) => {
+    const n = window.app.graph.getNodeById(id);
+    return { output: n.__deepgen.element.querySelector(".dg-output").textContent,
+      disabled: ["width", "height", "size preset"].map((k) => n.widgets.find((x) => x.name === k).disabled) };
+  }, editId);
+  check("one reference: output = resized image1, width/height greyed out",
+    one.output === spec.images.one_ref_output_line && one.disabled.every(Boolean), JSON.stringify(one));
+
+  // ---- saved workflows: positional widgets_values untouched, API prompt has only real inputs,
+  // and links survive a save/load round trip (also for a workflow saved with all four slots)
+  const saved = await page.evaluate(async ([id, emptyId]) => {
+    const g = window.app.graph, n = g.getNodeById(id);
+    g.getNodeById(emptyId).connect(0, n, n.findInputSlot("image2"));
+    await new Promise((r) => setTimeout(r, 50));
+    n.widgets.find((x) => x.name === "width").value = 704;
+    const wf = g.serialize();
+    const node = wf.nodes.find((x) => x.id === id);
+    const { output } = await window.app.graphToPrompt();
+    const api = output[String(id)].inputs;
+    // reload it, then a variant saved with all four slots present and image3 connected
+    await window.app.loadGraphData(structuredClone(wf));
+    const again = window.app.graph.getNodeById(id);
+    const roundTrip = { refs: again.inputs.filter((i) => /^image\d$/.test(i.name)).map((i) => [i.name, i.link != null]),
+      values: again.widgets.filter((w) => w.serialize !== false).map((w) => w.value) };
+    const legacy = structuredClone(wf);
+    const ln = legacy.nodes.find((x) => x.id === id);
+    const slot4 = { ...ln.inputs.find((i) => i.name === "image3"), name: "image4", localized_name: "image4", link: null };
+    ln.inputs.push(slot4);
+    const l2 = legacy.links.find((l) => l[3] === id && l[4] === ln.inputs.findIndex((i) => i.name === "image2"));
+    const newLink = [legacy.last_link_id + 1, l2[1], l2[2], id, ln.inputs.findIndex((i) => i.name === "image3"), "IMAGE"];
+    legacy.links.push(newLink);
+    legacy.last_link_id += 1;
+    ln.inputs.find((i) => i.name === "image3").link = newLink[0];
+    legacy.nodes.find((x) => x.id === l2[1]).outputs[0].links.push(newLink[0]);
+    await window.app.loadGraphData(legacy);
+    const third = window.app.graph.getNodeById(id);
+    const legacyRefs = third.inputs.filter((i) => /^image\d$/.test(i.name)).map((i) => [i.name, i.link != null]);
+    const legacyApi = (await window.app.graphToPrompt()).output[String(id)].inputs;
+    return { values: node.widgets_values, apiKeys: Object.keys(api).sort(), roundTrip, legacyRefs,
+      legacyApiRefs: Object.keys(legacyApi).filter((k) => /^image\d$/.test(k)).sort() };
+  }, [editId, wiring.emptyId]);
+  check("saved widgets_values are exactly the node's own widgets",
+    JSON.stringify(saved.values) === JSON.stringify([spec.prompts.edit.prompt, spec.prompts.edit.negative, 512, 704, spec.images.load_resized[1]]),
+    JSON.stringify(saved.values));
+  check("API prompt carries only the node's real inputs", JSON.stringify(saved.apiKeys) === JSON.stringify(spec.edit_api_keys),
+    JSON.stringify(saved.apiKeys));
+  check("save/load round trip keeps links and values",
+    JSON.stringify(saved.roundTrip.refs) === '[["image1",true],["image2",true],["image3",false]]'
+    && JSON.stringify(saved.roundTrip.values) === JSON.stringify(saved.values), JSON.stringify(saved.roundTrip));
+  check("workflow saved with all four slots loads with its links",
+    JSON.stringify(saved.legacyRefs) === '[["image1",true],["image2",true],["image3",true],["image4",false]]'
+    && JSON.stringify(saved.legacyApiRefs) === '["image1","image2","image3"]', JSON.stringify(saved));
+} catch (e) {
+  check("no exception in the test script", false, e?.stack ?? e);
+  await shot("web-extension-failure.png").catch(() => {});
+} finally {
+  await page.waitForTimeout(300);
+  const mine = consoleErrors.filter((e) => e.ours);
+  check("no console errors from the pack", mine.length === 0, JSON.stringify(mine));
+  await browser.close();
+  const failed = results.filter((r) => !r.ok);
+  console.log(JSON.stringify({ passed: results.length - failed.length, failed: failed.length, seconds: (Date.now() - t0) / 1000,
+    other_console_errors: consoleErrors.filter((e) => !e.ours).map((e) => e.text.slice(0, 200)) }));
+  process.exit(failed.length ? 1 : 0);
+}

@@ -1,0 +1,301 @@
+"""example_workflows/: every UI workflow validates against the live server's /object_info, agrees with its
+API twin (example_workflows/api/), is listed by /api/workflow_templates, and every twin EXECUTES on the
+real server with the tiny fixtures (steps and sizes shrunk in memory, never in the files).
+
+The UI checks mirror what frontend 1.32.9 does when it loads a workflow: widgets_values are positional over
+the node's widget inputs (input_order), with one extra value after a control_after_generate INT (the
+"fixed"/"randomize" control) and after an image_upload combo (the upload button's "image").
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import deepgen_tiny
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "example_workflows"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+PACK = "ComfyUI-DeepGen"
+RELEASE = "DeepGen-1.0-diffusers"
+HF_RELEASE = "https://huggingface.co/deepgenteam/DeepGen-1.0-diffusers/resolve/main/"
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # frontend-only nodes: no /object_info entry, not in API format
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+MODEL_WIDGETS = {"ckpt_name", "vlm_name", "scb_name", "dit_name", "vae_name"}
+REQUIRED = {"text_to_image", "image_edit", "multi_reference_edit", "reasoning_generation", "reasoning_edit",
+            "text_rendering", "low_vram_8bit_vlm", "sampler_custom_advanced"}
+TINY_STEPS, TINY_SIZE = 2, 64
+
+
+def load(name: str, api: bool = False) -> dict:
+    return json.loads((EXAMPLES / ("api" if api else "") / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def release(comfy_models, tiny):
+    """The tiny release under the folder name the workflows select (same five weight-file names as the real one)."""
+    root = comfy_models / "deepgen" / RELEASE
+    if not root.exists():
+        deepgen_tiny.write_diffusers_release(root, tiny)
+    return root
+
+
+def upload(server, path: Path) -> dict:
+    """POST /upload/image (multipart), as the frontend's upload button and API clients do."""
+    boundary = uuid.uuid4().hex
+    body = b"".join([
+        f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode(), path.read_bytes(), f"\r\n--{boundary}--\r\n".encode()])
+    import urllib.request
+
+    req = urllib.request.Request(server.url + "/upload/image", data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server, release):
+    """The live server with the release in place and the shipped sample inputs uploaded."""
+    for path in sorted((EXAMPLES / "input").glob("*.png")):
+        assert upload(comfy_server, path)["name"] == path.name
+    return comfy_server
+
+
+@pytest.fixture(scope="module")
+def object_info(server) -> dict:
+    return server.object_info()
+
+
+def widget_slots(info: dict) -> list[tuple[str, str, dict]]:
+    """(input name, "value" | "control" | "upload", spec options) per widgets_values position, in frontend order."""
+    slots = []
+    for section in ("required", "optional"):
+        for name in info.get("input_order", {}).get(section, []):
+            spec = info["input"][section][name]
+            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if kind not in WIDGET_TYPES or opts.get("forceInput"):
+                continue
+            if isinstance(spec[0], list):
+                opts = {**opts, "options": spec[0]}
+            slots.append((name, "value", {**opts, "type": kind}))
+            if kind == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
+                slots.append((name, "control", {}))
+            if opts.get("image_upload"):
+                slots.append((name, "upload", {}))
+    return slots
+
+
+def input_spec(info: dict, name: str):
+    for section in ("required", "optional"):
+        if name in info["input"].get(section, {}):
+            return section, info["input"][section][name]
+    return None, None
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """What the frontend's "Export (API)" makes of a UI workflow (active nodes, widget values by name)."""
+    links = {link[0]: link for link in workflow["links"]}
+    api = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
+            continue
+        info = object_info[node["type"]]
+        inputs = {name: value for (name, kind, _), value in zip(widget_slots(info), node.get("widgets_values", []))
+                  if kind == "value"}
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                _, src, src_slot, *_ = links[slot["link"]]
+                inputs[slot["name"]] = [str(src), src_slot]
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
+                                "_meta": {"title": node.get("title") or info.get("display_name") or node["type"]}}
+    return api
+
+
+# ------------------------------------------------------------------ files
+
+def test_required_workflows_with_thumbnails_and_twins():
+    assert REQUIRED <= set(NAMES), REQUIRED - set(NAMES)
+    for name in NAMES:
+        with Image.open(EXAMPLES / f"{name}.jpg") as thumb:
+            assert thumb.format == "JPEG" and thumb.size == (640, 480)
+        assert (EXAMPLES / "api" / f"{name}.json").is_file(), name
+    assert sorted(p.stem for p in (EXAMPLES / "api").glob("*.json")) == NAMES
+
+
+# ------------------------------------------------------------------ (a) UI workflows against /object_info
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_validates_against_object_info(name, object_info):
+    wf = load(name)
+    assert wf["version"] == 0.4 and {"id", "revision", "last_node_id", "last_link_id", "nodes", "links", "groups",
+                                      "config", "extra"} <= set(wf)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]) and wf["last_node_id"] >= max(nodes)
+    assert len({link[0] for link in wf["links"]}) == len(wf["links"])
+    assert wf["last_link_id"] >= max((link[0] for link in wf["links"]), default=0)
+    assert any(n["type"] in FRONTEND_ONLY for n in wf["nodes"]), "every workflow explains itself in a note"
+
+    for node in wf["nodes"]:
+        where = f"{name}: node {node['id']} {node['type']}"
+        if node["type"] in FRONTEND_ONLY:
+            assert len(node["widgets_values"]) == 1 and node["widgets_values"][0].strip(), where
+            continue
+        assert node["type"] in object_info, f"{where}: unknown node type"
+        info = object_info[node["type"]]
+        slots, values = widget_slots(info), node.get("widgets_values", [])
+        assert len(values) == len(slots), f"{where}: {len(values)} widget values, frontend expects {[s[:2] for s in slots]}"
+        for (wname, kind, opts), value in zip(slots, values):
+            if kind == "control":
+                assert value in CONTROL_VALUES, f"{where}: {wname} control {value!r}"
+            elif kind == "upload":
+                assert value == "image", f"{where}: upload widget {value!r}"
+            elif opts["type"] == "COMBO":
+                assert value in opts["options"], f"{where}: {wname}={value!r} not in {opts['options'][:8]}"
+            elif opts["type"] in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {wname}={value!r}"
+                assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}: {wname}={value} out of range"
+                if opts["type"] == "INT":
+                    assert isinstance(value, int), f"{where}: {wname}={value!r}"
+            elif opts["type"] == "STRING":
+                assert isinstance(value, str), f"{where}: {wname}={value!r}"
+        # sockets: names and types as the server declares them; required sockets connected
+        for slot in node.get("inputs", []):
+            section, spec = input_spec(info, slot["name"])
+            assert spec is not None and spec[0] == slot["type"], f"{where}: input {slot}"
+        connected = {s["name"] for s in node.get("inputs", []) if s.get("link") is not None}
+        for iname in info.get("input_order", {}).get("required", []):
+            spec = info["input"]["required"][iname]
+            if not isinstance(spec[0], list) and spec[0] not in WIDGET_TYPES:
+                assert iname in connected, f"{where}: required input {iname} unconnected"
+        assert [o["type"] for o in node.get("outputs", [])] == info["output"], f"{where}: outputs"
+
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        where = f"{name}: link {link_id}"
+        out, inp = nodes[src]["outputs"][src_slot], nodes[dst]["inputs"][dst_slot]
+        assert typ == out["type"] == inp["type"] == object_info[nodes[src]["type"]]["output"][src_slot], where
+        assert inp["link"] == link_id and link_id in (out["links"] or []), where
+    linked = {link[0] for link in wf["links"]}
+    for node in wf["nodes"]:
+        for slot in node.get("inputs", []):
+            assert slot.get("link") is None or slot["link"] in linked, f"{name}: dangling input link {slot}"
+        for slot in node.get("outputs", []):
+            assert set(slot.get("links") or []) <= linked, f"{name}: dangling output links {slot}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_metadata_for_the_missing_models_dialog(name, server, object_info):
+    """properties.models on every loader (the files its selected release folder must hold) and their union in
+    the workflow-level "models" list, which is what frontend 1.32.9's missing-models dialog reads for
+    names that are not widget values. With the release in place, the dialog finds every file."""
+    wf = load(name)
+    folders = {f["name"] for f in server.get("/experiment/models")}
+    union = []
+    for node in wf["nodes"]:
+        selected = {v for v in node.get("widgets_values", []) if isinstance(v, str)}
+        entries = node.get("properties", {}).get("models", [])
+        slots = widget_slots(object_info[node["type"]]) if node["type"] in object_info else []
+        model_values = [v for (wname, kind, _), v in zip(slots, node["widgets_values"])
+                        if wname in MODEL_WIDGETS and kind == "value"]
+        assert bool(entries) == bool(model_values), f"{name}: node {node['id']} {node['type']} models {entries}"
+        for entry in entries:
+            assert set(entry) == {"name", "url", "directory"} and entry["directory"] == "deepgen" in folders
+            release, _, rel = entry["name"].partition("/")
+            assert release in selected and entry["name"].endswith(".safetensors"), entry
+            assert entry["url"] == HF_RELEASE + rel, entry
+            union.append(entry)
+    assert {e["url"]: e for e in wf["models"]} == {e["url"]: e for e in union}
+    listed = {m["name"] for m in server.get("/experiment/models/deepgen")}
+    assert {e["name"] for e in wf["models"]} <= listed, "the dialog would report a present file as missing"
+
+
+# ------------------------------------------------------------------ (b) UI <-> API twin
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_twin_matches_ui_workflow(name, object_info):
+    assert ui_to_api(load(name), object_info) == load(name, api=True)
+
+
+# ------------------------------------------------------------------ (c) template browser
+
+def test_template_browser_lists_the_workflows(server):
+    listing = server.get("/api/workflow_templates")
+    assert sorted(listing[PACK]) == NAMES  # api/ twins and input/ images are not templates
+    for name in NAMES:
+        status, _, body = server.request("GET", f"/api/workflow_templates/{PACK}/{name}.json")
+        assert status == 200 and json.loads(body) == load(name)
+        status, _, body = server.request("GET", f"/api/workflow_templates/{PACK}/{name}.jpg")
+        assert status == 200 and body[:2] == b"\xff\xd8"
+
+
+# ------------------------------------------------------------------ (d) every API twin executes
+
+def _bnb_problem() -> str | None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    try:
+        import bitsandbytes
+        import torch
+
+        bitsandbytes.nn.Linear8bitLt(8, 8, has_fp16_weights=False)(torch.randn(2, 8))
+    except Exception as e:  # a broken native library or no backend for this device
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def tiny(prompt: dict) -> dict:
+    """The twin with the tiny fixtures' budget: 2 steps, 64 px (references resized to 64 on the long side)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] in ("DeepGenSampler", "DeepGenScheduler"):
+            inputs["steps"] = TINY_STEPS
+        elif node["class_type"] == "EmptySD3LatentImage":
+            inputs.update(width=TINY_SIZE, height=TINY_SIZE)
+        elif node["class_type"] == "DeepGenEditEncode":
+            inputs.update(max_side=TINY_SIZE, width=TINY_SIZE, height=TINY_SIZE)
+        elif inputs.get("quantization") == "8-bit" and _bnb_problem():
+            inputs["quantization"] = "none"  # bitsandbytes unusable here: still run the graph
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def executed(server) -> dict:
+    """name -> saved image (uint8 [H, W, 3]), each twin run once."""
+    results = {}
+
+    def run(name: str) -> np.ndarray:
+        if name not in results:
+            prompt = tiny(load(name, api=True))
+            entry = server.run(prompt, timeout=180)
+            (save,) = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
+            (image,) = entry["outputs"][save]["images"]
+            path = server.base / "output" / image["subfolder"] / image["filename"]
+            results[name] = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
+        return results[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_twin_executes(name, executed):
+    image = executed(name)
+    assert image.shape == (TINY_SIZE, TINY_SIZE, 3)  # T2I: the latent; edits: 512 px samples at max_side 64
+    assert image.std() > 5, "a flat image"
+
+
+def test_sampler_custom_advanced_equals_deepgen_sampler(executed):
+    """Same prompt and seed: core SamplerCustomAdvanced + DeepGenScheduler reproduces DeepGenSampler exactly."""
+    assert load("text_to_image", api=True)["2"]["inputs"] == load("sampler_custom_advanced", api=True)["2"]["inputs"]
+    np.testing.assert_array_equal(executed("sampler_custom_advanced"), executed("text_to_image"))

@@ -1,0 +1,125 @@
+"""The web extension in headless Chromium against the real server (tests/browser/web_extension.mjs).
+
+This module prepares what the browser needs (tiny release, reference image, expected strings computed
+with deepgen_model), runs the Node/playwright-core script and reports its checks. Needs Debian's
+`chromium`, `node` and `npm ci` in tests/browser (scripts/test.sh's "browser" leg sets them up); without
+them it skips, or fails when DEEPGEN_REQUIRE_BROWSER=1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import deepgen_tiny
+
+pytestmark = pytest.mark.browser
+
+RELEASE = "DeepGen-1.0-diffusers"
+BROWSER_DIR = os.path.join(os.path.dirname(__file__), "..", "browser")
+LOAD_IMAGE = ("web_ref_a.png", 1024, 576)  # Load Image -> image1
+EMPTY_IMAGE = (300, 400)  # Empty Image -> image2 (size read from its widgets)
+T2I = ("a red fox reading a newspaper", "")
+EDIT = ("put the object of image 2 into the scene of image 1", "blurry, low quality")
+
+
+def _tools() -> tuple[str | None, str | None]:
+    chromium = os.environ.get("DEEPGEN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    node = shutil.which("node")
+    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")):
+        return None, "tests/browser/node_modules/playwright-core is missing (run `npm ci` in tests/browser)"
+    if not chromium or not node:
+        return None, f"needs chromium ({chromium}) and node ({node})"
+    return chromium, None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path, problem = _tools()
+    if problem:
+        (pytest.fail if os.environ.get("DEEPGEN_REQUIRE_BROWSER") == "1" else pytest.skip)(problem)
+    return path
+
+
+@pytest.fixture(scope="module")
+def release(comfy_models, tiny):
+    root = comfy_models / "deepgen" / RELEASE
+    if not root.exists():
+        deepgen_tiny.write_diffusers_release(root, tiny)
+    return root
+
+
+def _tokens_line(tokenizer, positive: str, negative: str) -> str:
+    from deepgen_model.constants import NUM_THINK_TOKENS
+    from deepgen_model.prompts import tokenize_pair
+
+    ids, mask = tokenize_pair(tokenizer, [positive], [negative])
+    pos, neg = mask.sum(1).tolist()
+    return f"positive {pos} · negative {neg} tokens (padded to {ids.shape[1]}) + {NUM_THINK_TOKENS} think"
+
+
+def _compact(text: str, counts: list[int]) -> str:
+    it = iter(counts)
+    return re.sub(r"(?:<\|image_pad\|>)+", lambda m: f"<|image_pad|>×{next(it)}", text)
+
+
+def _spec(server, release, chromium, artifacts) -> dict:
+    from deepgen_model.images import image_token_count, reference_size
+    from deepgen_model.loading import load_tokenizer
+    from deepgen_model.prompts import edit_prompt, t2i_prompt
+
+    name, w, h = LOAD_IMAGE
+    g = np.random.default_rng(5)
+    Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(server.base / "input" / name)
+    tokenizer = load_tokenizer(release / "tokenizer")
+
+    sizes = [(w, h), EMPTY_IMAGE]
+    resized = [reference_size(a, b, 512) for a, b in sizes]
+    counts = [image_token_count(rh, rw) for rw, rh in resized]
+    edit_pos, edit_neg = edit_prompt(EDIT[0], counts), edit_prompt(EDIT[1], counts)
+    t2i_pos, t2i_neg = t2i_prompt(T2I[0]), t2i_prompt(T2I[1])
+    refs_line = "\n".join(f"image{i + 1}: {a}×{b} → {r[0]}×{r[1]} · {n} tokens"
+                          for i, ((a, b), r, n) in enumerate(zip(sizes, resized, counts)))
+    presets = server.get("/deepgen/size_presets")["presets"]
+    pick = next(p for p in presets if p["name"] == "16:9")
+    label = f"{pick['name']} · {pick['width']}×{pick['height']}"
+    return {
+        "url": server.url, "chromium": chromium, "artifacts": str(artifacts), "model": RELEASE,
+        "images": {"load": name, "empty": {"width": EMPTY_IMAGE[0], "height": EMPTY_IMAGE[1]},
+                   "load_resized": list(resized[0]),
+                   "one_ref_output_line": f"output: {resized[0][0]}×{resized[0][1]} = resized image1 "
+                                          "(width/height ignored with one reference)"},
+        "prompts": {
+            "t2i": {"prompt": T2I[0], "negative": T2I[1], "positive_text": t2i_pos, "negative_text": t2i_neg,
+                    "tokens_line": _tokens_line(tokenizer, t2i_pos, t2i_neg)},
+            "edit": {"prompt": EDIT[0], "negative": EDIT[1], "positive_text": edit_pos, "negative_text": edit_neg,
+                     "positive_compact": _compact(edit_pos, counts), "refs_line": refs_line,
+                     "tokens_line": _tokens_line(tokenizer, edit_pos, edit_neg)},
+        },
+        "presets": presets,
+        "presets_pick": {"label": label, "width": pick["width"], "height": pick["height"],
+                         "values": ["custom"] + [f"{p['name']} · {p['width']}×{p['height']}" for p in presets]
+                                   + ["match image1"],
+                         "output_line": f"output: {pick['width']}×{pick['height']} from width/height"},
+        "edit_api_keys": sorted(["vlm", "prompt", "negative_prompt", "image1", "image2", "max_side", "width", "height"]),
+    }
+
+
+def test_web_extension_in_chromium(comfy_server, release, chromium, artifacts_dir, tmp_path):
+    spec = _spec(comfy_server, release, chromium, artifacts_dir)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run(["node", "web_extension.mjs", str(spec_path)], cwd=BROWSER_DIR, capture_output=True,
+                          text=True, timeout=180)
+    log = proc.stdout + proc.stderr
+    (artifacts_dir / "browser-web-extension.log").write_text(log)
+    print(log)
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
+    assert proc.returncode == 0 and not failed, "\n".join(failed) or log[-4000:]
+    assert (artifacts_dir / "web-extension.png").stat().st_size > 10_000

@@ -1,0 +1,215 @@
+"""deepgen_batch.runner / manifest / cli resume against fake servers (no network): errors per item,
+retries with back-off, server choice, resume."""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import threading
+
+import pytest
+
+from deepgen_batch import cli
+from deepgen_batch.api import ItemError, TransientError
+from deepgen_batch.manifest import Manifest
+from deepgen_batch.plan import build_plan
+from deepgen_batch.progress import Progress
+from deepgen_batch.runner import Cancelled, Runner, Scheduler, Settings, read_image
+from deepgen_batch.workflow import Workflow, builtin
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class FakeServer:
+    """Behaviour per instruction: "reject" (validation 400), "explode" (execution_error), "noimage"."""
+
+    def __init__(self, url="http://fake:1", load=0, fail=None):
+        self.url, self.load = url, load
+        self.fail = dict(fail or {})  # method -> how many more calls fail transiently
+        self.prompts, self.cancelled, self.uploads = {}, [], []
+
+    def _maybe_fail(self, method):
+        if self.fail.get(method, 0) > 0:
+            self.fail[method] -= 1
+            raise TransientError(f"{method}: HTTP 503")
+
+    def queue_load(self, ours=frozenset()):
+        self._maybe_fail("queue_load")
+        return self.load
+
+    def upload(self, data, name, subfolder):
+        self._maybe_fail("upload")
+        self.uploads.append(name)
+        return f"{subfolder}/{name}"
+
+    def open_ws(self, client_id):
+        raise TransientError("websocket refused")  # -> /history polling
+
+    def queue_prompt(self, prompt, prompt_id, client_id):
+        self._maybe_fail("queue_prompt")
+        if prompt["3"]["inputs"]["prompt"] == "reject":
+            raise ItemError("prompt rejected (HTTP 400): node 4 DeepGenSampler: Value 0 smaller than min of 1")
+        self.prompts[prompt_id] = prompt
+
+    def history(self, prompt_id):
+        self._maybe_fail("history")
+        prompt = self.prompts[prompt_id]
+        text = prompt["3"]["inputs"]["prompt"]
+        if text == "explode":
+            return {"status": {"status_str": "error", "messages": [
+                ["execution_start", {}], ["execution_error", {"node_id": "3", "node_type": "DeepGenEditEncode",
+                                                              "exception_type": "RuntimeError",
+                                                              "exception_message": "out of memory\n"}]]}}
+        prefix = prompt["6"]["inputs"]["filename_prefix"]
+        images = [] if text == "noimage" else [{"filename": prefix.split("/")[-1] + "_00001_.png",
+                                                "subfolder": "deepgen-batch", "type": "output"},
+                                               {"filename": "preview.png", "subfolder": "", "type": "temp"}]
+        return {"status": {"status_str": "success", "messages": []}, "outputs": {"6": {"images": images}}}
+
+    def view(self, image):
+        return PNG + image["filename"].encode()
+
+    def cancel(self, prompt_id):
+        self.cancelled.append(prompt_id)
+
+
+def make_inputs(folder, rows, plan=True):
+    folder.mkdir(exist_ok=True)
+    for name, _ in rows:
+        (folder / name).write_bytes(b"not an image" if "broken" in name else PNG + name.encode())
+    if not plan:
+        return None
+    return build_plan(folder, [{"filename": n, "instruction": t} for n, t in rows], instruction=None, seed_base=10)
+
+
+def runner_for(tmp_path, servers, **settings):
+    sleeps = []
+    progress = Progress(1, 4, bars=False, stream=io.StringIO())
+    settings = Settings(poll=0.001, retry_wait=1.0, cooldown=0.0, **settings)
+    r = Runner(servers, Workflow(builtin()), tmp_path / "out", Manifest(tmp_path / "out" / "manifest.jsonl"),
+               settings, progress, sleep=sleeps.append)
+    return r, sleeps
+
+
+def test_read_image_checks_the_signature(tmp_path):
+    (tmp_path / "a.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 ")
+    assert read_image(tmp_path / "a.webp")[1] == ".webp"
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(ItemError, match="unreadable image .*e.png: the file is empty"):
+        read_image(tmp_path / "e.png")
+    with pytest.raises(ItemError, match="unreadable image .*missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_each_item_gets_a_row_and_errors_do_not_stop_the_batch(tmp_path):
+    items = make_inputs(tmp_path / "in", [("good.png", "add snow"), ("broken.png", "x"), ("r.png", "reject"),
+                                          ("e.png", "explode"), ("n.png", "noimage"), ("good2.png", "more snow")])
+    server = FakeServer()
+    runner, _ = runner_for(tmp_path, [server])
+    rows = {r["input"]: r for r in runner.run(items)}
+    assert len(rows) == 6
+    for name in ("good.png", "good2.png"):
+        r = rows[name]
+        assert r["status"] == "ok" and r["error"] is None and r["server"] == server.url and r["attempts"] == 1
+        assert r["outputs"] == [name] and r["fingerprint"]  # the temp preview is not downloaded
+        assert (tmp_path / "out" / name).read_bytes().startswith(PNG)
+    assert "unreadable image" in rows["broken.png"]["error"] and rows["broken.png"]["prompt_id"] is None
+    assert "node 4 DeepGenSampler" in rows["r.png"]["error"]
+    assert rows["e.png"]["error"] == "DeepGenEditEncode (node 3) failed: RuntimeError: out of memory"
+    assert "missing output" in rows["n.png"]["error"] and rows["n.png"]["output"] is None
+    seeds = {i.input: i.seed for i in items}
+    assert all(rows[k]["seed"] == seeds[k] for k in rows) and seeds["good.png"] == 10
+    lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["input"] for x in lines) == sorted(rows)
+    # the server got the item's values; the upload name is the content hash (same bytes -> same name)
+    sent = next(p for p in server.prompts.values() if p["3"]["inputs"]["prompt"] == "add snow")
+    assert sent["4"]["inputs"]["seed"] == 10 and sent["2"]["inputs"]["image"].startswith("deepgen-batch/")
+
+
+def test_transient_failures_are_retried_with_backoff(tmp_path):
+    items = make_inputs(tmp_path / "in", [("a.png", "x")])
+    server = FakeServer(fail={"upload": 2})
+    runner, sleeps = runner_for(tmp_path, [server], retries=3)
+    (row,) = runner.run(items)
+    assert row["status"] == "ok" and row["attempts"] == 3 and sleeps == [1.0, 2.0]
+
+
+def test_gives_up_after_the_retries(tmp_path):
+    items = make_inputs(tmp_path / "in", [("a.png", "x"), ("b.png", "y")])
+    server = FakeServer(fail={"history": 10**6})
+    runner, sleeps = runner_for(tmp_path, [server], retries=2)
+    rows = runner.run(items)
+    assert all(r["status"] == "error" and r["error"].startswith("gave up after 3 attempts: history: HTTP 503")
+               for r in rows)
+    assert len(server.cancelled) == 6  # each queued-but-abandoned prompt is cancelled on the server
+    assert sorted(sleeps) == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_a_failing_server_hands_the_item_to_another(tmp_path):
+    items = make_inputs(tmp_path / "in", [("a.png", "x")])
+    down = FakeServer("http://down:1", load=0, fail={"queue_prompt": 10**6})
+    up = FakeServer("http://up:1", load=3)
+    runner, _ = runner_for(tmp_path, [down, up], retries=2)
+    runner.scheduler.cooldown = 60.0  # the failed server stays out
+    (row,) = runner.run(items)
+    assert row["status"] == "ok" and row["server"] == "http://up:1" and row["attempts"] == 2
+
+
+def test_scheduler_least_busy_and_slot_limit():
+    a, b = FakeServer("http://a", load=5), FakeServer("http://b", load=1)
+    s, stop = Scheduler([a, b], per_server=1), threading.Event()
+    assert s.acquire(stop) is b  # less busy
+    assert s.acquire(stop) is a  # b's slot is taken
+    stop.set()
+    with pytest.raises(Cancelled):
+        s.acquire(stop)  # no free slot: waits until a release, or stop
+    stop.clear()
+    s.release(b, "p")
+    assert s.acquire(stop) is b
+
+
+def test_scheduler_counts_own_jobs_and_skips_dead_servers():
+    a, b = FakeServer("http://a", load=2), FakeServer("http://b", load=0)
+    s, stop = Scheduler([a, b], per_server=5, cooldown=60.0), threading.Event()
+    picks = [s.acquire(stop).url for _ in range(4)]
+    # score = load not ours + ours in flight: b 0,1,2 ; a 2 -> ties go to fewer of ours (a), then list order
+    assert picks == ["http://b", "http://b", "http://a", "http://b"]
+    dead = FakeServer("http://dead", fail={"queue_load": 10**6})
+    s2 = Scheduler([dead], per_server=1, cooldown=60.0)
+    with pytest.raises(TransientError, match="no server answered GET /queue"):
+        s2.acquire(stop)
+
+
+def test_manifest_done_needs_ok_row_and_existing_outputs(tmp_path):
+    m = Manifest(tmp_path / "manifest.jsonl")
+    (tmp_path / "a.png").write_bytes(b"x")
+    m.append({"input": "a.png", "fingerprint": "f1", "status": "ok", "outputs": ["a.png"], "output": "a.png"})
+    m.append({"input": "b.png", "fingerprint": "f2", "status": "ok", "outputs": ["b.png"], "output": "b.png"})
+    m.append({"input": "c.png", "fingerprint": "f3", "status": "ok", "outputs": ["c.png"]})
+    m.append({"input": "c.png", "fingerprint": "f3", "status": "error", "outputs": [], "error": "boom"})
+    (tmp_path / "c.png").write_bytes(b"x")
+    with open(m.path, "a") as f:
+        f.write('{"input": "d.png", "status": "o')  # a line cut short by a crash
+    assert set(m.done()) == {("a.png", "f1")}  # b's output is gone, c's last row is an error
+
+
+def test_cli_resume_skips_done_items(tmp_path, monkeypatch, capsys):
+    make_inputs(tmp_path / "in", [(f"i{k}.png", "") for k in range(5)], plan=False)
+    server = FakeServer()
+    monkeypatch.setattr(cli, "ComfyClient", lambda url, headers: server)
+    monkeypatch.setattr(cli, "preflight", lambda clients, wf, log: clients)
+    monkeypatch.setattr(cli, "Settings", functools.partial(Settings, poll=0.001))
+    base = [str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-i", "edit", "--no-progress", "--retry-wait", "0"]
+    assert cli.main(base + ["--limit", "2"]) == 0
+    assert len(server.prompts) == 2
+    assert cli.main(base) == 0
+    assert len(server.prompts) == 5  # only the 3 missing ones ran
+    out = capsys.readouterr()
+    assert "2 already done" in out.err and "3 ok, 0 failed, 2 skipped" in out.out
+    assert cli.main(base) == 0 and "nothing to do" in capsys.readouterr().out
+    (tmp_path / "out" / "i0.png").unlink()  # a deleted result is made again
+    assert cli.main(base) == 0 and len(server.prompts) == 6
+    assert cli.main(base + ["--instruction", "other edit"]) == 0 and len(server.prompts) == 11  # new edit: all redone
+    (tmp_path / "in" / "i1.png").write_bytes(b"garbage")
+    assert cli.main(base + ["--instruction", "other edit"]) == 1  # the unreadable file fails: exit status 1
+    assert "FAILED i1.png: unreadable image" in capsys.readouterr().out

@@ -1,0 +1,329 @@
+"""deepgen_model.download: the planner, the check report and the skip/resume logic, all offline.
+
+huggingface_hub is never called: downloads go through a fake hub object; --dry-run/--check must work
+when huggingface_hub cannot even be imported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from deepgen_model import download as dl
+from deepgen_model import loading
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC_SHA = {  # spec §3.1/§3.2
+    ("model.pt", "model.pt"): "9d2a4cc7b12a69bc3d481ba331b4ceec2dfd12f39de9d0985fad6431ef14d578",
+    ("release", "transformer/diffusion_pytorch_model.safetensors"):
+        "54078ee51ab477275e94b610249ea912d6f80d24256c4197fe48945eef706883",
+    ("release", "vae/diffusion_pytorch_model.safetensors"):
+        "5a170129752b4ad4ab98996d2e59097c8c693afc31a5964bd2ad60896686c1e2",
+    ("release", "connector/model.safetensors"): "425ce59f596eeb573f9cd52138b775df47ce69c60d2782fb32cac5498ed208f3",
+    ("release", "vlm/model-00001-of-00002.safetensors"):
+        "d6f11cc9c30184ce92605f25ac1e6b6644ee217e7b86a28282b3c9b17de3e609",
+    ("release", "vlm/model-00002-of-00002.safetensors"):
+        "c675c19a231b0ead141d8d3a05fe930892ddf17f1324d75bb94d2a42a79f7ebc",
+}
+
+
+def safetensors_bytes(n_floats: int = 4) -> bytes:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [n_floats], "data_offsets": [0, 4 * n_floats]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * (4 * n_floats)
+
+
+def rel(items, to):
+    return {str(i.dest.relative_to(to)) for i in items}
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+def test_diffusers_plan_goes_into_the_release_folder(tmp_path):
+    items = dl.plan(tmp_path, "diffusers")
+    assert {i.part.repo for i in items} == {"deepgenteam/DeepGen-1.0-diffusers"}
+    assert all(i.dest.parent.is_relative_to(tmp_path / "DeepGen-1.0-diffusers") for i in items)
+    assert {"DeepGen-1.0-diffusers/model_index.json", "DeepGen-1.0-diffusers/connector/model.safetensors",
+            "DeepGen-1.0-diffusers/vlm/model-00002-of-00002.safetensors",
+            "DeepGen-1.0-diffusers/transformer/diffusion_pytorch_model.safetensors"} <= rel(items, tmp_path)
+    i = next(i for i in items if i.spec.path == "vae/diffusion_pytorch_model.safetensors")
+    assert i.url == ("https://huggingface.co/deepgenteam/DeepGen-1.0-diffusers/resolve/main/"
+                     "vae/diffusion_pytorch_model.safetensors")
+
+
+def test_native_plan_three_repositories(tmp_path):
+    items = dl.plan(tmp_path, "native", optional=False)
+    assert {(i.part.repo, i.part.folder) for i in items} == {
+        ("deepgenteam/DeepGen-1.0", "DeepGen-1.0"), ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-3B-Instruct"),
+        ("Skywork/UniPic2-SD3.5M-Kontext-2B", "UniPic2-SD3.5M-Kontext-2B")}
+    paths = rel(items, tmp_path)
+    assert "DeepGen-1.0/model.pt" in paths
+    # UniPic2: only the DiT config (model.pt carries the fine-tuned DiT), the VAE and the scheduler
+    assert {p for p in paths if p.startswith("UniPic2")} == {
+        "UniPic2-SD3.5M-Kontext-2B/transformer/config.json", "UniPic2-SD3.5M-Kontext-2B/vae/config.json",
+        "UniPic2-SD3.5M-Kontext-2B/vae/diffusion_pytorch_model.safetensors",
+        "UniPic2-SD3.5M-Kontext-2B/scheduler/scheduler_config.json"}
+    assert not fnmatch_any("transformer/diffusion_pytorch_model.safetensors", dl.PARTS["unipic2"].patterns)
+
+
+def fnmatch_any(path, patterns):
+    import fnmatch
+
+    return any(fnmatch.fnmatch(path, p) for p in patterns)
+
+
+def test_include_selects_parts(tmp_path):
+    assert {i.spec.part for i in dl.plan(tmp_path, "native", include=["qwen"])} == {"qwen"}
+    with pytest.raises(SystemExit, match="unknown part"):
+        dl.plan(tmp_path, "native", include=["sd35"])
+
+
+def test_spec_checksums_and_sizes():
+    table = {(f.part, f.path): f for f in dl.FILES}
+    for key, sha in SPEC_SHA.items():
+        assert table[key].sha256 == sha, key
+    assert sum(f.sha256 is not None for f in dl.FILES) == len(SPEC_SHA)
+    # bf16 DiT payload (spec §3.2) and fp32 connector (432,449,532 elements)
+    assert table["release", "transformer/diffusion_pytorch_model.safetensors"].approx_bytes == 4_939_433_672
+    assert table["release", "connector/model.safetensors"].approx_bytes == 4 * 432_449_532
+    assert all(f.required for f in dl.FILES if f.sha256)
+
+
+def test_folder_names_match_the_loaders_and_the_tiny_release(tiny_layouts):
+    """The planner's folders are the ones the nodes list and the fixtures mimic; a complete tiny copy
+    of each layout passes --check (so the table asks for nothing the loaders do not need by name)."""
+    root = tiny_layouts["diffusers"].parent
+    assert tiny_layouts["diffusers"] == root / dl.PARTS["release"].folder
+    assert tiny_layouts["qwen"] == root / dl.PARTS["qwen"].folder
+    assert tiny_layouts["unipic2"] == root / dl.PARTS["unipic2"].folder
+    assert tiny_layouts["native"] == root / dl.PARTS["model.pt"].folder / "model.pt"
+    assert loading.detect_layout(root / dl.PARTS["release"].folder) == "diffusers"
+    for layout in dl.LAYOUTS:
+        ok, lines = dl.check_report(root, layout)
+        assert ok, "\n".join(lines)
+
+
+def test_example_workflow_model_entries_are_in_the_table():
+    """properties.models of the example workflows (ComfyUI's missing-model dialog) name table files."""
+    known = {(f"{dl.PARTS[f.part].folder}/{f.path}",
+              f"https://huggingface.co/{dl.PARTS[f.part].repo}/resolve/main/{f.path}") for f in dl.FILES}
+    seen = 0
+    for wf in sorted((REPO / "example_workflows").glob("*.json")):
+        for node in json.loads(wf.read_text(encoding="utf-8")).get("nodes", []):
+            for m in (node.get("properties") or {}).get("models", []):
+                if m.get("directory") == "deepgen":
+                    assert (m["name"], m["url"]) in known, (wf.name, m)
+                    seen += 1
+    if not seen:
+        pytest.skip("no example workflow declares deepgen models")
+
+
+def test_detect_layout_of_a_models_folder(tmp_path):
+    assert dl.detect(tmp_path) == "diffusers"  # nothing there: the default download
+    (tmp_path / "DeepGen-1.0").mkdir()
+    assert dl.detect(tmp_path) == "native"
+    (tmp_path / "DeepGen-1.0-diffusers").mkdir()
+    assert dl.detect(tmp_path) == "diffusers"
+
+
+# ------------------------------------------------------------------------------------------- check mode
+
+def test_check_empty_folder_lists_every_file_url_and_destination(tmp_path):
+    ok, lines = dl.check_report(tmp_path, "diffusers", python="PY")
+    text = "\n".join(lines)
+    assert not ok
+    required = dl.plan(tmp_path, "diffusers", optional=False)
+    assert f"{len(required)} of {len(required)} required files are missing" in text
+    for i in required:
+        assert f"MISSING  DeepGen-1.0-diffusers/{i.spec.path}" in text
+        assert f"  {i.url}\n      -> {i.dest}" in text
+    assert "connector/config.json" not in text  # optional files are never demanded
+    assert f"PY -m deepgen_model.download --to {tmp_path} --layout diffusers" in text
+
+
+def test_check_names_exactly_the_missing_and_broken_files(tiny_layouts, tmp_path):
+    to = tmp_path / "models"
+    shutil.copytree(tiny_layouts["diffusers"], to / "DeepGen-1.0-diffusers")
+    release = to / "DeepGen-1.0-diffusers"
+    (release / "vlm" / "model-00002-of-00002.safetensors").unlink()
+    dit = release / "transformer" / "diffusion_pytorch_model.safetensors"
+    dit.write_bytes(dit.read_bytes()[:-100])  # an interrupted copy
+    (release / "scheduler" / "scheduler_config.json").write_text("{", encoding="utf-8")
+    ok, lines = dl.check_report(to, "diffusers")
+    assert not ok
+    flagged = [line for line in lines if line.startswith(("  MISSING", "  BROKEN"))]
+    assert flagged[0].split()[:2] == ["BROKEN", "DeepGen-1.0-diffusers/transformer/diffusion_pytorch_model.safetensors"]
+    assert "truncated safetensors" in flagged[0]
+    assert [line.split()[1] for line in flagged] == [
+        "DeepGen-1.0-diffusers/transformer/diffusion_pytorch_model.safetensors",
+        "DeepGen-1.0-diffusers/vlm/model-00002-of-00002.safetensors",
+        "DeepGen-1.0-diffusers/scheduler/scheduler_config.json"]
+    assert "3 of 14 required files are missing or incomplete" in "\n".join(lines)
+    urls = [line.strip() for line in lines if line.strip().startswith("https://")]
+    assert len(urls) == 3
+
+
+def test_truncated_model_pt_is_broken(tiny_layouts, tmp_path):
+    data = tiny_layouts["native"].read_bytes()
+    item = dl.Planned(dl.FileSpec("model.pt", "model.pt"), tmp_path)
+    (tmp_path / "model.pt").write_bytes(data)
+    assert dl.state(item) is None
+    (tmp_path / "model.pt").write_bytes(data[: len(data) // 2])
+    assert dl.state(item).startswith("unreadable")
+
+
+def test_sha256_verification(tmp_path):
+    body = safetensors_bytes()
+    (tmp_path / "w.safetensors").write_bytes(body)
+    good = dl.Planned(dl.FileSpec("release", "w.safetensors", sha256=hashlib.sha256(body).hexdigest()), tmp_path)
+    bad = dl.Planned(dl.FileSpec("release", "w.safetensors", sha256="0" * 64), tmp_path)
+    assert dl.state(good, verify_sha256=True) is None
+    assert dl.state(bad) is None  # hashing only on request
+    assert dl.state(bad, verify_sha256=True).startswith("sha256 ")
+    assert dl.state(dl.Planned(bad.spec, tmp_path, size=len(body) + 1)).startswith("size ")
+
+
+def test_cli_check_exit_codes(tiny_layouts, tmp_path, capsys):
+    assert dl.main(["--to", str(tiny_layouts["diffusers"].parent), "--check"]) == 0
+    assert "All 14 required files are present." in capsys.readouterr().out
+    assert dl.main(["--to", str(tmp_path), "--check", "--layout", "native"]) == 1
+    out = capsys.readouterr().out
+    assert "DeepGen-1.0/model.pt" in out and "--layout native" in out
+
+
+# ------------------------------------------------------------------------------------------- downloading
+
+def entry(path, size, sha=None):
+    return SimpleNamespace(path=path, size=size, lfs={"sha256": sha} if sha else None)
+
+
+UNIPIC2_LISTING = {  # what the hub would list for Skywork/UniPic2-SD3.5M-Kontext-2B
+    "README.md": b"# UniPic2",
+    "model_index.json": b"{}",
+    "transformer/config.json": b'{"num_layers": 24}',
+    "transformer/diffusion_pytorch_model.safetensors": safetensors_bytes(64),
+    "vae/config.json": b"{}",
+    "vae/diffusion_pytorch_model.safetensors": safetensors_bytes(8),
+    "scheduler/scheduler_config.json": b'{"shift": 3.0}',
+}
+
+
+class FakeHub:
+    """Stands in for the huggingface_hub module: a listing and a downloader that records its calls."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.calls = files, []
+        hub = self
+
+        class HfApi:
+            def list_repo_tree(self, repo, recursive=False, revision=None):
+                assert recursive
+                hub.calls.append(("list", repo, revision))
+                return [entry(p, len(b), hashlib.sha256(b).hexdigest()) for p, b in hub.files.items()]
+
+        self.HfApi = HfApi
+
+    def hf_hub_download(self, repo, filename, revision=None, local_dir=None):
+        self.calls.append(("get", repo, filename, revision, Path(local_dir)))
+        dest = Path(local_dir) / filename
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.files[filename])
+        return str(dest)
+
+
+def test_remote_plan_follows_patterns_with_exact_sizes(tmp_path):
+    items = dl.plan(tmp_path, "native", include=["unipic2"])
+    got = dl.remote_plan(items, lambda repo, rev: [entry(p, len(b), "ab" * 32) for p, b in UNIPIC2_LISTING.items()])
+    assert {i.spec.path: i.size for i, _ in got} == {
+        p: len(b) for p, b in UNIPIC2_LISTING.items()
+        if p in ("transformer/config.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                 "scheduler/scheduler_config.json")}
+    assert all(sha == "ab" * 32 for _, sha in got)
+    with pytest.raises(SystemExit, match="scheduler/scheduler_config.json"):
+        dl.remote_plan(items, lambda repo, rev: [entry("vae/config.json", 2), entry("transformer/config.json", 2),
+                                                 entry("vae/diffusion_pytorch_model.safetensors", 9)])
+
+
+def test_remote_plan_keeps_optional_extras_of_the_release(tmp_path):
+    listing = [entry(f.path, 10) for f in dl.FILES if f.part == "release"] + [
+        entry("tokenizer/tokenizer.json", 5), entry("deepgen_pipeline.py", 5), entry("README.md", 5),
+        entry(".gitattributes", 5)]
+    got = {i.spec.path for i, _ in dl.remote_plan(dl.plan(tmp_path, "diffusers"), lambda r, v: listing)}
+    assert "tokenizer/tokenizer.json" in got and "connector/config.json" in got
+    assert not {"deepgen_pipeline.py", "README.md", ".gitattributes"} & got
+
+
+def test_download_skips_complete_files_and_refetches_partial_ones(tmp_path):
+    hub = FakeHub(UNIPIC2_LISTING)
+    root = tmp_path / "UniPic2-SD3.5M-Kontext-2B"
+    (root / "vae").mkdir(parents=True)
+    (root / "vae" / "config.json").write_bytes(b"{}")  # already complete
+    vae = UNIPIC2_LISTING["vae/diffusion_pytorch_model.safetensors"]
+    (root / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(vae[:-4])  # partial
+    written = dl.download(tmp_path, "native", include=["unipic2"], revision="abc123", hub=hub)
+    gets = [c for c in hub.calls if c[0] == "get"]
+    assert ("list", "Skywork/UniPic2-SD3.5M-Kontext-2B", "abc123") in hub.calls
+    assert {c[2] for c in gets} == {"transformer/config.json", "vae/diffusion_pytorch_model.safetensors",
+                                    "scheduler/scheduler_config.json"}
+    assert all(c[1] == "Skywork/UniPic2-SD3.5M-Kontext-2B" and c[3] == "abc123" and c[4] == root for c in gets)
+    assert sorted(written) == sorted(root / c[2] for c in gets)
+    assert (root / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == vae
+    assert not (root / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+    # everything complete now: a second run downloads nothing
+    hub.calls.clear()
+    assert dl.download(tmp_path, "native", include=["unipic2"], hub=hub) == []
+    assert [c[0] for c in hub.calls] == ["list"]
+
+
+def test_download_rejects_a_file_that_arrives_corrupt(tmp_path):
+    class Corrupting(FakeHub):
+        def hf_hub_download(self, repo, filename, revision=None, local_dir=None):
+            dest = Path(super().hf_hub_download(repo, filename, revision, local_dir))
+            dest.write_bytes(dest.read_bytes()[:-1])
+            return str(dest)
+
+    with pytest.raises(SystemExit, match="after downloading"):
+        dl.download(tmp_path, "native", include=["unipic2"], hub=Corrupting(UNIPIC2_LISTING))
+
+
+# ------------------------------------------------------------------------------------------- no hub needed
+
+def test_missing_huggingface_hub_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import now raises ImportError
+    with pytest.raises(SystemExit, match="pip install huggingface_hub"):
+        dl._hub()
+
+
+def test_dry_run_and_check_never_import_huggingface_hub(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    assert dl.main(["--to", str(tmp_path), "--dry-run", "--layout", "native"]) == 0
+    out = capsys.readouterr().out
+    assert "9d2a4cc7b12a69bc3d481ba331b4ceec2dfd12f39de9d0985fad6431ef14d578" in out
+    assert "[qwen] Qwen/Qwen2.5-VL-3B-Instruct" in out and "missing  model.pt" in out
+    assert dl.main(["--to", str(tmp_path), "--check"]) == 1
+
+
+def test_import_is_light():
+    code = ("import sys, deepgen_model.download; "
+            "assert not {'torch', 'huggingface_hub'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_default_destination_only_inside_comfyui(monkeypatch, tmp_path):
+    pack = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-DeepGen"
+    pack.mkdir(parents=True)
+    monkeypatch.setattr(dl, "PACK_ROOT", pack)
+    assert dl.default_to() is None  # no main.py: not a ComfyUI folder
+    (tmp_path / "ComfyUI" / "main.py").write_text("")
+    assert dl.default_to() == tmp_path / "ComfyUI" / "models" / "deepgen"
+
+
+def test_docs_reproduce_the_table():
+    docs = (REPO / "docs" / "weights.md").read_text(encoding="utf-8")
+    assert dl.markdown_table() in docs, "docs/weights.md is stale: paste `python -m deepgen_model.download --markdown`"

@@ -1,0 +1,162 @@
+// ComfyUI-DeepGen web extension: node identity, live VLM prompt preview, growing reference inputs and
+// output-size presets. Written for ComfyUI frontend 1.32.x (classic canvas); see docs/web-extension.md.
+
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { REFERENCE_INPUTS, isConnected, isDeepGenNode } from "./lib/graph.js";
+import { applyIdentity } from "./lib/identity.js";
+import { STYLE, buildRequest, createPreviewElement, render } from "./lib/preview.js";
+import { installGrowingReferences } from "./lib/references.js";
+import { addSizePresets, syncSizeWidgets } from "./lib/sizes.js";
+
+const VERSION = "1.0.0";
+const ENCODERS = new Set(["DeepGenTextEncode", "DeepGenEditEncode"]);
+const SETTING_COLORS = "DeepGen.Appearance.NodeColors";
+const SETTING_PREVIEW = "DeepGen.PromptPreview.Enabled";
+const DEBOUNCE_MS = 250;
+const POLL_MS = 700; // image previews load asynchronously; re-check the inputs this often
+let presets = [];
+
+function setting(id, fallback) {
+  try {
+    return app.extensionManager?.setting?.get(id) ?? fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+// ---------------------------------------------------------------- prompt preview
+
+async function fetchPreview(body) {
+  try {
+    const resp = await api.fetchApi("/deepgen/prompt_preview", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const answer = await resp.json().catch(() => ({ error: `HTTP ${resp.status}` }));
+    return resp.ok ? answer : { error: answer.error ?? `HTTP ${resp.status}` };
+  } catch (e) {
+    return { error: `server unreachable (${e?.message ?? e})` };
+  }
+}
+
+/** Re-query the server when the node's inputs changed (debounced); `now` skips the debounce. */
+function refresh(node, now = false) {
+  const state = node.__deepgen;
+  if (!state?.element || !node.graph) return;
+  const { body, names, notes } = buildRequest(node);
+  const signature = JSON.stringify(body);
+  if (node.type === "DeepGenEditEncode") {
+    const count = REFERENCE_INPUTS.filter((n) => isConnected(node, n)).length;
+    syncSizeWidgets(node, count, presets);
+  }
+  if (signature === state.signature && !now) return;
+  state.signature = signature;
+  clearTimeout(state.timer);
+  state.timer = setTimeout(async () => {
+    const answer = await fetchPreview(body);
+    if (state.signature !== signature) return; // a newer request is under way
+    state.answer = answer;
+    render(state.element, answer, names, notes);
+    state.element.dataset.signature = signature;
+    node.setDirtyCanvas?.(true, false);
+  }, now ? 0 : DEBOUNCE_MS);
+}
+
+function addPreview(node) {
+  const element = createPreviewElement();
+  const w = node.addDOMWidget("deepgen_prompt_preview", "deepgen_preview", element, {
+    serialize: false,
+    hideOnZoom: true,
+    getValue: () => "",
+    setValue: () => {},
+    getMinHeight: () => (node.type === "DeepGenEditEncode" ? 240 : 150),
+  });
+  w.serialize = false; // not in widgets_values: saved workflows keep their positional values
+  node.__deepgen = { element, signature: null, timer: null, answer: null };
+  for (const name of ["prompt", "negative_prompt", "max_side", "width", "height"]) {
+    const target = node.widgets?.find((x) => x.name === name);
+    if (!target) continue;
+    const original = target.callback;
+    target.callback = function (...args) {
+      const r = original?.apply(this, args);
+      refresh(node);
+      return r;
+    };
+  }
+  const size = node.computeSize?.();
+  if (size) node.setSize([Math.max(node.size[0], 380), Math.max(node.size[1], size[1])]);
+}
+
+function image1Size(node) {
+  const ref = node.__deepgen?.answer?.references?.[0];
+  return ref ? { width: ref.resized[0], height: ref.resized[1] } : null;
+}
+
+function pollAll() {
+  for (const node of app.canvas?.graph?.nodes ?? app.graph?.nodes ?? []) {
+    if (node.__deepgen) refresh(node);
+  }
+}
+
+// ---------------------------------------------------------------- the extension
+
+app.registerExtension({
+  name: "DeepGen.WebExtension",
+  settings: [
+    {
+      id: SETTING_COLORS,
+      category: ["DeepGen", "Appearance", "Node colours"],
+      name: "Colour new DeepGen nodes (purple) and show a DeepGen badge",
+      type: "boolean",
+      defaultValue: true,
+    },
+    {
+      id: SETTING_PREVIEW,
+      category: ["DeepGen", "Prompt preview", "Enabled"],
+      name: "Show the exact VLM prompt (and token count) on DeepGen encode nodes (applies to new nodes)",
+      type: "boolean",
+      defaultValue: true,
+    },
+  ],
+
+  async init() {
+    const style = document.createElement("style");
+    style.id = "deepgen-web-style";
+    style.textContent = STYLE;
+    document.head.append(style);
+    try {
+      const resp = await api.fetchApi("/deepgen/size_presets");
+      if (resp.ok) presets = (await resp.json()).presets ?? [];
+    } catch (e) {
+      console.warn("DeepGen: size presets unavailable", e);
+    }
+  },
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name === "DeepGenEditEncode") installGrowingReferences(nodeType, (node) => refresh(node));
+    if (!ENCODERS.has(nodeData?.name)) return;
+    const created = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = created?.apply(this, arguments);
+      if (nodeData.name === "DeepGenEditEncode") addSizePresets(this, presets, image1Size, (n) => refresh(n));
+      if (setting(SETTING_PREVIEW, true)) addPreview(this);
+      return r;
+    };
+    const removed = nodeType.prototype.onRemoved;
+    nodeType.prototype.onRemoved = function () {
+      clearTimeout(this.__deepgen?.timer);
+      return removed?.apply(this, arguments);
+    };
+  },
+
+  nodeCreated(node) {
+    if (isDeepGenNode(node.constructor?.nodeData)) applyIdentity(node, { colors: setting(SETTING_COLORS, true) });
+  },
+
+  setup() {
+    setInterval(pollAll, POLL_MS);
+    window.__deepgenWeb = { version: VERSION, refresh: (node) => refresh(node, true), presets: () => presets };
+  },
+});
