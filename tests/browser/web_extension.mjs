@@ -5,7 +5,7 @@
 // spec: {url, chromium, artifacts, model, images: {load: name, empty: {width, height}},
 //        prompts: {t2i: {prompt, negative, positive_text, negative_text, tokens}, edit: {...}}, presets}
 // Exit 0 = every check passed; the last stdout line is a JSON summary.
-import { readFileSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
@@ -45,6 +45,7 @@ page.on("pageerror", (err) => {
 });
 
 const shot = (name) => page.screenshot({ path: path.join(spec.artifacts, name) });
+rmSync(path.join(spec.artifacts, "web-extension-failure.png"), { force: true }); // only this run's failure
 
 try {
   // first-run dialog off (harness doc §7), then load the real UI
@@ -60,9 +61,16 @@ try {
   // ---- add DeepGen nodes through the node search box (double-click on the empty canvas)
   async function addBySearch(displayName, type, x, y) {
     const before = await page.evaluate((t) => window.app.graph.nodes.filter((n) => n.type === t).length, type);
-    await page.mouse.dblclick(x, y);
     const input = page.locator('input[id^="comfy-vue-node-search-box-input"]');
-    await input.waitFor({ state: "visible", timeout: 10000 });
+    for (let attempt = 1; ; attempt++) { // the canvas may still be settling right after load
+      await page.mouse.dblclick(x, y);
+      try {
+        await input.waitFor({ state: "visible", timeout: 3000 });
+        break;
+      } catch (e) {
+        if (attempt === 4) throw e;
+      }
+    }
     await input.fill(displayName);
     const option = page.locator('[role="option"]', { hasText: displayName }).first();
     await option.waitFor({ state: "visible", timeout: 10000 });
@@ -278,6 +286,46 @@ try {
   check("workflow saved with all four slots loads with its links",
     JSON.stringify(saved.legacyRefs) === '[["image1",true],["image2",true],["image3",true],["image4",false]]'
     && JSON.stringify(saved.legacyApiRefs) === '["image1","image2","image3"]', JSON.stringify(saved));
+
+  // ---- the pack's example workflows load with every link in place (by input name) and grown inputs
+  for (const { name, workflow } of spec.workflows ?? []) {
+    const got = await page.evaluate(async (wf) => {
+      await window.app.loadGraphData(structuredClone(wf), true, true, "deepgen-test");
+      await new Promise((r) => setTimeout(r, 50));
+      const { output } = await window.app.graphToPrompt();
+      const byId = Object.fromEntries(wf.links.map((l) => [l[0], l]));
+      const missing = [];
+      for (const node of wf.nodes) {
+        for (const input of node.inputs ?? []) {
+          if (input.link == null) continue;
+          const l = byId[input.link];
+          const want = JSON.stringify([String(l[1]), l[2]]);
+          const have = JSON.stringify(output[String(node.id)]?.inputs?.[input.name]);
+          if (want !== have && window.app.graph.getNodeById(l[1])?.mode !== 4) missing.push(`${node.type}#${node.id}.${input.name}: ${have} != ${want}`);
+        }
+      }
+      const edits = window.app.graph.nodes.filter((n) => n.type === "DeepGenEditEncode")
+        .map((n) => n.inputs.map((i) => i.name).filter((x) => /^image\d$/.test(x)).join(","));
+      return { missing, edits };
+    }, workflow);
+    check(`example workflow ${name}: links intact after load`, got.missing.length === 0, got.missing.join("; "));
+    const wantEdits = (spec.workflow_refs ?? {})[name];
+    if (wantEdits) check(`example workflow ${name}: reference inputs`, JSON.stringify(got.edits) === JSON.stringify(wantEdits),
+      JSON.stringify(got.edits));
+    const rendered = await page.waitForFunction(() => window.app.graph.nodes.filter((n) => n.__deepgen)
+      .every((n) => n.__deepgen.answer?.positive?.startsWith("<|im_start|>user\n")
+        && n.__deepgen.element.dataset.state === (n.__deepgen.answer.complete ? "complete" : "partial")),
+    null, { timeout: 8000 }).then(() => true, () => false);
+    check(`example workflow ${name}: prompt previews rendered`, rendered);
+    if (name === "multi_reference_edit") {
+      // the Load Image previews finish loading after the graph: the preview picks their sizes up
+      const sized = await page.waitForFunction(() => window.app.graph.nodes.filter((n) => n.type === "DeepGenEditEncode")
+        .every((n) => n.__deepgen?.answer?.complete && n.__deepgen.answer.references.length === 2),
+      null, { timeout: 10000 }).then(() => true, () => false);
+      check("reference sizes read from the Load Image previews", sized);
+      await shot("web-extension-multi-reference.png");
+    }
+  }
 } catch (e) {
   check("no exception in the test script", false, e?.stack ?? e);
   await shot("web-extension-failure.png").catch(() => {});

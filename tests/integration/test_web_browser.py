@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.browser
 
 RELEASE = "DeepGen-1.0-diffusers"
 BROWSER_DIR = os.path.join(os.path.dirname(__file__), "..", "browser")
+EXAMPLES = Path(__file__).resolve().parents[2] / "example_workflows"
 LOAD_IMAGE = ("web_ref_a.png", 1024, 576)  # Load Image -> image1
 EMPTY_IMAGE = (300, 400)  # Empty Image -> image2 (size read from its widgets)
 T2I = ("a red fox reading a newspaper", "")
@@ -69,6 +71,22 @@ def _compact(text: str, counts: list[int]) -> str:
     return re.sub(r"(?:<\|image_pad\|>)+", lambda m: f"<|image_pad|>×{next(it)}", text)
 
 
+def _expected_reference_inputs() -> dict:
+    """Per example workflow: the image inputs each edit node should show (up to highest linked + 1)."""
+    out = {}
+    for f in sorted(EXAMPLES.glob("*.json")):
+        edits = []
+        for node in json.loads(f.read_text()).get("nodes", []):
+            if node.get("type") != "DeepGenEditEncode":
+                continue
+            linked = [int(i["name"][5:]) for i in node.get("inputs", [])
+                      if re.fullmatch(r"image\d", i["name"]) and i.get("link") is not None]
+            edits.append(",".join(f"image{k}" for k in range(1, min(4, max(2, max(linked, default=0) + 1)) + 1)))
+        if edits:
+            out[f.stem] = edits
+    return out
+
+
 def _spec(server, release, chromium, artifacts) -> dict:
     from deepgen_model.images import image_token_count, reference_size
     from deepgen_model.loading import load_tokenizer
@@ -77,6 +95,8 @@ def _spec(server, release, chromium, artifacts) -> dict:
     name, w, h = LOAD_IMAGE
     g = np.random.default_rng(5)
     Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(server.base / "input" / name)
+    for example_input in (EXAMPLES / "input").glob("*.png"):  # what the example workflows' Load Image nodes open
+        shutil.copyfile(example_input, server.base / "input" / example_input.name)
     tokenizer = load_tokenizer(release / "tokenizer")
 
     sizes = [(w, h), EMPTY_IMAGE]
@@ -107,6 +127,9 @@ def _spec(server, release, chromium, artifacts) -> dict:
                          "values": ["custom"] + [f"{p['name']} · {p['width']}×{p['height']}" for p in presets]
                                    + ["match image1"],
                          "output_line": f"output: {pick['width']}×{pick['height']} from width/height"},
+        "workflows": [{"name": f.stem, "workflow": json.loads(f.read_text())}
+                      for f in sorted(EXAMPLES.glob("*.json"))],
+        "workflow_refs": _expected_reference_inputs(),
         "edit_api_keys": sorted(["vlm", "prompt", "negative_prompt", "image1", "image2", "max_side", "width", "height"]),
     }
 

@@ -1,0 +1,182 @@
+"""The web extension's HTTP routes (nodes/routes.py) on the real server: exact strings from the engine,
+token counts from the listed release's tokenizer, strict validation, no path from the request."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import deepgen_tiny
+from deepgen_model.constants import EDIT_NEGATIVE, NUM_THINK_TOKENS
+from deepgen_model.images import image_token_count, reference_size
+from deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
+
+RELEASE = "DeepGen-1.0-diffusers"
+ROUTE = "/deepgen/prompt_preview"
+MODEL = {"loader": "DeepGenVLMLoader", "name": RELEASE}
+
+
+@pytest.fixture(scope="module")
+def release(comfy_models, tiny):
+    root = comfy_models / "deepgen" / RELEASE
+    if not root.exists():
+        deepgen_tiny.write_diffusers_release(root, tiny)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer(release):
+    from deepgen_model.loading import load_tokenizer
+
+    return load_tokenizer(release / "tokenizer")
+
+
+def post(server, payload, path=ROUTE):
+    status, ctype, body = server.request("POST", path, payload)
+    return status, json.loads(body) if body and "json" in ctype else body
+
+
+def expected_tokens(tokenizer, positive, negative):
+    ids, mask = tokenize_pair(tokenizer, [positive], [negative])
+    pos, neg = mask.sum(1).tolist()
+    return {"positive": pos, "negative": neg, "padded": ids.shape[1], "think": NUM_THINK_TOKENS, "tokenizer": RELEASE}
+
+
+def test_t2i_strings_and_tokens_equal_engine(comfy_server, release, tokenizer):
+    prompt = "a poster that reads \"DeepGen 1.0\", ünïcode ✓\nsecond line"
+    status, r = post(comfy_server, {"mode": "t2i", "prompt": prompt, "negative_prompt": "", "model": MODEL})
+    assert status == 200, r
+    assert r["positive"] == t2i_prompt(prompt)
+    assert r["negative"] == t2i_prompt("") == "<|im_start|>user\nGenerate an image: <|im_end|>\n<|im_start|>assistant\n"
+    assert r["complete"] and r["references"] == [] and r["output"] is None
+    assert r["tokens"] == expected_tokens(tokenizer, r["positive"], r["negative"])
+    assert r["tokens"]["positive"] > r["tokens"]["negative"]  # left padding makes the negative row shorter
+
+
+def test_edit_strings_sizes_and_tokens_equal_engine(comfy_server, release, tokenizer):
+    refs = [(1024, 576), (40, 72), (700, 700)]
+    body = {"mode": "edit", "prompt": "put image 2 into image 1", "negative_prompt": EDIT_NEGATIVE,
+            "references": [{"width": w, "height": h} for w, h in refs], "max_side": 384, "width": 640, "height": 448,
+            "model": {"loader": "DeepGenCheckpointLoader", "name": RELEASE, "vlm_base": "none"}}
+    status, r = post(comfy_server, body)
+    assert status == 200, r
+    resized = [reference_size(w, h, 384) for w, h in refs]
+    counts = [image_token_count(h, w) for w, h in resized]
+    assert [x["resized"] for x in r["references"]] == [list(s) for s in resized]
+    assert [x["tokens"] for x in r["references"]] == counts == [84, 6, 144]
+    assert r["positive"] == edit_prompt(body["prompt"], counts)
+    assert r["negative"] == edit_prompt(EDIT_NEGATIVE, counts)
+    assert r["output"] == {"width": 640, "height": 448, "from": "widgets"}
+    assert r["tokens"] == expected_tokens(tokenizer, r["positive"], r["negative"])
+    assert r["tokens"]["positive"] >= sum(counts)  # every <|image_pad|> is one token
+
+
+def test_edit_one_reference_sets_output_size_and_unknown_sizes_are_marked(comfy_server, release, tokenizer):
+    status, r = post(comfy_server, {"mode": "edit", "prompt": "x", "negative_prompt": "",
+                                    "references": [{"width": 100, "height": 50}]})
+    assert status == 200, r
+    assert r["output"] == {"width": 128, "height": 64, "from": "image1"}  # encode.py's rule for one reference
+    assert r["tokens"] is None and "loader" in r["tokens_note"]
+    status, r = post(comfy_server, {"mode": "edit", "prompt": "x", "negative_prompt": "", "model": MODEL,
+                                    "references": [{"width": 512, "height": 512}, None]})
+    assert status == 200, r
+    assert r["complete"] is False and r["references"][1] is None
+    assert r["positive"] == edit_prompt("x", [256, 1])  # one pad stands in for the unknown block
+    full = expected_tokens(tokenizer, r["positive"], r["negative"])
+    assert r["tokens"]["positive"] == full["positive"] - 1  # ... and is not counted
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ([], "JSON object"),
+    ({"mode": "video"}, "mode"),
+    ({"mode": "t2i", "prompt": 3}, "prompt must be a string"),
+    ({"mode": "t2i", "prompt": "x" * 20001}, "too long"),
+    ({"mode": "t2i", "negative_prompt": ["a"]}, "negative_prompt"),
+    ({"mode": "edit"}, "references"),
+    ({"mode": "edit", "references": [None] * 5}, "references"),
+    ({"mode": "edit", "references": [{"width": 10}]}, "height"),
+    ({"mode": "edit", "references": [{"width": True, "height": 10}]}, "width"),
+    ({"mode": "edit", "references": [{"width": 1.5, "height": 10}]}, "width"),
+    ({"mode": "edit", "references": [{"width": 0, "height": 10}]}, "width"),
+    ({"mode": "edit", "references": [{"width": 10, "height": 10, "path": "/etc"}]}, "references[0]"),
+    ({"mode": "edit", "references": [None], "max_side": 500}, "max_side"),
+    ({"mode": "edit", "references": [None, None], "width": 500}, "width"),
+    ({"mode": "t2i", "model": "x"}, "model"),
+    ({"mode": "t2i", "model": {"loader": "LoadImage", "name": RELEASE}}, "model"),
+    ({"mode": "t2i", "model": {"loader": "DeepGenVLMLoader", "name": 7}}, "model.name"),
+])
+def test_invalid_input_is_refused(comfy_server, release, body, fragment):
+    status, r = post(comfy_server, body)
+    assert status == 400, r
+    assert fragment in r["error"]
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", f"{RELEASE}/../{RELEASE}",
+                                  f"{RELEASE}/tokenizer", "..", "", "C:\\Windows\\win.ini"])
+def test_names_must_be_listed_models(comfy_server, release, name):
+    for loader in ("DeepGenVLMLoader", "DeepGenCheckpointLoader"):
+        status, r = post(comfy_server, {"mode": "t2i", "model": {"loader": loader, "name": name}})
+        assert status == 400, (loader, name, r)
+        assert "not one of the DeepGen models listed" in r["error"]
+        assert "root:" not in json.dumps(r)
+    status, r = post(comfy_server, {"mode": "t2i", "model": {"loader": "DeepGenCheckpointLoader", "name": RELEASE,
+                                                              "vlm_base": "../../etc"}})
+    assert status == 200 and r["tokens"] is not None  # vlm_base is only read for a native model.pt
+
+
+def test_malformed_and_oversized_bodies(comfy_server, release):
+    import urllib.error
+    import urllib.request
+
+    for data, want in ((b"{not json", 400), (b"{" + b" " * (300 * 1024) + b"}", 413)):
+        req = urllib.request.Request(comfy_server.url + ROUTE, data=data, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        assert status == want, body[:200]
+        assert "error" in json.loads(body)
+
+
+def test_routes_also_under_api_prefix_and_presets_follow_the_rules(comfy_server, release):
+    status, r = post(comfy_server, {"mode": "t2i", "prompt": "a"}, "/api" + ROUTE)
+    assert status == 200 and r["positive"] == t2i_prompt("a")
+    data = comfy_server.get("/api/deepgen/size_presets")
+    assert data["multiple"] == 16
+    presets = data["presets"]
+    assert {"name": "1:1", "width": 512, "height": 512} in presets
+    for p in presets:
+        a, b = map(int, p["name"].split(":"))
+        assert p["width"] % 32 == 0 and p["height"] % 32 == 0
+        assert 0.95 <= p["width"] * p["height"] / 512**2 <= 1.25, p  # ~512x512 area (rounded up)
+        assert math.isclose(p["width"] / p["height"], a / b, rel_tol=0.12), p
+
+
+def test_tokenizer_of_every_layout_without_loading_the_vlm(comfy_server, release, tokenizer, tiny):
+    """Qwen folder, converted file/folder (embedded tokenizer) and native model.pt + vlm_base (names as
+    test_loader_nodes places them; idempotent) all count with the same tokenizer as the release."""
+    from deepgen_model.convert import convert
+
+    root = comfy_server.base / "models" / "deepgen"
+    if not (root / "Qwen2.5-VL-3B-Instruct").exists():
+        deepgen_tiny.write_qwen_base(root / "Qwen2.5-VL-3B-Instruct", tiny)
+    if not (root / "DeepGen-1.0" / "model.pt").exists():
+        deepgen_tiny.write_native_model_pt(root / "DeepGen-1.0" / "model.pt", tiny)
+    if not (root / "converted" / "deepgen_vae.safetensors").is_file():
+        convert(root / RELEASE, root / "converted")
+    want = None
+    for model in ({"loader": "DeepGenVLMLoader", "name": "Qwen2.5-VL-3B-Instruct"},
+                  {"loader": "DeepGenVLMLoader", "name": "converted/deepgen_vlm.safetensors"},
+                  {"loader": "DeepGenCheckpointLoader", "name": "converted"},
+                  {"loader": "DeepGenCheckpointLoader", "name": "DeepGen-1.0/model.pt",
+                   "vlm_base": "Qwen2.5-VL-3B-Instruct"}):
+        status, r = post(comfy_server, {"mode": "t2i", "prompt": "a cat", "model": model})
+        assert status == 200 and r["tokens"] is not None, (model, r)
+        want = want or expected_tokens(tokenizer, r["positive"], r["negative"])
+        assert {k: v for k, v in r["tokens"].items() if k != "tokenizer"} == \
+               {k: v for k, v in want.items() if k != "tokenizer"}, model
+    status, r = post(comfy_server, {"mode": "t2i", "model": {"loader": "DeepGenCheckpointLoader",
+                                                              "name": "DeepGen-1.0/model.pt"}})
+    assert status == 200 and r["tokens"] is None and "vlm_base" in r["tokens_note"]
