@@ -19,11 +19,10 @@ import argparse
 import fnmatch
 import hashlib
 import json
-import os
 import struct
 import sys
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 GB = 1e9
@@ -273,12 +272,13 @@ def check_report(to, layout: str, include=None, verify_sha256: bool = False, pyt
         if problem is not None:
             bad.append(i)
     if not bad:
+        known = sum(i.spec.sha256 is not None for i in items)
         lines.append(f"All {len(items)} required files are present" +
-                     (" and match their SHA-256." if verify_sha256 else "."))
+                     (f"; the {known} with a known SHA-256 match it." if verify_sha256 else "."))
         return True, lines
     total = sum(i.spec.approx_bytes or 0 for i in bad)
-    lines += ["", f"{len(bad)} of {len(items)} required files are missing or incomplete (≈{human(total)}). "
-                  "Download each from its URL and put it at the path shown:"]
+    lines += ["", f"{len(bad)} of {len(items)} required files are missing or incomplete"
+                  f"{f' (≈{human(total)})' if total else ''}. Download each from its URL and put it at the path shown:"]
     for i in bad:
         lines += [f"  {i.url}", f"      -> {i.dest}"]
     lines += ["", "Or let the helper fetch them (resumable; needs huggingface_hub):",
@@ -407,7 +407,12 @@ def main(argv=None) -> int:
         print("\n".join(table_lines(items, with_state=True)))
         print(f"total ≈{human(sum(i.spec.approx_bytes or 0 for i in items))}")
         return 0
-    download(to, layout, a.include, a.revision, a.verify_sha256)
+    try:
+        download(to, layout, a.include, a.revision, a.verify_sha256)
+    except Exception as e:  # network/hub errors come from requests or httpx, depending on the hub version
+        print(f"download failed: {type(e).__name__}: {e}\nRun the same command again to resume it, or fetch the "
+              "files by hand (the URLs: --check).", file=sys.stderr)
+        return 1
     ok, lines = check_report(to, layout, a.include)
     print("\n".join(lines))
     return 0 if ok else 1

@@ -204,7 +204,9 @@ def run(server: Server, prompt: dict, timeout: float) -> dict:
     status, body = server.request("POST", "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
     if status != 200:
         errors = body.get("node_errors") if isinstance(body, dict) else None
-        detail = json.dumps(errors or body, indent=2)[:4000]
+        detail = "\n".join(f"  node {nid} ({e.get('class_type')}): {err.get('details') or ''}: {err.get('message')}"
+                           for nid, e in (errors or {}).items() for err in e.get("errors", []))
+        detail = detail or json.dumps(body, indent=2)[:4000]
         fail(f"ComfyUI rejected the workflow (HTTP {status}):\n{detail}")
     prompt_id = body["prompt_id"]
     print(f"queued prompt {prompt_id}; waiting (server log: {server.log_path})", flush=True)
@@ -245,8 +247,13 @@ def error_text(entry: dict) -> str:
 
 def main(argv=None) -> int:
     env = os.environ.get
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--comfyui", type=Path, required=True, help="the ComfyUI folder (with main.py)")
+    ap = argparse.ArgumentParser(prog="bash scripts/run_example.sh", description=__doc__.split("\n\n")[0],
+                                 epilog="run_example.sh also takes --python PY (the Python that runs ComfyUI); without "
+                                        "--comfyui it sets up a CPU-only ComfyUI in $DEEPGEN_HOME and uses "
+                                        "--base-dir $DEEPGEN_HOME/workspace. Exit status: 0 image saved, "
+                                        "3 weights missing, 1 other errors.")
+    ap.add_argument("--comfyui", type=Path, required=True,
+                    help="the ComfyUI folder (with main.py); run_example.sh fills it in")
     ap.add_argument("--base-dir", type=Path, help="ComfyUI --base-directory (custom_nodes/, models/, output/ ...)")
     ap.add_argument("--models", type=Path, default=env("DEEPGEN_EXAMPLE_MODELS") or None,
                     help="folder holding the DeepGen model folders (default: <base or ComfyUI>/models/deepgen)")

@@ -54,8 +54,8 @@ link_pack() {  # link_pack CUSTOM_NODES_DIR: make this checkout importable there
 if [ -z "$COMFY" ]; then
   export DEEPGEN_HOME="${DEEPGEN_HOME:-$HOME/.cache/comfyui-deepgen}"
   command -v "${PYTHON:-python3.11}" >/dev/null 2>&1 || export PYTHON="${PYTHON:-python3}"
-  echo "setting up (or reusing) a CPU-only ComfyUI 0.3.75 in $DEEPGEN_HOME (the first run downloads ~2 GB of packages)"
-  bash "$REPO/.ci/setup.sh"
+  echo "setting up (or reusing) a CPU-only ComfyUI 0.3.75 in $DEEPGEN_HOME (the first run installs ~2 GB of packages: a few minutes)"
+  DEEPGEN_LEGS=example bash "$REPO/.ci/setup.sh"   # the test environment minus the browser leg's Chromium/npm
   COMFY="$DEEPGEN_HOME/ComfyUI"
   PY="${PY:-$DEEPGEN_HOME/venv/bin/python}"
   BASE="${BASE:-$DEEPGEN_HOME/workspace}"
@@ -67,7 +67,8 @@ else
     done
   fi
   [ -n "$PY" ] || { echo "run_example: no python found for $COMFY; pass --python" >&2; exit 1; }
-  if ! "$PY" -c 'import torch, transformers, diffusers, safetensors, accelerate' 2>/dev/null; then
+  if ! "$PY" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
+      ("torch", "transformers", "diffusers", "safetensors", "accelerate")))' 2>/dev/null; then
     echo "run_example: $PY lacks the pack's dependencies. Install them into your ComfyUI's Python:" >&2
     echo "  $PY -m pip install -r $REPO/requirements.txt" >&2
     exit 1

@@ -327,3 +327,20 @@ def test_default_destination_only_inside_comfyui(monkeypatch, tmp_path):
 def test_docs_reproduce_the_table():
     docs = (REPO / "docs" / "weights.md").read_text(encoding="utf-8")
     assert dl.markdown_table() in docs, "docs/weights.md is stale: paste `python -m deepgen_model.download --markdown`"
+
+
+def test_cli_download_failure_is_reported_not_raised(monkeypatch, tmp_path, capsys):
+    class Offline(FakeHub):
+        def __init__(self):
+            super().__init__({})
+
+            class HfApi:
+                def list_repo_tree(self, *a, **k):
+                    raise ConnectionError("Name or service not known")
+
+            self.HfApi = HfApi
+
+    monkeypatch.setattr(dl, "_hub", Offline)
+    assert dl.main(["--to", str(tmp_path), "--include", "unipic2"]) == 1
+    err = capsys.readouterr().err
+    assert "download failed: ConnectionError: Name or service not known" in err and "again to resume" in err
