@@ -47,7 +47,9 @@ class Progress:
         if bar is None or not isinstance(value, int) or not isinstance(maximum, int) or maximum <= 0:
             return
         with self._lock:
-            bar.total, bar.n = maximum, min(value, maximum)
+            if bar.total != maximum:  # first step event: start the clock now, not at upload time
+                bar.reset(total=maximum)
+            bar.n = min(value, maximum)
             bar.refresh()
 
     def finish(self, slot: int, row: dict):

@@ -154,6 +154,7 @@ class Runner:
         self.stop = threading.Event()
         self.rows: list[dict] = []
         self._ws_warned = set()
+        self._active, self._active_lock = 0, threading.Lock()
 
     # ------------------------------------------------------------------ the batch
     def run(self, items: list[Item]) -> list[dict]:
@@ -161,23 +162,31 @@ class Runner:
         for item in items:
             work.put(item)
         slots = min(len(items), self.settings.per_server * len(self.clients))
-        threads = [threading.Thread(target=self._worker, args=(slot, work), daemon=True, name=f"batch-{slot}")
-                   for slot in range(slots)]
-        for t in threads:
-            t.start()
+        self._active = slots
+        for slot in range(slots):
+            threading.Thread(target=self._worker, args=(slot, work), daemon=True, name=f"batch-{slot}").start()
+        # sleep, never Thread.join()/is_alive(): a Ctrl-C landing inside those can mark a running thread as
+        # finished (CPython < 3.13), and we would exit before it cancelled its prompt on the server
         try:
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(0.2)
+            while self._active:
+                time.sleep(0.1)
         except KeyboardInterrupt:
             self.stop.set()
             self.progress.write("stopping: cancelling this run's prompts on the servers ...")
-            for t in threads:
-                t.join(15)
+            deadline = time.monotonic() + 30
+            while self._active and time.monotonic() < deadline:
+                time.sleep(0.1)
             raise
         return self.rows
 
     def _worker(self, slot: int, work: queue.Queue):
+        try:
+            self._work(slot, work)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def _work(self, slot: int, work: queue.Queue):
         while not self.stop.is_set():
             try:
                 item = work.get_nowait()

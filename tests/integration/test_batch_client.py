@@ -72,6 +72,7 @@ def test_twenty_items_one_broken(comfy_server, release, tmp_path):
     proc = batch(tmp_path / "in", "-m", tmp_path / "edits.csv", "-o", out, "-s", comfy_server.url, "--seed", "1000")
     assert proc.returncode == 1, proc.stderr  # one item failed
     assert "19 ok, 1 failed" in proc.stdout
+    assert "no websocket" not in proc.stderr  # progress came over /ws, not by polling
 
     rows = manifest_rows(out / "manifest.jsonl")
     assert sorted(r["input"] for r in rows) == names
@@ -97,7 +98,7 @@ def test_twenty_items_one_broken(comfy_server, release, tmp_path):
 
 
 def test_interrupted_run_resumes_without_redoing(comfy_server, release, tmp_path):
-    names = make_images(tmp_path / "in", 10, seed=6)
+    names = make_images(tmp_path / "in", 8, seed=6)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "deepgen_batch", str(tmp_path / "in"), "-o", str(out), "-i", "turn it upside down",
            "-s", comfy_server.url, "--per-server", "1", *FAST]
@@ -111,9 +112,9 @@ def test_interrupted_run_resumes_without_redoing(comfy_server, release, tmp_path
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     first = manifest_rows(manifest)
-    assert 3 <= len(first) < 10 and all(r["status"] == "ok" for r in first)
+    assert 3 <= len(first) < 8 and all(r["status"] == "ok" for r in first)
     mtimes = {r["input"]: (out / r["output"]).stat().st_mtime_ns for r in first}
-    deadline = time.monotonic() + 30  # the stopped run cancelled what it had queued
+    deadline = time.monotonic() + 10  # the stopped run cancelled what it had queued
     while True:
         q = comfy_server.get("/queue")
         if not q["queue_running"] and not q["queue_pending"]:
@@ -134,7 +135,7 @@ def test_interrupted_run_resumes_without_redoing(comfy_server, release, tmp_path
     assert third.returncode == 0 and "nothing to do" in third.stdout
     changed = batch(tmp_path / "in", "-o", out, "-i", "turn it upside down", "-s", comfy_server.url, "--limit", "1",
                     "--seed", "7")  # other seeds: not the same edit any more, so it runs again
-    assert changed.returncode == 0 and "1 ok" in changed.stdout and len(manifest_rows(manifest)) == 11
+    assert changed.returncode == 0 and "1 ok" in changed.stdout and len(manifest_rows(manifest)) == len(names) + 1
 
 
 # ---------------------------------------------------------------- a second server
@@ -190,7 +191,7 @@ def second_server(comfy_server, comfy_dir, comfy_models, release, tmp_path_facto
 
 
 def test_two_servers_share_the_work(comfy_server, second_server, tmp_path):
-    names = make_images(tmp_path / "in", 8, seed=7)
+    names = make_images(tmp_path / "in", 6, seed=7)
     out = tmp_path / "out"
     proc = batch(tmp_path / "in", "-o", out, "-i", "add a red hat", "-s", comfy_server.url, "-s", second_server.url,
                  "--per-server", "1")
