@@ -3,15 +3,17 @@
 #   unit-tf5      tests/unit under the venv's transformers 5.x
 #   unit-tf4      tests/unit under transformers 4.56 (PYTHONPATH overlay)
 #   integration   tests/integration against a real ComfyUI 0.3.75 (server + in-process)
+#   browser       the web extension in headless Chromium against the real server (tests/browser)
 # Usage: bash scripts/test.sh [pytest args...]      e.g.  bash scripts/test.sh -x -k packaging
-# Env: DEEPGEN_HOME (default ~/.cache/comfyui-deepgen), DEEPGEN_LEGS (default "unit-tf5 unit-tf4 integration").
+# Env: DEEPGEN_HOME (default ~/.cache/comfyui-deepgen), DEEPGEN_LEGS (default "unit-tf5 unit-tf4 integration browser").
 # Exit status: non-zero if any leg fails. A leg that collects no tests fails, unless pytest args were
 # given (a -k/path selection may legitimately select nothing in some legs).
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 export DEEPGEN_HOME="${DEEPGEN_HOME:-$HOME/.cache/comfyui-deepgen}"
-LEGS="${DEEPGEN_LEGS:-unit-tf5 unit-tf4 integration}"
+LEGS="${DEEPGEN_LEGS:-unit-tf5 unit-tf4 integration browser}"
+export DEEPGEN_LEGS="$LEGS"   # .ci/setup.sh installs the browser tools only for the browser leg
 ARTIFACTS="${DEEPGEN_ARTIFACTS:-$REPO/artifacts}"
 export DEEPGEN_ARTIFACTS="$ARTIFACTS"
 export DEEPGEN_PID_DIR="${DEEPGEN_PID_DIR:-$DEEPGEN_HOME/run/$$}"   # per run: concurrent runs keep their servers
@@ -47,8 +49,10 @@ for leg in $LEGS; do
   case "$leg" in
     unit-tf5) run_leg unit-tf5 tests/unit ;;
     unit-tf4) run_leg unit-tf4 tests/unit "PYTHONPATH=$DEEPGEN_HOME/tf4${PYTHONPATH:+:$PYTHONPATH}" ;;
-    integration) run_leg integration tests/integration "DEEPGEN_COMFY_DIR=$DEEPGEN_HOME/ComfyUI" ;;
-    *) echo "unknown leg '$leg' (known: unit-tf5 unit-tf4 integration)" >&2; exit 2 ;;
+    integration) run_leg integration tests/integration "DEEPGEN_COMFY_DIR=$DEEPGEN_HOME/ComfyUI" "PYTEST_ADDOPTS=-m 'not browser'" ;;
+    browser) run_leg browser tests/integration/test_web_browser.py "DEEPGEN_COMFY_DIR=$DEEPGEN_HOME/ComfyUI" \
+        "DEEPGEN_REQUIRE_BROWSER=${DEEPGEN_REQUIRE_BROWSER:-${DEEPGEN_REQUIRE_INTEGRATION:-0}}" ;;
+    *) echo "unknown leg '$leg' (known: unit-tf5 unit-tf4 integration browser)" >&2; exit 2 ;;
   esac
 done
 
