@@ -6,6 +6,7 @@ computed in the dtype/device of the modules passed in.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +14,10 @@ import torch
 from .errors import DeepGenInputError
 from .images import image_token_count, reference_size, resized_uint8, to_signed, vit_inputs
 from .prompts import edit_prompt, t2i_prompt, tokenize_pair
+from .compat import text_config
 from .vlm import compute_dtype, stacked_hidden_states
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,13 +55,38 @@ def _as_list(prompts, what: str) -> list[str]:
     return items
 
 
+TRAINED_PROMPT_TOKENS = 1024  # the release trained with max_length=1024 (spec §2.1); longer prompts still work
+
+
+def _check_length(vlm, mask: torch.Tensor, think_tokens: int, b: int, image_tokens: int) -> None:
+    limit = getattr(text_config(vlm), "max_position_embeddings", None)
+    lengths = mask.sum(dim=1).tolist()
+    for i, n in enumerate(lengths):
+        what = ("prompt" if i < b else "negative_prompt") + (f" {i % b}" if b > 1 else "")
+        if limit and n + think_tokens > limit:
+            raise DeepGenInputError(
+                f"{what} is {n} tokens (template and image tokens included) + {think_tokens} think tokens, longer "
+                f"than the VLM's context of {limit} positions; shorten it (it is refused, not truncated, so that "
+                "nothing you wrote is silently dropped), or use smaller/fewer reference images.")
+        if n - image_tokens > TRAINED_PROMPT_TOKENS:
+            log.warning("%s is %d tokens; DeepGen was trained on prompts of at most %d tokens, so very long "
+                        "prompts may be followed less closely (nothing is truncated)", what, n - image_tokens,
+                        TRAINED_PROMPT_TOKENS)
+
+
 def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: list[str] | str,
-           images: list[torch.Tensor] | None = None, max_side: int = 512) -> DeepGenConditioning:
+           images: list[torch.Tensor] | None = None, max_side: int = 512, *,
+           layer_callback=None) -> DeepGenConditioning:
     """Text-to-image when `images` is None; editing with every tensor of `images` (ComfyUI IMAGE
     rows [H, W, 3], 0..1) as a reference shared by all b prompts and by the negative branch.
 
     A single negative string is used for every prompt. References are resized by the CLI rule
-    (`reference_size`, long side at most `max_side`)."""
+    (`reference_size`, long side at most `max_side`). layer_callback: see stacked_hidden_states
+    (ComfyUI passes its interrupt check).
+
+    Prompts are never truncated (the release does not truncate at inference); a sequence longer than
+    the VLM's position range (max_position_embeddings, think tokens included) is refused, naming the
+    prompt and its token count."""
     positives = _as_list(prompts, "prompts")
     negatives = _as_list(negative_prompts, "negative_prompts")
     if len(negatives) == 1 and len(positives) > 1:
@@ -88,9 +117,11 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
 
     b = len(positives)
     ids, mask = tokenize_pair(tokenizer, texts[:b], texts[b:])
+    _check_length(vlm, mask, bridge.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
     occurrences = pixel_values * (2 * b) if images is not None else None  # same objects: ViT runs once per ref
     grid_thw = torch.cat(grids * (2 * b)) if images is not None else None
-    stacked = stacked_hidden_states(vlm, tokenizer, bridge.meta_queries, ids, mask, occurrences, grid_thw)
+    stacked = stacked_hidden_states(vlm, tokenizer, bridge.meta_queries, ids, mask, occurrences, grid_thw,
+                                    layer_callback=layer_callback)
     with torch.no_grad():
         seq, pooled = bridge(stacked.to(*_device_and_dtype(bridge.projector_1)))
     return DeepGenConditioning(seq=seq, pooled=pooled, references=references, prompt_text=texts)

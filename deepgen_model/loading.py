@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from . import configs
 from .bridge import BridgeConfig, SCBBridge
@@ -287,8 +288,11 @@ def load_bridge(source, *, dtype=None, device="cpu", num_attention_heads: int | 
         if "layer_norm_eps" in extra:
             cfg = dataclasses.replace(cfg, layer_norm_eps=float(extra["layer_norm_eps"]))
     if cfg.hidden_size % cfg.num_attention_heads:
+        p1 = tuple(state["projector_1.weight"].shape) if "projector_1.weight" in state else None
         raise DeepGenLoadError(f"{name}: connector width {cfg.hidden_size} is not divisible by {cfg.num_attention_heads} "
-                               "heads; pass num_attention_heads= (the connector's head count)")
+                               f"heads (the width is the rows of projector_1.weight {p1}): projector_1.weight is "
+                               "mis-shaped (a damaged or foreign file), or pass num_attention_heads= (the connector's "
+                               "head count)")
     with torch.device("meta"):
         bridge = SCBBridge(cfg)
     _assign(bridge, state, name)
@@ -332,10 +336,40 @@ def _from_pretrained_folder(cls, folder: Path, dtype, device):
         raise DeepGenLoadError(f"{folder} needs config.json and *.safetensors weights")
     dtype = dtype or _stored_dtype(weights)
     try:
-        model = cls.from_pretrained(str(folder), torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise DeepGenLoadError(f"{folder}: could not load {cls.__name__}: {e}") from e
+        model, info = cls.from_pretrained(str(folder), torch_dtype=dtype, output_loading_info=True)
+    except _READ_ERRORS as e:
+        raise DeepGenLoadError(f"{folder}: could not load {cls.__name__} from {_names(weights)}: {e}") from e
+    _check_loading_info(info, folder, weights)
+    _check_materialised(model, folder)
     return _finish(model, None, device)
+
+
+# what from_pretrained raises for unreadable/truncated files (SafetensorError is no OSError) and for
+# tensors left on the meta device (NotImplementedError when moved)
+_READ_ERRORS = (OSError, ValueError, RuntimeError, NotImplementedError, SafetensorError)
+
+
+def _names(files) -> str:
+    return ", ".join(Path(f).name for f in files)
+
+
+def _mismatch(m) -> str:
+    """A mismatched_keys entry: (key, file shape, model shape) or just the key, by library version."""
+    if isinstance(m, str):
+        return m
+    m = list(m)
+    return f"{m[0]} {tuple(m[1])} (expected {tuple(m[2])})" if len(m) >= 3 else str(m)
+
+
+def _check_loading_info(info: dict, folder: Path, weights, optional=()) -> None:
+    """from_pretrained only warns about missing tensors (and re-initialises them at random): refuse."""
+    missing = sorted(k for k in info.get("missing_keys", []) if k not in optional)
+    mismatched = sorted(_mismatch(m) for m in info.get("mismatched_keys", []))
+    problems = [f"{what} ({len(keys)}): {_preview(keys)}"
+                for what, keys in (("missing tensors", missing), ("mis-shaped tensors", mismatched)) if keys]
+    if problems:
+        raise DeepGenLoadError(f"{folder} ({_names(weights)}): " + "; ".join(problems)
+                               + "; the files are incomplete or from another model: download them again")
 
 
 def load_dit(source, *, base_path=None, dtype=None, device="cpu"):
@@ -509,12 +543,16 @@ def _vlm_from_pretrained(folder: Path, *, dtype, device, attn, quant):
     if not weights:
         raise DeepGenLoadError(f"{folder} has no *.safetensors weights")
     try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(folder), attn_implementation=attn, **_dtype_kw(dtype or _stored_dtype(weights)),
-            **_quant_kwargs(quant, device))
-    except (OSError, ValueError, RuntimeError) as e:
-        raise DeepGenLoadError(f"{folder}: could not load Qwen2.5-VL: {e}") from e
+            output_loading_info=True, ignore_mismatched_sizes=True, **_quant_kwargs(quant, device))
+    except _READ_ERRORS as e:
+        raise DeepGenLoadError(f"{folder}: could not load Qwen2.5-VL from {_names(weights)}: {e}") from e
+    # mis-shaped tensors are only re-initialised (ignore_mismatched_sizes) so that they can be named here
+    _check_loading_info(info, folder, weights, optional=("lm_head.weight",))
     _tie_lm_head(model)
+    if quant is None:
+        _check_materialised(model, folder)  # transformers 4.x may leave a missing tensor on meta, unreported
     return model.eval() if quant is not None else _finish(model, None, device)
 
 

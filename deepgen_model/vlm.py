@@ -40,7 +40,7 @@ def _image_token_id(vlm, tokenizer) -> int:
     return int(tid)
 
 
-def _image_embeddings(visual, pixel_values, grid_thw: torch.Tensor) -> torch.Tensor:
+def _image_embeddings(visual, pixel_values, grid_thw: torch.Tensor, layer_callback=None) -> torch.Tensor:
     """ViT tokens of every image occurrence, concatenated in row-major (batch, sequence) order.
 
     Each image runs through the ViT alone, as the release does. The same tensor object passed twice
@@ -55,18 +55,22 @@ def _image_embeddings(visual, pixel_values, grid_thw: torch.Tensor) -> torch.Ten
     out = []
     for pv, grid in zip(pixel_values, grid_thw):
         if id(pv) not in cache:  # the ViT's patch embedding casts pv to its own weight dtype
-            cache[id(pv)] = visual_embeds(visual, pv.to(device), grid[None].to(device))
+            with _calling_per_layer(getattr(visual, "blocks", ()), layer_callback):
+                cache[id(pv)] = visual_embeds(visual, pv.to(device), grid[None].to(device))
         out.append(cache[id(pv)])
     return torch.cat(out)
 
 
 def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids: torch.Tensor,
-                          attention_mask: torch.Tensor, pixel_values=None, grid_thw=None) -> torch.Tensor:
+                          attention_mask: torch.Tensor, pixel_values=None, grid_thw=None,
+                          layer_callback=None) -> torch.Tensor:
     """[B, T] prompt ids/mask (+ images) -> stacked residual streams [B, T+Q, 6*H], deepest layer first.
 
     pixel_values: None, a [sum N_i, 1176] tensor, or a list with one [N_i, 1176] tensor per image
     occurrence in row-major order (positive rows first, then the same images for the negative rows);
-    grid_thw: [n_occurrences, 3]. meta_queries [Q, H] are appended as embeddings (never as ids)."""
+    grid_thw: [n_occurrences, 3]. meta_queries [Q, H] are appended as embeddings (never as ids).
+    layer_callback: called with no arguments before every ViT block and decoder layer; whatever it
+    raises (e.g. ComfyUI's interrupt) ends the forward there."""
     visual, text_model = vlm_parts(vlm)
     embed = text_model.get_input_embeddings()
     device = embed.weight.device
@@ -85,7 +89,7 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
             grid = None
         else:
             grid = torch.as_tensor(grid_thw, dtype=torch.long).reshape(-1, 3)
-            image = _image_embeddings(visual, pixel_values, grid).to(device, dtype)
+            image = _image_embeddings(visual, pixel_values, grid, layer_callback).to(device, dtype)
             if image.shape[0] != int(is_image.sum()):
                 raise DeepGenInputError(
                     f"{int(is_image.sum())} {IMAGE_PAD_TOKEN} tokens in the prompts but {image.shape[0]} image "
@@ -98,7 +102,7 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
         ext_mask = torch.cat([mask, mask.new_ones(b, q)], dim=1)
         positions = rope_index(vlm, ext_ids, grid, ext_mask, image_id)
         inputs = torch.cat([embeds, meta_queries.to(device, dtype)[None].expand(b, q, -1)], dim=1)
-        return _run_selected(text_model, inputs, ext_mask, positions)
+        return _run_selected(text_model, inputs, ext_mask, positions, layer_callback)
 
 
 @contextmanager
@@ -124,7 +128,18 @@ def fa2_pad_emulation(text_model, attention_mask: torch.Tensor):
             h.remove()
 
 
-def _run_selected(text_model, inputs_embeds, mask, position_ids) -> torch.Tensor:
+@contextmanager
+def _calling_per_layer(layers, callback):
+    """While active, `callback()` runs before each of `layers` (an interruption point per layer)."""
+    handles = [] if callback is None else [m.register_forward_pre_hook(lambda *_: callback()) for m in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run_selected(text_model, inputs_embeds, mask, position_ids, layer_callback=None) -> torch.Tensor:
     layers = text_model.layers
     chosen = selected_layers(len(layers))  # hidden-state indices: index k = output of layers[k-1]
     deepest = max(chosen)
@@ -139,7 +154,7 @@ def _run_selected(text_model, inputs_embeds, mask, position_ids) -> torch.Tensor
 
     handles = [layers[k - 1].register_forward_hook(recorder(k)) for k in chosen]
     try:
-        with fa2_pad_emulation(text_model, mask):
+        with fa2_pad_emulation(text_model, mask), _calling_per_layer(layers, layer_callback):
             text_model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
     except _StopForward:
         pass

@@ -19,20 +19,29 @@ from ..deepgen_model.conditioning import encode as joint_encode
 from ..deepgen_model.constants import DEFAULT_SIZE, EDIT_NEGATIVE, REFERENCE_UNIT, SIZE_MULTIPLE, T2I_NEGATIVE
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.images import reference_size, resized_uint8
-from .vlm import DeepGenSCB, DeepGenVLM, release, scb_module, vlm_parts_of
+from .vlm import DeepGenSCB, DeepGenVLM, memory_guard, release, scb_module, vlm_parts_of
 
 MAX_REFERENCES = 4
 MAX_SIDE = 4096
 
 
 def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int):
-    """Load VLM + bridge through ComfyUI's model management, encode, then move the VLM off the GPU."""
-    mm.load_models_gpu([vlm, scb], force_full_load=True)
-    try:
-        model, tokenizer = vlm_parts_of(vlm)
-        return joint_encode(model, tokenizer, scb_module(scb), prompt, negative, images, max_side)
-    finally:
-        release(vlm)  # the DiT needs the room more than the (3B) VLM does
+    """Load VLM + bridge through ComfyUI's model management, encode, then move the VLM off the GPU.
+
+    ComfyUI's interrupt is checked before every ViT block and decoder layer; an out-of-memory error
+    becomes a clear one (memory_guard); nothing else is caught."""
+    with memory_guard("encoding the prompt with the VLM"):
+        mm.load_models_gpu([vlm, scb], force_full_load=True)
+        try:
+            model, tokenizer = vlm_parts_of(vlm)
+            cond = joint_encode(model, tokenizer, scb_module(scb), prompt, negative, images, max_side,
+                                layer_callback=mm.throw_exception_if_processing_interrupted)
+        finally:
+            release(vlm)  # the DiT needs the room more than the (3B) VLM does
+    if not (torch.isfinite(cond.seq).all() and torch.isfinite(cond.pooled).all()):
+        raise DeepGenInputError("the VLM/SCB produced NaN or infinite conditioning (numerical overflow, typically fp16 "
+                                "weights): set weight_dtype to bf16 or fp32 in the VLM and SCB loaders.")
+    return cond
 
 
 def _conditioning(cond, extra: dict) -> tuple[list, list]:
@@ -152,9 +161,10 @@ class DeepGenEditEncode(io.ComfyNode):
         cond = _encode(vlm, scb, prompt, negative_prompt, refs, max_side)
         # raw VAE latents of the same resized pixels, as core's ReferenceLatent stores them
         latents = []
-        for ref in refs:
-            pixels = torch.tensor(resized_uint8(ref, max_side), dtype=torch.float32)[None] / 255.0
-            latents.append(vae.encode(pixels))
+        with memory_guard("encoding the reference images with the VAE"):
+            for ref in refs:
+                pixels = torch.tensor(resized_uint8(ref, max_side), dtype=torch.float32)[None] / 255.0
+                latents.append(vae.encode(pixels))
         positive, negative = _conditioning(cond, {"reference_latents": latents})
         empty = torch.zeros([1, 16, out_h // 8, out_w // 8], device=mm.intermediate_device())
         return io.NodeOutput(positive, negative, {"samples": empty})

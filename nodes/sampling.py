@@ -14,22 +14,66 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
+import torch
+
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS
+from ..deepgen_model.errors import DeepGenInputError
 from .comfy_dit import model_sigmas
+from .vlm import memory_guard
 
 MAX_STEPS = 1000
 
 
+def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
+    """Refuse, naming the input, latents the DiT cannot take: sides not multiples of its patch (16 px
+    with the SD3 VAE) or beyond its position table; reference latents (DeepGenEditEncode max_side) too."""
+    dit = getattr(getattr(model, "model", None), "diffusion_model", None)
+    config = getattr(getattr(dit, "dit", None), "config", None)
+    if config is None or latent_image.ndim != 4:
+        return  # not a DeepGen DiT: leave the checks to the model
+    p, limit = config.patch_size, dit.max_latent_side
+
+    def problem(h, w):
+        if h % p or w % p:
+            return f"sides must be multiples of {8 * p} px"
+        if h > limit or w > limit:
+            return f"the DiT's position table allows at most {8 * limit} px per side"
+        return None
+
+    h, w = latent_image.shape[-2:]
+    if why := problem(h, w):
+        raise DeepGenInputError(
+            f"latent is {8 * w}x{8 * h} px ({w}x{h} latent): {why}. Set the empty latent's width/height to "
+            f"multiples of {8 * p} (e.g. {8 * p * max(1, w // p)}x{8 * p * max(1, h // p)}) within {8 * limit} px, "
+            "or scale/crop the encoded image to such a size.")
+    for name, cond in conds:
+        for _, info in cond or []:
+            for r in info.get("reference_latents") or []:
+                rh, rw = r.shape[-2:]
+                if why := problem(rh, rw):
+                    raise DeepGenInputError(
+                        f"{name} carries a reference latent of {8 * rw}x{8 * rh} px: {why}. Lower max_side of "
+                        "DeepGen Edit Encode (or the size of the image given to ReferenceLatent).")
+
+
 def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float) -> dict:
-    """LATENT dict out; cfg <= 1 runs the conditional branch only (as the official pipeline)."""
+    """LATENT dict out; cfg <= 1 runs the conditional branch only (as the official pipeline).
+
+    Sizes are checked before any work; an out-of-memory error becomes a clear one (memory_guard), and
+    NaN/inf samples are an error rather than a black image. Interrupts pass through untouched."""
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    check_sizes(model, latent_image, (("positive", positive), ("negative", negative)))
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     sigmas = model_sigmas(model, steps, latent_image.shape)
     callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-    samples = comfy.sample.sample_custom(
-        model, noise, max(float(cfg), 1.0), comfy.samplers.sampler_object("euler"), sigmas, positive, negative,
-        latent_image, noise_mask=latent.get("noise_mask"), callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    with memory_guard("sampling with the DiT"):
+        samples = comfy.sample.sample_custom(
+            model, noise, max(float(cfg), 1.0), comfy.samplers.sampler_object("euler"), sigmas, positive, negative,
+            latent_image, noise_mask=latent.get("noise_mask"), callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    if not torch.isfinite(samples).all():
+        raise DeepGenInputError("sampling produced NaN or infinite values (numerical overflow, typically fp16 "
+                                "weights): set weight_dtype to bf16 or fp32 in the DiT/checkpoint loader.")
     out = latent.copy()
     out["samples"] = samples
     return out

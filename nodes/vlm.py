@@ -6,6 +6,11 @@ loaded objects live only in ComfyUI's own node-output cache).
 """
 from __future__ import annotations
 
+import gc
+import logging
+import traceback
+from contextlib import contextmanager
+
 import comfy.model_management as mm
 import comfy.model_patcher
 import torch
@@ -59,6 +64,49 @@ def release(patcher) -> None:
             mm.current_loaded_models.pop(i).model_unload()
             mm.soft_empty_cache()
             return
+
+
+# ------------------------------------------------------------------ out of memory
+
+MEMORY_HINTS = {
+    "loading": "set quantization to '8-bit' (or '4-bit nf4') for the VLM, weight_dtype to bf16/fp16, or free memory "
+               "first (Unload models, or close other programs)",
+    "encoding": "set the VLM loader's quantization to '8-bit', use smaller or fewer reference images (max_side), "
+                "or start ComfyUI with --lowvram / --novram so that models are offloaded",
+    "sampling": "use a smaller width/height (or max_side for edits), fewer reference images, or start ComfyUI with "
+                "--lowvram / --novram so that the DiT is offloaded; the 8-bit VLM also leaves more room",
+}
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """GPU OOM (torch.OutOfMemoryError), Python's MemoryError, and the CPU allocator's RuntimeError."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+
+
+@contextmanager
+def memory_guard(stage: str):
+    """Re-raise an out-of-memory error as a clear one (what ran out, what to change) after releasing memory.
+
+    Only OOM types are caught; everything else (interrupts included) passes untouched. A GPU OOM stays a
+    torch.OutOfMemoryError so that ComfyUI still recognises it (and unloads its models too)."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        gpu = isinstance(e, torch.OutOfMemoryError)
+        msg = (f"DeepGen ran out of {'GPU' if gpu else 'system'} memory while {stage} ({first}). "
+               f"To fit: {MEMORY_HINTS.get(stage.split()[0], MEMORY_HINTS['sampling'])}. "
+               "Memory was released; the next job can run.")
+        traceback.clear_frames(e.__traceback__)  # drop the activations the failed frames still hold
+        mm.unload_all_models()
+        gc.collect()
+        mm.soft_empty_cache()
+        logging.error("DeepGen: out of memory while %s: %s", stage, first)
+        raise (torch.OutOfMemoryError if gpu else MemoryError)(msg) from e
 
 
 def weight_dtypes(choice: str, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
@@ -155,8 +203,9 @@ def load_vlm_patcher(source: str, base_vlm_path: str | None, description: str, w
     quant = quantization_arg(quantization, load_device)
     if quant is not None:  # bitsandbytes weights are quantized for, and stay on, one device
         offload_device = load_device
-    vlm, tokenizer = load_vlm(source, base_vlm_path=base_vlm_path, dtype=storage, device=offload_device,
-                              attn_implementation=attention, quantization=quant)
+    with memory_guard(f"loading the VLM from {source}"):
+        vlm, tokenizer = load_vlm(source, base_vlm_path=base_vlm_path, dtype=storage, device=offload_device,
+                                  attn_implementation=attention, quantization=quant)
     if compute != storage and quant is None:
         apply_manual_cast(vlm, compute)
     vlm.eval().requires_grad_(False)
@@ -202,7 +251,8 @@ def load_scb_patcher(path: str, weight_dtype: str = "auto"):
 
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
     storage, compute = weight_dtypes(weight_dtype, load_device)
-    bridge = load_bridge(path, dtype=storage, device=offload_device)
+    with memory_guard(f"loading the SCB bridge from {path}"):
+        bridge = load_bridge(path, dtype=storage, device=offload_device)
     if compute != storage:
         apply_manual_cast(bridge, compute)
     bridge.eval().requires_grad_(False)

@@ -1,0 +1,226 @@
+"""Reliability (issue 7): unusual inputs through whole graphs in a real ComfyUI (in-process executor).
+
+Every case ends in a correct image (finite, not constant: never a black picture) or in a validation /
+execution error that names the offending input. Pixels are read from ComfyUI's output cache of the
+VAEDecode node, so nothing is written to disk.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deepgen_tiny
+
+RELEASE = "DeepGen-1.0-diffusers"
+SIZE, STEPS = 32, 1  # small and one step: the graphs, not the pictures, are under test
+
+
+@pytest.fixture(scope="module")
+def comfy(comfy_inprocess, comfy_models, tiny):
+    root = comfy_models / "deepgen" / RELEASE
+    if not root.exists():
+        deepgen_tiny.write_diffusers_release(root, tiny)
+    return comfy_inprocess
+
+
+def loaders() -> dict:
+    return {"1": {"class_type": "DeepGenCheckpointLoader",
+                  "inputs": {"ckpt_name": RELEASE, "vlm_base": "none", "dit_base": "none", "weight_dtype": "fp32",
+                             "quantization": "none", "attention": "sdpa"}}}
+
+
+def tail(latent, seed=7, steps=STEPS, cfg=4.0, positive=("3", 0), negative=("3", 1)) -> dict:
+    return {"5": {"class_type": "DeepGenSampler",
+                  "inputs": {"model": ["1", 0], "positive": list(positive), "negative": list(negative),
+                             "latent": list(latent), "seed": seed, "steps": steps, "cfg": cfg}},
+            "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 3]}},
+            "7": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}}}
+
+
+def t2i(prompt="a red cat", negative="", width=SIZE, height=SIZE, latent_node="EmptySD3LatentImage", **kw) -> dict:
+    return {**loaders(),
+            "3": {"class_type": "DeepGenTextEncode",
+                  "inputs": {"vlm": ["1", 1], "scb": ["1", 2], "prompt": prompt, "negative_prompt": negative}},
+            "4": {"class_type": latent_node, "inputs": {"width": width, "height": height, "batch_size": 1}},
+            **tail(("4", 0), **kw)}
+
+
+def edit(images: list[str], max_side=SIZE, width=SIZE, height=SIZE, prompt="make it blue", **kw) -> dict:
+    g = {**loaders(),
+         "3": {"class_type": "DeepGenEditEncode",
+               "inputs": {"vlm": ["1", 1], "scb": ["1", 2], "vae": ["1", 3], "prompt": prompt, "negative_prompt": "",
+                          "max_side": max_side, "width": width, "height": height}},
+         **tail(("3", 2), **kw)}
+    for i, name in enumerate(images, start=1):
+        g[f"i{i}"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+        g["3"]["inputs"][f"image{i}"] = [f"i{i}", 0]
+    return g
+
+
+def output(comfy, node):
+    return comfy.executor.caches.outputs.get(node).outputs
+
+
+def image_of(comfy, prompt) -> torch.Tensor:
+    ok, _, msgs = comfy.run(prompt)
+    assert ok, repr(msgs)[-3000:]
+    img = output(comfy, "6")[0][0][0]  # socket 0, first list item, first image of the batch
+    assert_real_picture(img)
+    return img
+
+
+def assert_real_picture(img: torch.Tensor):
+    assert torch.isfinite(img).all()
+    assert img.std() > 0.02 and img.max() > 0.05, f"flat/black output: std {img.std():.4f} max {img.max():.4f}"
+
+
+def error_of(comfy, prompt, node: str) -> str:
+    ok, _, msgs = comfy.run(prompt)
+    assert not ok
+    errors = [d for kind, d in msgs if kind == "execution_error"]
+    assert errors, msgs
+    assert errors[0]["node_id"] == node, errors[0]
+    assert "InterruptProcessing" not in errors[0]["exception_type"]
+    return errors[0]["exception_message"]
+
+
+def save_png(comfy_base, name: str, arr: np.ndarray, mode: str | None = None):
+    img = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
+    img.save(comfy_base / "input" / name)
+    return name
+
+
+# ------------------------------------------------------------------ prompts
+
+def test_empty_prompt_and_negative(comfy):
+    image_of(comfy, t2i(prompt="", negative=""))
+
+
+@pytest.mark.parametrize("text", ["猫がマットの上に座っている、写真", "🐱🎨✨ un café très chaud — naïve façade",
+                                  "Ελληνικά и русский 한국어 العربية עברית", "tab\tnew\nline  and   spaces"])
+def test_non_ascii_prompts_are_encoded_exactly(comfy, text):
+    img = image_of(comfy, t2i(prompt=text))
+    positive = output(comfy, "3")[0][0]
+    assert positive[0][1]["deepgen_prompt"].endswith(f"Generate an image: {text}<|im_end|>\n<|im_start|>assistant\n")
+    tokenizer = output(comfy, "1")[1][0].model.tokenizer
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text  # byte-level BPE: nothing replaced by an unknown token
+    ascii_img = image_of(comfy, t2i(prompt="cat on a mat"))
+    assert not torch.equal(img, ascii_img)
+
+
+def test_long_prompt_is_encoded_in_full(comfy):
+    words = " ".join(f"detail{i}" for i in range(700))  # > 1024 tokens: past the training length, still encoded
+    image_of(comfy, t2i(prompt=words))
+    seq = output(comfy, "3")[0][0][0][0]
+    tokenizer = output(comfy, "1")[1][0].model.tokenizer
+    n = len(tokenizer(positive_text := output(comfy, "3")[0][0][0][1]["deepgen_prompt"])["input_ids"])
+    assert positive_text.count("detail") == 700 and n > 1024
+    think = output(comfy, "1")[2][0].model.meta_queries.shape[0]
+    assert seq.shape[1] == n + think  # every prompt token is there: nothing truncated
+
+
+@pytest.mark.parametrize("which", ["prompt", "negative_prompt"])
+def test_prompt_longer_than_the_vlm_context_is_refused(comfy, which):
+    text = "x " * 130_000  # the tiny VLM keeps the release's max_position_embeddings (128000)
+    prompt = t2i(**{"prompt" if which == "prompt" else "negative": text})
+    msg = error_of(comfy, prompt, "3")
+    assert msg.startswith(which) and "128000" in msg and "refused, not truncated" in msg
+
+
+# ------------------------------------------------------------------ sizes
+
+@pytest.mark.parametrize("node, width, height", [("EmptyLatentImage", 72, 64), ("EmptySD3LatentImage", 64, 40),
+                                                  ("EmptyLatentImage", 24, 16)])
+def test_latent_sides_not_multiples_of_16_name_the_latent(comfy, node, width, height):
+    msg = error_of(comfy, t2i(latent_node=node, width=width, height=height), "5")
+    assert msg.startswith(f"latent is {width}x{height} px") and "multiples of 16 px" in msg
+
+
+def test_encoded_image_of_odd_size_names_the_latent(comfy, comfy_base):
+    g = np.random.default_rng(3)
+    name = save_png(comfy_base, "h13_odd.png", g.integers(0, 256, (56, 104, 3), dtype=np.uint8))
+    prompt = t2i()
+    prompt["i"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+    prompt["4"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["i", 0], "vae": ["1", 3]}}
+    msg = error_of(comfy, prompt, "5")
+    assert msg.startswith("latent is 104x56 px") and "multiples of 16" in msg
+
+
+def test_sizes_that_are_multiples_of_16_work(comfy):
+    img = image_of(comfy, t2i(width=80, height=48, latent_node="EmptyLatentImage"))
+    assert img.shape == (48, 80, 3)
+
+
+def test_size_beyond_the_position_table_is_refused(comfy, tiny):
+    limit = tiny.dit.config.pos_embed_max_size * tiny.dit.config.patch_size * 8  # 1024 px for the tiny DiT
+    msg = error_of(comfy, t2i(width=limit + 16, height=64), "5")
+    assert f"at most {limit} px per side" in msg and msg.startswith("latent is")
+
+
+def test_reference_beyond_the_position_table_names_max_side(comfy, comfy_base, tiny):
+    limit = tiny.dit.config.pos_embed_max_size * tiny.dit.config.patch_size * 8
+    g = np.random.default_rng(4)
+    name = save_png(comfy_base, "h13_wide.png", g.integers(0, 256, (64, limit + 100, 3), dtype=np.uint8))
+    msg = error_of(comfy, edit([name, name], max_side=limit + 32), "5")
+    assert "reference latent" in msg and "max_side" in msg and f"at most {limit} px" in msg
+
+
+# ------------------------------------------------------------------ reference images
+
+@pytest.fixture(scope="module")
+def refs(comfy_base) -> dict:
+    """PNGs as users have them: RGB, grayscale, grayscale+alpha, RGBA, palette, 16-bit grayscale."""
+    g = np.random.default_rng(5)
+    rgb = g.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    gray = g.integers(0, 256, (48, 32), dtype=np.uint8)
+    names = {
+        "rgb": save_png(comfy_base, "h13_rgb.png", rgb),
+        "gray": save_png(comfy_base, "h13_gray.png", gray),
+        "gray_alpha": save_png(comfy_base, "h13_la.png", rgb, "LA"),
+        "rgba": save_png(comfy_base, "h13_rgba.png", np.dstack([rgb, g.integers(0, 256, (40, 56), dtype=np.uint8)])),
+        "palette": save_png(comfy_base, "h13_p.png", rgb, "P"),
+    }
+    Image.fromarray((gray.astype(np.uint16) * 257)).save(comfy_base / "input" / "h13_gray16.png")  # mode I;16
+    names["gray16"] = "h13_gray16.png"
+    return names
+
+
+@pytest.mark.parametrize("kind", ["rgb", "gray", "gray_alpha", "rgba", "palette", "gray16"])
+def test_reference_image_modes(comfy, refs, kind):
+    img = image_of(comfy, edit([refs[kind]]))
+    assert img.shape[0] % 16 == 0 and img.shape[1] % 16 == 0 and max(img.shape[:2]) == SIZE, img.shape
+
+
+def test_no_reference_is_a_validation_error_naming_image1(comfy):
+    valid, error, _, node_errors = comfy.validate(edit([]))
+    assert not valid and "3" in node_errors
+    assert "image1" in repr(node_errors["3"])
+
+
+def test_four_references_of_different_sizes(comfy, refs):
+    img = image_of(comfy, edit([refs["rgb"], refs["gray"], refs["rgba"], refs["palette"]], width=48, height=32))
+    assert img.shape == (32, 48, 3)
+    assert len(output(comfy, "3")[0][0][0][1]["reference_latents"]) == 4
+
+
+def test_a_batch_in_one_reference_input_names_it(comfy, refs):
+    prompt = edit([refs["rgb"], refs["gray"]])
+    prompt["b"] = {"class_type": "ImageBatch", "inputs": {"image1": ["i1", 0], "image2": ["i2", 0]}}
+    prompt["3"]["inputs"]["image2"] = ["b", 0]  # two differently sized images, batched (ImageBatch rescales)
+    msg = error_of(comfy, prompt, "3")
+    assert msg.startswith("image2 holds 2 images")
+
+
+# ------------------------------------------------------------------ cfg and steps
+
+def test_cfg_at_most_one_and_a_single_step(comfy):
+    at_one = image_of(comfy, t2i(prompt="a blue boat", cfg=1.0))
+    at_zero = image_of(comfy, t2i(prompt="a blue boat", cfg=0.0))
+    guided = image_of(comfy, t2i(prompt="a blue boat", cfg=4.0))
+    assert torch.equal(at_one, at_zero)  # both run the conditional branch only
+    assert not torch.equal(at_one, guided)
+    two_steps = image_of(comfy, t2i(prompt="a blue boat", cfg=4.0, steps=2))
+    assert not torch.equal(two_steps, guided)  # STEPS = 1 everywhere else: one step is a complete sample

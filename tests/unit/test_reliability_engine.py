@@ -1,0 +1,134 @@
+"""Reliability (issue 7) of the engine: per-layer interruption points, the long-prompt policy, and
+loading errors that name the file and the key (both transformers legs)."""
+import logging
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from deepgen_model import loading
+from deepgen_model.bridge import BridgeConfig, SCBBridge
+from deepgen_model.compat import text_config, vlm_parts
+from deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, encode
+from deepgen_model.constants import selected_layers
+from deepgen_model.errors import DeepGenInputError, DeepGenLoadError
+
+
+@pytest.fixture(scope="module")
+def bridge(tiny):
+    b = SCBBridge(BridgeConfig.from_state_dict(tiny.bridge_state, tiny.bridge_heads)).eval()
+    b.load_state_dict(tiny.bridge_state, strict=True)
+    return b
+
+
+class _Stop(Exception):
+    pass
+
+
+def _hooks(module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in module.modules())
+
+
+def test_layer_callback_runs_per_layer_and_can_stop_the_forward(tiny, bridge):
+    vlm = tiny.vlm_base
+    hooks = _hooks(vlm)
+    calls = []
+    plain = encode(vlm, tiny.tokenizer, bridge, "a cat", "")
+    cond = encode(vlm, tiny.tokenizer, bridge, "a cat", "", layer_callback=lambda: calls.append(1))
+    torch.testing.assert_close(cond.seq, plain.seq, rtol=0, atol=0)  # observing changes nothing
+    n_layers = len(vlm_parts(vlm)[1].layers)
+    assert len(calls) == max(selected_layers(n_layers))  # one per decoder layer run (the forward stops at 35)
+
+    calls.clear()
+    image = torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(0))
+    encode(vlm, tiny.tokenizer, bridge, "make it red", "", images=[image], max_side=64,
+           layer_callback=lambda: calls.append(1))
+    vit_blocks = len(vlm_parts(vlm)[0].blocks)
+    assert len(calls) == vit_blocks + max(selected_layers(n_layers))  # the ViT runs once per reference
+
+    seen = []
+
+    def stop_at_four():
+        seen.append(1)
+        if len(seen) == 4:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        encode(vlm, tiny.tokenizer, bridge, "a cat", "", layer_callback=stop_at_four)
+    assert len(seen) == 4
+    assert _hooks(vlm) == hooks  # every hook removed again, also after the exception
+
+
+def test_prompt_beyond_the_vlm_context_is_refused_and_long_ones_are_kept(tiny, bridge, caplog, monkeypatch):
+    vlm, tok = tiny.vlm_base, tiny.tokenizer
+    cfg = text_config(vlm)
+    monkeypatch.setattr(cfg, "max_position_embeddings", 300)
+    think = bridge.meta_queries.shape[0]
+    fits = "a " * (300 - think - 40)
+    long = "a " * 400
+    with pytest.raises(DeepGenInputError, match=r"^prompt is \d+ tokens .* context of 300 positions.*refused, not truncated"):
+        encode(vlm, tok, bridge, long, "")
+    with pytest.raises(DeepGenInputError, match=r"^negative_prompt is \d+ tokens"):
+        encode(vlm, tok, bridge, "a cat", long)
+    with pytest.raises(DeepGenInputError, match=r"^prompt 1 is"):
+        encode(vlm, tok, bridge, ["a cat", long], "")
+    encode(vlm, tok, bridge, fits, "")  # within the limit: encoded
+    monkeypatch.undo()
+
+    text = "a " * (TRAINED_PROMPT_TOKENS + 50)
+    with caplog.at_level(logging.WARNING, logger="deepgen_model.conditioning"):
+        cond = encode(vlm, tok, bridge, text, "")
+    assert "trained on prompts of at most 1024 tokens" in caplog.text
+    n = len(tok(cond.prompt_text[0])["input_ids"])
+    assert cond.seq.shape[1] == n + think  # nothing truncated
+
+
+# ------------------------------------------------------------------ loading errors name the file and the key
+
+@pytest.fixture
+def release_copy(tiny_layouts, tmp_path):
+    dst = tmp_path / "release"
+    shutil.copytree(tiny_layouts["diffusers"], dst)
+    return dst
+
+
+def _edit(path, key_pred, change):
+    state = load_file(str(path))
+    key = next(k for k in sorted(state) if key_pred(k))
+    change(state, key)
+    save_file(state, str(path), metadata={"format": "pt"})
+    return key
+
+
+def _vlm_shard(root, key_pred):
+    return next(f for f in sorted((root / "vlm").glob("*.safetensors")) if any(key_pred(k) for k in load_file(str(f))))
+
+
+def test_vlm_missing_tensor_is_named(release_copy):
+    pred = lambda k: "layers.3.mlp.up_proj.weight" in k and "visual" not in k  # noqa: E731
+    key = _edit(_vlm_shard(release_copy, pred), pred, lambda s, k: s.pop(k))
+    with pytest.raises(DeepGenLoadError, match=r"layers\.3\.mlp\.up_proj\.weight") as err:
+        loading.load_vlm(release_copy, dtype="fp32")
+    assert str(release_copy / "vlm") in str(err.value), key
+
+
+def test_vlm_misshaped_tensor_is_named(release_copy):
+    pred = lambda k: "layers.3.mlp.up_proj.weight" in k and "visual" not in k  # noqa: E731
+    _edit(_vlm_shard(release_copy, pred), pred, lambda s, k: s.__setitem__(k, torch.zeros(s[k].shape[0] + 1, s[k].shape[1])))
+    with pytest.raises(DeepGenLoadError, match=r"mis-shaped tensors \(1\): .*layers\.3\.mlp\.up_proj\.weight"):
+        loading.load_vlm(release_copy, dtype="fp32")
+
+
+def test_truncated_vlm_shard_names_the_files(release_copy):
+    shard = sorted((release_copy / "vlm").glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(DeepGenLoadError, match=shard.name):
+        loading.load_vlm(release_copy, dtype="fp32")
+
+
+def test_dit_missing_tensor_is_named(release_copy):
+    f = release_copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    key = _edit(f, lambda k: k.startswith("transformer_blocks.1.attn.add_k_proj"), lambda s, k: s.pop(k))
+    with pytest.raises(DeepGenLoadError, match=r"missing tensors \(1\): " + key.replace(".", r"\.")):
+        loading.load_dit(release_copy, dtype="fp32")
