@@ -36,6 +36,7 @@ class Memory:
     def __init__(self, device="cpu"):
         self.cuda = torch.device(device).type == "cuda"
         self._proc, self._open, self._lock = psutil.Process(), {}, threading.Lock()
+        self.overall = 0  # largest peak of any closed window
         if not self.cuda:
             threading.Thread(target=self._run, daemon=True).start()
 
@@ -65,10 +66,12 @@ class Memory:
             peak = torch.cuda.max_memory_allocated()
             with self._lock:
                 self._open.pop(key, None)
-            return peak
-        now = self.now()
-        with self._lock:
-            return max(self._open.pop(key, now), now)
+        else:
+            now = self.now()
+            with self._lock:
+                peak = max(self._open.pop(key, now), now)
+        self.overall = max(self.overall, peak)
+        return peak
 
 
 class Stages:
@@ -131,9 +134,17 @@ def measured(memory: Memory, out: dict):
 
 
 def settle():
+    """Free what can be freed, and give freed heap back to the OS so RSS measures what is live."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def param_bytes(module: torch.nn.Module, device=None) -> int:

@@ -27,13 +27,13 @@ from bench.common import (EDIT_PROMPT, PROMPT, Memory, measured, real_pipeline, 
                           settle, table, tiny_release, write_json)
 
 
-def load(model: str, device: str, quant: str | None):
+def load(model: str, device: str, quant: str | None, release: str | None = None):
     from deepgen_model import DeepGenPipeline
 
     if model == "tiny":
         from bench.reference_loop import ReferenceDeepGen
 
-        release = tiny_release()
+        release = tiny_release(release)
         return DeepGenPipeline.from_pretrained(release, dtype="fp32", device=device), ReferenceDeepGen(release, device)
     if model == "real":
         pipe, _ = real_pipeline()
@@ -48,6 +48,7 @@ def load(model: str, device: str, quant: str | None):
 def run(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", help="tiny | real | path of a diffusers release folder")
+    ap.add_argument("--release", default=None, help="tiny only: an existing fixture release folder")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, nargs="+", default=None, help="square sizes (default 32 tiny, 256 otherwise)")
     ap.add_argument("--steps", type=int, default=None, help="default 3 tiny, 2 real, 50 release")
@@ -67,7 +68,7 @@ def run(argv=None) -> dict:
     from deepgen_model.constants import EDIT_NEGATIVE
 
     mem = Memory(args.device)
-    pipe, ref = load(args.model, args.device, args.quant)
+    pipe, ref = load(args.model, args.device, args.quant, args.release)
     rows = []
     for mode in args.modes:
         for size in sizes:

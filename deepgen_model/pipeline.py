@@ -5,11 +5,16 @@
     out = pipe("make the cat blue", images=[photo])          # edit; photo: [H, W, 3] float 0..1
     cond = pipe.encode("a red cat")                          # run the VLM + bridge once ...
     out = pipe(conditioning=cond, seed=7, steps=30)          # ... and re-sample without them
+
+Memory: offload="encoder" keeps the VLM and bridge on the CPU except while encoding (the DiT and VAE
+get the accelerator); offload="all" also moves the DiT and VAE in only for their own stage.
+dit_weights="fp8_e4m3fn" stores the DiT's Linear weights in fp8 (half of bf16), computed in bf16/fp32.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +24,7 @@ from .conditioning import DeepGenConditioning, encode
 from .constants import DEFAULT_CFG, DEFAULT_SIZE, DEFAULT_STEPS, EDIT_NEGATIVE, SIZE_MULTIPLE, T2I_NEGATIVE
 from .errors import DeepGenInputError
 from .loading import load_bridge, load_dit, load_scheduler_config, load_vae, load_vlm
-from .precision import apply_manual_cast, resolve_dtypes
+from .precision import FP8_DTYPES, apply_manual_cast, compute_dtype_of, resolve_dtypes, store_linear_weights
 from .sampling import make_noise, sample
 from .scheduler import sigmas_from_config
 from .transformer import DeepGenTransformer
@@ -41,14 +46,54 @@ class DeepGenOutput:
 class DeepGenPipeline:
     """VLM + SCB bridge -> DiT with reference latents -> VAE, with the official schedule and CFG."""
 
-    def __init__(self, vlm, tokenizer, bridge, dit, vae, scheduler_config: dict | None = None):
+    OFFLOAD = ("none", "encoder", "all")
+
+    def __init__(self, vlm, tokenizer, bridge, dit, vae, scheduler_config: dict | None = None, *,
+                 offload: str = "none", device=None, offload_device="cpu"):
+        """offload: "none" (modules stay where they are), "encoder" (VLM + bridge wait on `offload_device`
+        and visit `device` only to encode) or "all" (every component visits `device` only for its stage).
+        device: where stages run when offloading (default: CUDA if available)."""
+        if offload not in self.OFFLOAD:
+            raise DeepGenInputError(f"offload must be one of {self.OFFLOAD}, got {offload!r}.")
         self.vlm, self.tokenizer, self.bridge, self.vae = vlm, tokenizer, bridge, vae
         self.transformer = dit if isinstance(dit, DeepGenTransformer) else DeepGenTransformer(dit)
         self.scheduler_config = dict(scheduler_config or {})
+        self.offload, self.offload_device = offload, torch.device(offload_device)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")) if offload != "none" \
+            else self.transformer.device
+        self._ref_cache: tuple[list, object, list] | None = None  # (references, vae, latents) of the last call
+        if offload != "none":
+            for m in (self.vlm, self.bridge) + ((self.transformer, self.vae) if offload == "all" else ()):
+                m.to(self.offload_device)
+            if offload == "encoder":
+                self.transformer.to(self.device)
+                self.vae.to(self.device)
+
+    @contextmanager
+    def _resident(self, *modules):
+        """Modules on the execution device for the block (offloading only); back to the offload device after."""
+        if self.offload == "none":
+            yield
+            return
+        for m in modules:
+            m.to(self.device)
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.to(self.offload_device)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _stage_modules(self, *names: str) -> tuple:
+        """Modules that move for a stage: the encoder pair always, DiT/VAE only with offload="all"."""
+        movable = {"vlm", "bridge"} | ({"transformer", "vae"} if self.offload == "all" else set())
+        return tuple(getattr(self, n) for n in names if n in movable)
 
     @classmethod
     def from_pretrained(cls, path, vlm_path=None, base_path=None, dtype=None, device=None,
-                        attn_implementation: str = "sdpa", quantization: str | None = None) -> "DeepGenPipeline":
+                        attn_implementation: str = "sdpa", quantization: str | None = None,
+                        offload: str = "none", dit_weights: str | None = None) -> "DeepGenPipeline":
         """Load any release layout, auto-detected from `path`:
 
         - the diffusers release folder (DeepGen-1.0-diffusers);
@@ -58,20 +103,28 @@ class DeepGenPipeline:
 
         dtype: None picks bf16 on CUDA, and on CPUs without native bf16 stores bf16 weights but
         computes in fp32 (about 7x faster there). quantization: None, "8bit" or "nf4" (VLM only,
-        needs bitsandbytes)."""
+        needs bitsandbytes). offload: see __init__ (components are loaded on the CPU, then placed).
+        dit_weights: None, or "fp8_e4m3fn" / "fp8_e5m2" to store the DiT's Linear weights in fp8."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dit_weights is not None and dit_weights not in FP8_DTYPES:
+            raise DeepGenInputError(f"dit_weights must be None or one of {list(FP8_DTYPES)}, got {dit_weights!r}.")
         storage, compute = resolve_dtypes(device, dtype)
-        vlm, tokenizer = load_vlm(path, base_vlm_path=vlm_path, dtype=storage, device=device,
+        load_on = "cpu" if offload != "none" else device
+        vlm, tokenizer = load_vlm(path, base_vlm_path=vlm_path, dtype=storage, device=load_on,
                                   attn_implementation=attn_implementation, quantization=quantization)
-        parts = [vlm, load_bridge(path, dtype=storage, device=device),
-                 load_dit(path, base_path=base_path, dtype=storage, device=device),
-                 load_vae(path, base_path=base_path, dtype=storage, device=device)]
-        if compute != storage:
+        parts = [vlm, load_bridge(path, dtype=storage, device=load_on),
+                 load_dit(path, base_path=base_path, dtype=storage, device=load_on),
+                 load_vae(path, base_path=base_path, dtype=storage, device=load_on)]
+        if dit_weights is not None:
+            store_linear_weights(parts[2], dit_weights)
+        if compute != storage or dit_weights is not None:
             for module in parts:
                 apply_manual_cast(module, compute)
         vlm, bridge, dit, vae = parts
-        log.info("DeepGen loaded from %s on %s (weights %s, compute %s)", Path(path), device, storage, compute)
-        return cls(vlm, tokenizer, bridge, dit, vae, load_scheduler_config(path, base_path=base_path))
+        log.info("DeepGen loaded from %s on %s (weights %s%s, compute %s, offload %s)", Path(path), device, storage,
+                 f", DiT Linear {dit_weights}" if dit_weights else "", compute, offload)
+        return cls(vlm, tokenizer, bridge, dit, vae, load_scheduler_config(path, base_path=base_path),
+                   offload=offload, device=device)
 
     def encode(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                images: Sequence[torch.Tensor] | None = None, max_side: int = DEFAULT_SIZE) -> DeepGenConditioning:
@@ -80,15 +133,29 @@ class DeepGenPipeline:
         for edits (spec §4)."""
         if negative_prompt is None:
             negative_prompt = T2I_NEGATIVE if images is None else EDIT_NEGATIVE
-        return encode(self.vlm, self.tokenizer, self.bridge, prompt, negative_prompt, images, max_side)
+        with self._resident(*self._stage_modules("vlm", "bridge")):
+            cond = encode(self.vlm, self.tokenizer, self.bridge, prompt, negative_prompt, images, max_side)
+        if self.offload != "none":  # the conditioning must outlive the encoder's visit to the device
+            cond.seq, cond.pooled = cond.seq.to(self.offload_device), cond.pooled.to(self.offload_device)
+        return cond
 
     def sigmas(self, steps: int = DEFAULT_STEPS, width: int = DEFAULT_SIZE, height: int = DEFAULT_SIZE) -> torch.Tensor:
         """The official sigma list [steps + 1] for this release's scheduler config."""
         return sigmas_from_config(self.scheduler_config, steps, image_seq_len=(height // 16) * (width // 16))
 
     def reference_latents(self, conditioning: DeepGenConditioning) -> list[torch.Tensor]:
-        """VAE latents (posterior mean, normalised) of the resized references, for the DiT."""
-        return [encode_reference(self.vae, r) for r in conditioning.references]
+        """VAE latents (posterior mean, normalised) of the resized references, for the DiT.
+
+        The last result is kept: re-sampling a cached conditioning (new seed/steps/cfg) costs only
+        the sampler, not another VAE encode of the same references."""
+        refs = conditioning.references
+        cache = self._ref_cache
+        if cache and cache[1] is self.vae and len(cache[0]) == len(refs) and all(a is b for a, b in zip(cache[0], refs)):
+            return list(cache[2])
+        with self._resident(*self._stage_modules("vae")):
+            latents = [encode_reference(self.vae, r) for r in refs]
+        self._ref_cache = (list(refs), self.vae, latents)
+        return list(latents)
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
@@ -110,6 +177,12 @@ class DeepGenPipeline:
         if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
             raise DeepGenInputError(f"width and height must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}.")
         noise = make_noise(seed, conditioning.batch_size, height, width)
-        latents = sample(self.transformer, noise, self.sigmas(steps, width, height), conditioning.positive(),
-                         conditioning.negative(), cfg_scale, references=refs or None, callback=callback)
-        return DeepGenOutput(latents, decode(self.vae, latents), conditioning, seed, steps, cfg_scale)
+        with self._resident(*self._stage_modules("transformer")):
+            refs = [r.to(self.transformer.device) for r in refs]
+            # inputs in the dtype the DiT computes in (fp32 for bf16/fp8 storage on a CPU), not its storage dtype
+            latents = sample(self.transformer, noise, self.sigmas(steps, width, height), conditioning.positive(),
+                             conditioning.negative(), cfg_scale, references=refs or None, callback=callback,
+                             compute_dtype=compute_dtype_of(self.transformer))
+        with self._resident(*self._stage_modules("vae")):
+            images = decode(self.vae, latents)
+        return DeepGenOutput(latents, images, conditioning, seed, steps, cfg_scale)

@@ -171,6 +171,13 @@ class DeepGenModel(comfy.model_base.BaseModel):
         return {"ref_latents": [1, refs[0].shape[1], sum(r.shape[-2] * r.shape[-1] for r in refs)]}
 
 
+def storage_dtype(dit: torch.nn.Module) -> torch.dtype:
+    """The weight dtype ComfyUI plans casting with: fp8 when any weight is stored in fp8 (only the
+    Linear weights are; nothing computes in fp8, so manual cast must be on), else the first weight's."""
+    dtypes = [p.dtype for p in dit.parameters()]
+    return next((d for d in dtypes if d.is_floating_point and d.itemsize == 1), dtypes[0])
+
+
 def deepgen_model_patcher(dit_module: torch.nn.Module, scheduler_config: dict | None = None,
                           load_device=None, offload_device=None) -> comfy.model_patcher.ModelPatcher:
     """MODEL for a diffusers SD3Transformer2DModel (or a DeepGenTransformer around one).
@@ -182,7 +189,7 @@ def deepgen_model_patcher(dit_module: torch.nn.Module, scheduler_config: dict | 
     dit = dit_module.dit if isinstance(dit_module, DeepGenTransformer) else dit_module
     load_device = load_device or mm.get_torch_device()
     offload_device = offload_device or mm.unet_offload_device()
-    weight_dtype = next(dit.parameters()).dtype
+    weight_dtype = storage_dtype(dit)
     config = DeepGenModelConfig(scheduler_config)
     manual_cast = mm.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
     config.set_inference_dtype(weight_dtype, manual_cast)

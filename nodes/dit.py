@@ -13,10 +13,12 @@ import comfy.sd
 
 from ..deepgen_model import loading
 from ..deepgen_model.errors import DeepGenLoadError
+from ..deepgen_model.precision import store_linear_weights
 from . import paths
 from .comfy_dit import DeepGenModelConfig, deepgen_model_patcher
 
-WEIGHT_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+WEIGHT_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                 "fp8_e4m3fn": torch.float8_e4m3fn}
 NO_BASE = "none"
 DIT_KINDS = (paths.RELEASE, paths.CONVERTED, paths.DIT_FILE, paths.NATIVE)
 BASE_KINDS = (paths.UNIPIC2, paths.RELEASE)
@@ -29,11 +31,17 @@ def load_model(source: str, base_path: str | None = None, weight_dtype: str = "a
     weight_dtype "auto" keeps ComfyUI's choice for the device (bf16 on recent GPUs, fp32 on a CPU);
     otherwise the weights are stored in that dtype and computed in it where the device supports it
     (ComfyUI's manual cast covers the rest, e.g. bf16 storage on a CPU computes in fp32).
+    fp8_e4m3fn stores the Linear weights (~99% of the DiT) in fp8 and the rest in bf16; every layer
+    computes in bf16 (fp32 on a CPU) through ComfyUI's manual cast: about half the memory of bf16,
+    slightly different images (docs/performance.md).
     """
     if weight_dtype not in WEIGHT_DTYPES:
         raise DeepGenLoadError(f"weight_dtype {weight_dtype!r} is not one of {list(WEIGHT_DTYPES)}.")
     dtype = WEIGHT_DTYPES[weight_dtype]
-    dit = loading.load_dit(source, base_path=base_path, dtype=dtype, device="cpu")
+    fp8 = dtype is not None and dtype.itemsize == 1
+    dit = loading.load_dit(source, base_path=base_path, dtype=torch.bfloat16 if fp8 else dtype, device="cpu")
+    if fp8:
+        store_linear_weights(dit, dtype)
     if dtype is None:
         stored = next(dit.parameters()).dtype
         params = sum(p.numel() for p in dit.parameters())
@@ -123,7 +131,8 @@ class DeepGenDiTLoader(io.ComfyNode):
                                        "(DiT config and scheduler). 'none' uses the built-in config and shift 3.0."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="auto",
                                tooltip="Weight precision. auto: ComfyUI's choice for your device "
-                                       "(bf16 on recent GPUs, fp32 on CPU)."),
+                                       "(bf16 on recent GPUs, fp32 on CPU). fp8_e4m3fn: Linear weights in fp8, "
+                                       "computed in bf16 - about half the memory, slightly different images."),
             ],
             outputs=[io.Model.Output(display_name="MODEL")],
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -84,7 +85,7 @@ def test_node_schemas(comfy_inprocess, layouts):
     assert sampler["steps"][1]["default"] == 50 and sampler["cfg"][1]["default"] == 4.0
     loader = m["DeepGenDiTLoader"].INPUT_TYPES()["required"]
     assert RELEASE in loader["dit_name"][1]["options"] and NATIVE in loader["dit_name"][1]["options"]
-    assert loader["weight_dtype"][1]["options"] == ["auto", "bf16", "fp16", "fp32"]
+    assert loader["weight_dtype"][1]["options"] == ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
     for node_id in ("DeepGenDiTLoader", "DeepGenVAELoader", "DeepGenSampler", "DeepGenScheduler"):
         assert m[node_id].CATEGORY.startswith("DeepGen/")
         for name, spec in m[node_id].INPUT_TYPES()["required"].items():
@@ -131,6 +132,66 @@ def test_weight_dtypes(node, tiny):
         assert patcher.model.manual_cast_dtype == torch.float32  # a CPU computes half-precision weights in fp32
         _same_weights(patcher, tiny.dit, exact=False)
     assert _dit(node, dtype="auto").model_dtype() == torch.float32  # ComfyUI's choice on a CPU
+
+
+def test_fp8_weight_storage_computes_through_manual_cast(node, tiny):
+    """fp8_e4m3fn: Linear weights stored in fp8 (bf16 elsewhere), computed in fp32 on a CPU; close to bf16."""
+    fp8, bf16 = _dit(node, dtype="fp8_e4m3fn"), _dit(node, dtype="bf16")
+    dit = fp8.model.diffusion_model.dit
+    linears = [m for m in dit.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+    assert dit.pos_embed.proj.weight.dtype == torch.bfloat16
+    assert fp8.model.manual_cast_dtype == torch.float32  # nothing computes in fp8
+    assert fp8.model_size() < 0.8 * bf16.model_size()  # tiny: the position table weighs in; real size ~0.55
+    x, sigma, conds = _inputs(fp8.model, seed=2)
+    with torch.no_grad():
+        a, b = fp8.model.apply_model(x, sigma, **conds), bf16.model.apply_model(x, sigma, **conds)
+    assert a.dtype == torch.float32 and torch.isfinite(a).all()
+    rel = ((a - b).norm() / b.norm()).item()
+    assert 0 < rel < 0.1, rel  # lossy, measured in docs/performance.md
+
+
+def test_core_torch_compile_model_wraps_the_deepgen_model(node, comfy_inprocess):
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    model = _dit(node)
+    compiled = TorchCompileModel.execute(model=model, backend="inductor")[0]
+    assert compiled is not model and compiled.model is model.model  # a clone: the plain MODEL is untouched
+    from comfy.patcher_extension import WrappersMP
+
+    assert compiled.wrappers.get(WrappersMP.APPLY_MODEL) and not model.wrappers.get(WrappersMP.APPLY_MODEL)
+
+
+@pytest.mark.skipif(not os.environ.get("DEEPGEN_TEST_COMPILE"), reason="inductor compile takes minutes on CI CPUs; "
+                    "set DEEPGEN_TEST_COMPILE=1")
+def test_core_torch_compile_model_runs_on_cpu(node, comfy_inprocess):
+    """Core TorchCompileModel (inductor) on the DeepGen MODEL: sampling runs and matches eager.
+    The first run pays the compilation (docs/performance.md states what it cost here)."""
+    import time
+
+    import comfy.sample
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    model = _dit(node)
+    compiled = TorchCompileModel.execute(model=model, backend="inductor")[0]
+    g = torch.Generator().manual_seed(0)
+    pos = [[torch.randn(1, 5, 32, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+    neg = [[torch.randn(1, 5, 32, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+    latent = torch.zeros(1, 16, 8, 8)
+    noise = torch.randn(1, 16, 8, 8, generator=g)
+
+    def run(m):
+        t = time.perf_counter()
+        out = comfy.sample.sample(m, noise, 2, 4.0, "euler", "simple", pos, neg, latent, seed=0,
+                                  disable_pbar=True)
+        return out, time.perf_counter() - t
+
+    eager, _ = run(model)
+    first, first_s = run(compiled)
+    again, again_s = run(compiled)
+    print(f"TorchCompileModel first run {first_s:.1f} s, second {again_s:.2f} s")
+    torch.testing.assert_close(first, eager, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(again, eager, atol=1e-4, rtol=1e-4)
 
 
 def test_unknown_model_is_a_validation_error(comfy_inprocess, layouts):
@@ -205,6 +266,19 @@ def test_vae_loader_decodes_like_the_engine(node, tiny, latent):
     raw = vae.encode(pixels)
     ref = encode_reference(tiny.vae, pixels[0].movedim(-1, 0) * 2 - 1)
     assert (raw[0] - (ref / SCALE + SHIFT)).abs().max() <= 1e-4
+
+
+def test_core_vae_decode_tiled_works_with_the_deepgen_vae(node, comfy_inprocess):
+    """The 1024² memory saver is core VAE Decode (Tiled): it runs on our VAE and matches the plain decode
+    away from the tile seams (tiles blend, so it is close, not identical)."""
+    import nodes as comfy_nodes
+
+    vae = node("DeepGenVAELoader", vae_name=RELEASE)
+    samples = {"samples": torch.randn(1, 16, 32, 32, generator=torch.Generator().manual_seed(8))}
+    plain = comfy_nodes.VAEDecode().decode(vae, samples)[0]
+    tiled = comfy_nodes.VAEDecodeTiled().decode(vae, samples, tile_size=128, overlap=32)[0]
+    assert tiled.shape == plain.shape == (1, 256, 256, 3)
+    assert (tiled - plain).abs().mean() < 0.05
 
 
 def test_vae_decode_graph_saves_the_engine_image(comfy_inprocess, tiny, latent, layouts):

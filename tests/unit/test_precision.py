@@ -133,3 +133,32 @@ def test_manual_cast_noop_when_dtypes_match():
     m = AllLayers()
     apply_manual_cast(m, torch.float32)
     assert not any("_deepgen_manual_cast" in x.__dict__ for x in m.modules())
+
+
+def test_fp8_linear_storage_with_manual_cast_equals_rounded_weights():
+    from deepgen_model.precision import compute_dtype_of, store_linear_weights
+
+    torch.manual_seed(0)
+    model = AllLayers()
+    ids = torch.randint(0, 11, (2, 16))
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.lin.weight.copy_(ref.lin.weight.to(torch.float8_e4m3fn).float())
+        want = ref(ids)
+    store_linear_weights(model, "fp8_e4m3fn")
+    assert model.lin.weight.dtype == torch.float8_e4m3fn and model.ln.weight.dtype == torch.float32
+    assert compute_dtype_of(model) == torch.float32  # storage dominated by fp32 here; no cast applied yet
+    apply_manual_cast(model, torch.float32)
+    assert compute_dtype_of(model) == torch.float32
+    with torch.no_grad():
+        assert torch.equal(model(ids), want)
+    with pytest.raises(DeepGenInputError):
+        store_linear_weights(model, "int3")
+
+
+def test_compute_dtype_of_reports_the_manual_cast():
+    from deepgen_model.precision import compute_dtype_of
+
+    m = AllLayers().to(torch.bfloat16)
+    assert compute_dtype_of(m) == torch.bfloat16
+    assert compute_dtype_of(apply_manual_cast(m, torch.float32)) == torch.float32
