@@ -12,6 +12,7 @@ Session fixtures:
   comfy_server     ComfyServer      real ``main.py`` on 127.0.0.1 (see the class for helpers)
   comfy_inprocess  InProcessComfy   ComfyUI's PromptExecutor in this process (see the class)
   artifacts_dir    Path   ./artifacts (or $DEEPGEN_ARTIFACTS): server log, screenshots
+  release          Path   the tiny diffusers release at models/deepgen/DeepGen-1.0-diffusers (the real folder name)
 """
 from __future__ import annotations
 
@@ -92,6 +93,17 @@ def comfy_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def comfy_models(comfy_base) -> Path:
     return comfy_base / "models"
+
+
+@pytest.fixture(scope="session")
+def release(comfy_models, tiny) -> Path:
+    """The tiny diffusers release under the real release's folder name, written once per session."""
+    import deepgen_tiny
+
+    root = comfy_models / "deepgen" / "DeepGen-1.0-diffusers"
+    if not root.exists():
+        deepgen_tiny.write_diffusers_release(root, tiny)
+    return root
 
 
 # ---------------------------------------------------------------- the real server (main.py)

@@ -22,19 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import deepgen_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "DeepGen-1.0-diffusers"
 FAST = ["--steps", "2", "--max-side", "64", "--weight-dtype", "fp32", "--no-progress", "--retry-wait", "0.2"]
-
-
-@pytest.fixture(scope="module")
-def release(comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
-    return root
 
 
 def make_images(folder: Path, n: int, seed: int, broken: str | None = None) -> list[str]:

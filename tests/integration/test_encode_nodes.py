@@ -8,19 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-import deepgen_tiny
 
 RELEASE = "DeepGen-1.0-diffusers"
 PROMPT, NEGATIVE = "a red cat sitting on a blue mat, photo", "blurry"
 SIZES = {"ref_a.png": (100, 50), "ref_b.png": (40, 72)}  # (width, height)
-
-
-@pytest.fixture(scope="module")
-def release(comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import deepgen_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "example_workflows"
@@ -38,15 +37,6 @@ TINY_STEPS, TINY_SIZE = 2, 64
 
 def load(name: str, api: bool = False) -> dict:
     return json.loads((EXAMPLES / ("api" if api else "") / f"{name}.json").read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def release(comfy_models, tiny):
-    """The tiny release under the folder name the workflows select (same five weight-file names as the real one)."""
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
-    return root
 
 
 def upload(server, path: Path) -> dict:

@@ -10,21 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-import deepgen_tiny
 
 RELEASE = "DeepGen-1.0-diffusers"
 SEED = 0xDEADBEEFCAFE  # beyond 32 bits: seeds are full 64-bit
 STEPS, CFG = 3, 4.0
 NEGATIVE = "blurry"
 REFS = {"graph_ref_a.png": (100, 50), "graph_ref_b.png": (40, 72)}  # (width, height)
-
-
-@pytest.fixture(scope="module")
-def release(comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
-    return root
 
 
 @pytest.fixture(scope="module")

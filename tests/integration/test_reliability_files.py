@@ -15,18 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import deepgen_tiny
 
 RELEASE = "DeepGen-1.0-diffusers"
 SUB = "h13"
-
-
-@pytest.fixture(scope="module")
-def release(comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
-    return root
 
 
 @pytest.fixture(scope="module")

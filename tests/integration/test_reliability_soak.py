@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 from PIL import Image
 
-import deepgen_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "DeepGen-1.0-diffusers"
@@ -29,14 +27,6 @@ JOBS = int(os.environ.get("DEEPGEN_SOAK_JOBS", "40"))
 SIZE, STEPS = 32, 1  # the queue, memory and files are under test, not the pictures
 LOADER = {"ckpt_name": RELEASE, "vlm_base": "none", "dit_base": "none", "weight_dtype": "fp32",
           "quantization": "none", "attention": "sdpa"}  # what the batch client sends too: one loaded model
-
-
-@pytest.fixture(scope="module")
-def release(comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
-    return root
 
 
 def t2i(i: int) -> dict:

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import deepgen_tiny
 
 pytestmark = pytest.mark.browser
 
@@ -47,14 +46,6 @@ def chromium() -> str:
     if problem:
         (pytest.fail if os.environ.get("DEEPGEN_REQUIRE_BROWSER") == "1" else pytest.skip)(problem)
     return path
-
-
-@pytest.fixture(scope="module")
-def release(comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
-    return root
 
 
 def _tokens_line(tokenizer, positive: str, negative: str) -> str:

@@ -18,14 +18,6 @@ MODEL = {"loader": "DeepGenVLMLoader", "name": RELEASE}
 
 
 @pytest.fixture(scope="module")
-def release(comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
-    return root
-
-
-@pytest.fixture(scope="module")
 def tokenizer(release):
     from deepgen_model.loading import load_tokenizer
 
