@@ -5,7 +5,8 @@ from comfy_api.latest import io
 
 from ..deepgen_model.errors import DeepGenLoadError
 from . import dit, paths
-from .vlm import ATTENTIONS, PRECISIONS, QUANTIZATIONS, DeepGenSCB, DeepGenVLM, load_scb_patcher, load_vlm_patcher
+from .vlm import (ATTENTIONS, PRECISIONS, QUANTIZATIONS, DeepGenSCB, DeepGenVLM, load_scb_patcher, load_vlm_patcher,
+                  memory_guard)
 
 NONE = "none"
 CHECKPOINT_KINDS = (paths.RELEASE, paths.NATIVE, paths.CONVERTED)
@@ -84,10 +85,12 @@ class DeepGenCheckpointLoader(io.ComfyNode):
                                    "already contains its VLM and VAE. Set both to 'none'.")
 
         base_path = base.path if base else None
-        model = dit.load_model(entry.path, base_path, weight_dtype)
+        with memory_guard(f"loading the DiT from {entry.path}"):
+            model = dit.load_model(entry.path, base_path, weight_dtype)
         vlm = load_vlm_patcher(entry.path, qwen.path if qwen else None, entry.name, weight_dtype, quantization, attention)
         scb = load_scb_patcher(entry.path, weight_dtype)
-        vae = dit.load_vae(entry.path, base_path)
+        with memory_guard(f"loading the VAE from {entry.path}"):
+            vae = dit.load_vae(entry.path, base_path)
         return io.NodeOutput(model, vlm, scb, vae)
 
 

@@ -16,6 +16,7 @@ from ..deepgen_model.errors import DeepGenLoadError
 from ..deepgen_model.precision import store_linear_weights
 from . import paths
 from .comfy_dit import DeepGenModelConfig, deepgen_model_patcher
+from .vlm import memory_guard
 
 WEIGHT_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                  "fp8_e4m3fn": torch.float8_e4m3fn}
@@ -148,7 +149,8 @@ class DeepGenDiTLoader(io.ComfyNode):
     def execute(cls, dit_name, dit_base, weight_dtype) -> io.NodeOutput:
         source = paths.resolve(dit_name, DIT_KINDS, "dit_name").path
         base = None if dit_base == NO_BASE else paths.resolve(dit_base, BASE_KINDS, "dit_base").path
-        return io.NodeOutput(load_model(source, base, weight_dtype))
+        with memory_guard(f"loading the DiT from {source}"):
+            return io.NodeOutput(load_model(source, base, weight_dtype))
 
 
 class DeepGenVAELoader(io.ComfyNode):
@@ -174,7 +176,9 @@ class DeepGenVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name) -> io.NodeOutput:
-        return io.NodeOutput(_load_vae_entry(paths.resolve(vae_name, VAE_KINDS, "vae_name")))
+        entry = paths.resolve(vae_name, VAE_KINDS, "vae_name")
+        with memory_guard(f"loading the VAE from {entry.path}"):
+            return io.NodeOutput(_load_vae_entry(entry))
 
 
 NODES = [DeepGenDiTLoader, DeepGenVAELoader]

@@ -69,8 +69,8 @@ def release(patcher) -> None:
 # ------------------------------------------------------------------ out of memory
 
 MEMORY_HINTS = {
-    "loading": "set quantization to '8-bit' (or '4-bit nf4') for the VLM, weight_dtype to bf16/fp16, or free memory "
-               "first (Unload models, or close other programs)",
+    "loading": "set the VLM loader's quantization to '8-bit' (or '4-bit nf4'), weight_dtype to bf16/fp16 (the DiT "
+               "loader also offers fp8_e4m3fn), or free memory first (Unload models, or close other programs)",
     "encoding": "set the VLM loader's quantization to '8-bit', use smaller or fewer reference images (max_side), "
                 "or start ComfyUI with --lowvram / --novram so that models are offloaded",
     "sampling": "use a smaller width/height (or max_side for edits), fewer reference images, or start ComfyUI with "

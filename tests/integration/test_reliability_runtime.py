@@ -142,6 +142,21 @@ def test_cpu_allocation_failure_while_loading(comfy, baseline, monkeypatch):
     assert torch.equal(image(comfy, graph(PROMPTS["load_oom"])), baseline["load_oom"])
 
 
+def test_cpu_allocation_failure_while_loading_the_dit(comfy, baseline, monkeypatch):
+    loading = pack(comfy, "deepgen_model.loading")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(CPU_OOM_TEXT)
+
+    monkeypatch.setattr(loading, "load_dit", fail)
+    kind, err = failure(comfy, graph(PROMPTS["load_oom"]), fresh=True)
+    assert kind == "execution_error" and err["node_id"] == "1" and err["exception_type"] == "MemoryError"
+    msg = err["exception_message"]
+    assert "ran out of system memory while loading the DiT" in msg and "fp8_e4m3fn" in msg
+    monkeypatch.undo()
+    assert torch.equal(image(comfy, graph(PROMPTS["load_oom"])), baseline["load_oom"])
+
+
 def test_other_errors_are_not_disguised_as_oom(comfy, monkeypatch):
     dit = pack(comfy, "nodes.comfy_dit").DeepGenDiT
 
