@@ -25,7 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from deepgen_model import DeepGenPipeline, SCBBridge  # noqa: E402
+from bench.common import build_real  # noqa: E402
+from deepgen_model import DeepGenPipeline  # noqa: E402
 from deepgen_model import configs  # noqa: E402
 from deepgen_model.precision import apply_manual_cast  # noqa: E402
 from deepgen_model.vae import decode  # noqa: E402
@@ -50,44 +51,10 @@ class PeakRSS:
         return max(self._peak, self._proc.memory_info().rss) / 2**30
 
 
-def materialise(model: torch.nn.Module, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
-    """Fill meta parameters with random values of `dtype` (buffers were created for real)."""
-    from accelerate.utils import set_module_tensor_to_device
-
-    g = torch.Generator().manual_seed(seed)
-    for name, p in list(model.named_parameters()):
-        if p.ndim >= 2:
-            value = torch.randn(p.shape, generator=g, dtype=torch.float32).mul_(0.02).to(dtype)
-        else:
-            value = (torch.ones if name.endswith("weight") else torch.zeros)(p.shape, dtype=dtype)
-        set_module_tensor_to_device(model, name, "cpu", value=value, dtype=dtype)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    return model.eval()
-
-
 def build(dtype: torch.dtype):
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, SD3Transformer2DModel
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    import deepgen_tiny
-
-    tokenizer = deepgen_tiny.load_tokenizer()
-    vlm_cfg = configs.get("vlm")
-    for key, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                       ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
-        vlm_cfg[key] = tokenizer.convert_tokens_to_ids(token)
-    timings = {}
     t = time.perf_counter()
-    with init_empty_weights(include_buffers=False):
-        vlm = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**vlm_cfg))
-        dit = SD3Transformer2DModel(**configs.get("dit"))
-        vae = AutoencoderKL(**configs.get("vae"))
-        bridge = SCBBridge()
-    parts = [materialise(m, dtype, i) for i, m in enumerate((vlm, bridge, dit, vae))]
-    timings["materialise"] = time.perf_counter() - t
-    return tokenizer, parts, timings
+    parts = build_real(dtype)
+    return parts["tokenizer"], [parts[k] for k in ("vlm", "bridge", "dit", "vae")], {"materialise": time.perf_counter() - t}
 
 
 def main(argv=None) -> int:
