@@ -75,6 +75,11 @@ def output_images(entry: dict) -> list[dict]:
     return found
 
 
+def new_prompt_id() -> str:
+    """A canonical hyphenated UUID: current ComfyUI (>= 0.2x) refuses any other prompt_id (HTTP 400)."""
+    return str(uuid.uuid4())
+
+
 class ComfyClient:
     def __init__(self, url: str, headers: dict | None = None, timeout: float = 60.0):
         self.url = normalise_url(url)

@@ -13,11 +13,10 @@ import tempfile
 import threading
 import time
 import traceback
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from .api import ComfyClient, ItemError, TransientError, describe_failure, output_images
+from .api import ComfyClient, ItemError, TransientError, describe_failure, new_prompt_id, output_images
 from .manifest import Manifest
 from .plan import Item
 from .workflow import OUTPUT_SUBFOLDER, Workflow, fingerprint
@@ -226,7 +225,7 @@ class Runner:
             client, prompt_id, failed = None, None, False
             try:
                 client = self.scheduler.acquire(self.stop)
-                prompt_id = uuid.uuid4().hex
+                prompt_id = new_prompt_id()
                 outputs = self._attempt(slot, client, item, prep, prompt_id)
                 return self._row(item, prep, t0, attempt, prompt_id=prompt_id, server=client.url, outputs=outputs)
             except ItemError as e:
@@ -256,7 +255,7 @@ class Runner:
         self.progress.start(slot, item.input, client.url)
         image = client.upload(prep.data, prep.upload_name, UPLOAD_SUBFOLDER)
         prompt = fill(self.workflow, item, image, _server_prefix(item, prompt_id))
-        client_id = uuid.uuid4().hex
+        client_id = new_prompt_id()
         ws = self._open_ws(client, client_id)
         queued = False
         try:
