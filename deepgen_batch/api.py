@@ -55,15 +55,23 @@ def describe_rejection(status: int, body: bytes) -> str:
     return f"prompt rejected (HTTP {status}): " + "; ".join(p for p in parts if p)
 
 
+def execution_error(entry: dict) -> dict | None:
+    """The execution_error message of a /history entry (node_id, node_type, exception_type, exception_message)."""
+    for message in (entry.get("status") or {}).get("messages") or []:
+        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error":
+            return message[1] if isinstance(message[1], dict) else {}
+    return None
+
+
 def describe_failure(entry: dict) -> str:
     """A /history entry (or execution_error event) that did not succeed -> its error in one line."""
-    messages = (entry.get("status") or {}).get("messages") or []
-    for kind, data in messages:
-        if kind == "execution_error":
-            return (f"{data.get('node_type', '?')} (node {data.get('node_id', '?')}) failed: "
-                    f"{data.get('exception_type', '')}: {str(data.get('exception_message', '')).strip()}")
-        if kind == "execution_interrupted":
-            return "interrupted on the server (someone cancelled the prompt)"
+    data = execution_error(entry)
+    if data is not None:
+        return (f"{data.get('node_type', '?')} (node {data.get('node_id', '?')}) failed: "
+                f"{data.get('exception_type', '')}: {str(data.get('exception_message', '')).strip()}")
+    if any(m[0] == "execution_interrupted" for m in (entry.get("status") or {}).get("messages") or []
+           if isinstance(m, list) and m):
+        return "interrupted on the server (someone cancelled the prompt)"
     return f"prompt ended with status {(entry.get('status') or {}).get('status_str', 'unknown')!r}"
 
 
@@ -126,6 +134,12 @@ class ComfyClient:
         entries = list(q.get("queue_running") or []) + list(q.get("queue_pending") or [])
         return sum(1 for e in entries if not (len(e) > 1 and e[1] in ours))
 
+    def queue_ids(self, timeout: float = 10.0) -> set[str]:
+        """Ids of the prompts running or waiting on the server (GET /queue)."""
+        q = self.get_json("/queue", timeout=timeout)
+        entries = list(q.get("queue_running") or []) + list(q.get("queue_pending") or [])
+        return {e[1] for e in entries if isinstance(e, list) and len(e) > 1}
+
     def upload(self, data: bytes, name: str, subfolder: str) -> str:
         """POST /upload/image (overwrite: names are content hashes) -> the LoadImage value."""
         boundary = uuid.uuid4().hex
@@ -146,8 +160,8 @@ class ComfyClient:
         if status != 200:
             raise ItemError(describe_rejection(status, resp))
 
-    def history(self, prompt_id: str) -> dict | None:
-        return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
+    def history(self, prompt_id: str, timeout: float | None = None) -> dict | None:
+        return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}", timeout=timeout).get(prompt_id)
 
     def view(self, image: dict) -> bytes:
         query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -14,10 +15,10 @@ from pathlib import Path
 
 from . import __version__
 from .api import ComfyClient, ItemError, TransientError
-from .manifest import Manifest
-from .plan import PlanError, build_plan, read_mapping
+from .manifest import Manifest, sha256_file
+from .plan import Item, PlanError, build_plan, fold, read_mapping
 from .progress import Progress
-from .runner import Runner, Settings, prepare
+from .runner import Runner, Settings, prepare, remove_stale_temps
 from .workflow import DEFAULT_CKPT, Workflow, WorkflowError, builtin, load
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -41,11 +42,15 @@ def parser() -> argparse.ArgumentParser:
                                                   "for mapping rows without one)")
     what.add_argument("-m", "--mapping", type=Path, help="CSV/TSV (header: filename,instruction[,seed,width,"
                                                          "height,max_side,negative]) or JSONL with the same keys")
-    what.add_argument("-o", "--output", type=Path, required=True, help="folder for the results (<name>.png)")
+    what.add_argument("-o", "--output", type=Path, required=True,
+                      help="folder for the results (<name>.png); not the input folder (a sub-folder of it is fine)")
     what.add_argument("--manifest", type=Path, help="manifest JSONL (default OUTPUT/manifest.jsonl)")
     what.add_argument("--recursive", action="store_true", help="also take images in sub-folders")
     what.add_argument("--limit", type=int, help="process at most N not-yet-done items in this run")
     what.add_argument("--force", action="store_true", help="redo every item, even those the manifest has as done")
+    what.add_argument("--overwrite", action="store_true",
+                      help="replace files in the output folder that deepgen-batch did not make (by default such a "
+                           "file stops the run before anything is queued)")
     what.add_argument("--dry-run", action="store_true", help="print the plan and the first filled workflow; "
                                                              "contact no server")
     wf = p.add_argument_group("workflow")
@@ -76,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument("--retries", type=int, default=3, help="retries of transient failures per item (default 3)")
     srv.add_argument("--retry-wait", type=float, default=2.0, help="first back-off in seconds, doubling (default 2)")
     srv.add_argument("--timeout", type=float, default=3600.0, help="seconds one job may take (default 3600)")
+    srv.add_argument("--server-wait", type=float, default=300.0,
+                     help="seconds to wait for a server that stops answering (restart) before its jobs are moved "
+                          "or, with no server left, given up (default 300)")
     out = p.add_argument_group("display")
     out.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
     out.add_argument("--version", action="version", version=f"deepgen-batch {__version__}")
@@ -154,6 +162,60 @@ def preflight(clients: list[ComfyClient], wf: Workflow, log) -> list[ComfyClient
     return alive
 
 
+def check_paths(input_dir: Path, out_dir: Path, manifest: Path, items: list[Item]):
+    """deepgen-batch never writes inside the input folder, except into the output folder when that is a
+    sub-folder of it (then the scan leaves it out), and never reads an input from the output folder."""
+    src, out = input_dir.resolve(), out_dir.resolve()
+    if out == src:
+        raise UsageError(f"-o {out_dir} is the input folder: the results would be written among the originals. "
+                         f"Pick another folder, e.g. -o {out_dir / 'edited'}")
+    if out in src.parents:
+        raise UsageError(f"-o {out_dir} contains the input folder {input_dir}: pick an output folder outside it "
+                         f"(a sub-folder of the input folder is fine, e.g. -o {input_dir / 'edited'})")
+
+    def inside_input(path: Path) -> bool:  # the output folder, a sub-folder of the input one, does not count
+        path = path.resolve()
+        return (path == src or src in path.parents) and not (path == out or out in path.parents)
+
+    if inside_input(manifest):
+        raise UsageError(f"--manifest {manifest} is inside the input folder; keep it in the output folder")
+    for item in items:
+        if inside_input(out_dir / item.output):
+            raise UsageError(f"the result of {item.input} would be written inside the input folder {input_dir}; "
+                             "pick an output folder outside it (or a sub-folder of it)")
+        source = item.source.resolve()
+        if out in source.parents:
+            raise UsageError(f"input {item.input} is inside the output folder {out_dir}: pick another output folder")
+
+
+def check_overwrites(out_dir: Path, manifest: Manifest, items: list[Item], made: dict):
+    """Before anything is queued: every result name must be free, or hold a file this batch made."""
+    foreign = []
+    for item in items:
+        path = out_dir / item.output
+        if path.is_dir():
+            raise UsageError(f"the result of {item.input} would be {path}, which is a folder; move it away")
+        if (path.exists() or path.is_symlink()) and sha256_file(path) not in made.get(
+                fold(manifest.relative(path)), ()):
+            foreign.append(f"{path} (result of {item.input})")
+    if foreign:
+        raise UsageError(f"{len(foreign)} result file(s) already exist and were not made by deepgen-batch for this "
+                         f"manifest, or were changed since: " + "; ".join(foreign[:10])
+                         + (" ..." if len(foreign) > 10 else "")
+                         + ". Move them away, pick another -o, or pass --overwrite to replace them")
+
+
+def _owned(out_dir: Path, manifest: Manifest) -> dict[str, str]:
+    """Manifest.owners() with names relative to the output folder (as the plan names results)."""
+    owned = {}
+    for row in manifest.rows():
+        if isinstance(row.get("output"), str):
+            rel = os.path.relpath(manifest.root / row["output"], out_dir)
+            if not rel.startswith(".."):
+                owned[fold(Path(rel).as_posix())] = row.get("input")
+    return owned
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
 
@@ -171,8 +233,9 @@ def main(argv=None) -> int:
 
 
 def _main(args, log) -> int:
-    if args.per_server < 1 or args.retries < 0 or (args.limit is not None and args.limit < 1):
-        raise UsageError("--per-server and --limit must be >= 1, --retries >= 0")
+    if args.per_server < 1 or args.retries < 0 or (args.limit is not None and args.limit < 1) \
+            or args.server_wait < 0:
+        raise UsageError("--per-server and --limit must be >= 1, --retries and --server-wait >= 0")
     if not args.mapping and not args.instruction:
         raise UsageError("give --instruction TEXT (one edit for all images) or --mapping FILE")
     input_dir = args.input or (args.mapping.parent if args.mapping else None)
@@ -180,19 +243,23 @@ def _main(args, log) -> int:
         raise UsageError("give the input folder")
     wf = build_workflow(args)
     rows = read_mapping(args.mapping) if args.mapping else None
+    manifest = Manifest(args.manifest or args.output / "manifest.jsonl")
     items = build_plan(input_dir, rows, instruction=args.instruction, seed_base=args.seed,
                        recursive=args.recursive, width=args.width, height=args.height, max_side=args.max_side,
-                       negative=args.negative)
-    manifest = Manifest(args.manifest or args.output / "manifest.jsonl")
+                       negative=args.negative, exclude=args.output, owned=_owned(args.output, manifest))
+    check_paths(input_dir, args.output, manifest.path, items)
+    if not args.dry_run:
+        manifest.repair(log)
 
-    done = {} if args.force else manifest.done()
+    latest = {} if args.force else manifest.latest()
     todo = []
     for item in items:
         try:
             fp = prepare(item, wf).fingerprint
         except ItemError:
             fp = None  # fails again in the run, with its error row
-        if (item.input, fp) not in done:
+        if not Manifest.is_done(latest.get((item.input, manifest.relative(args.output / item.output))), fp,
+                                manifest.root):
             todo.append(item)
     skipped = len(items) - len(todo)
     if args.limit is not None:
@@ -203,7 +270,7 @@ def _main(args, log) -> int:
     if args.dry_run:
         for item in todo:
             print(json.dumps({"input": item.input, "instruction": item.instruction, "seed": item.seed,
-                              "output": f"{item.output_stem}.png", "width": item.width, "height": item.height,
+                              "output": item.output, "width": item.width, "height": item.height,
                               "max_side": item.max_side}, ensure_ascii=False))
         if todo:
             from .runner import fill, UPLOAD_SUBFOLDER
@@ -213,6 +280,9 @@ def _main(args, log) -> int:
     if not todo:
         print(f"nothing to do: all {len(items)} items are done ({manifest.path})")
         return 0
+    made = manifest.made()
+    if not args.overwrite:
+        check_overwrites(args.output, manifest, todo, made)
 
     headers = {}
     for h in args.header:
@@ -228,10 +298,12 @@ def _main(args, log) -> int:
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops like Ctrl-C: prompts cancelled
     args.output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(args.output)
     settings = Settings(per_server=args.per_server, retries=args.retries, retry_wait=args.retry_wait,
-                        timeout=args.timeout)
+                        timeout=args.timeout, server_wait=args.server_wait, overwrite=args.overwrite)
     progress = Progress(len(todo), min(len(todo), settings.per_server * len(clients)), bars=not args.no_progress)
-    runner = Runner(clients, wf, args.output, manifest, settings, progress)
+    reserved = {fold(manifest.relative(args.output / item.output)) for item in items}
+    runner = Runner(clients, wf, args.output, manifest, settings, progress, reserved=reserved, made=made)
     t0 = time.monotonic()
     try:
         rows = runner.run(todo)

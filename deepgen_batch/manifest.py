@@ -1,20 +1,37 @@
-"""The manifest: one JSON line per finished item (append-only, so a killed run loses nothing written).
+"""The manifest: one JSON line per finished item, appended, and the record of which files the batch made.
 
-Fields: input, instruction, seed, width, height, max_side, fingerprint, prompt_id, server, status ("ok" |
-"error"), attempts, seconds, output (first result), outputs (all), error, finished (UTC ISO time).
-Output paths are relative to the manifest's folder. For resume, the LAST row of an (input, fingerprint)
-pair counts: done means status "ok" and every output file still exists.
+Fields: input, output (the item's result file, decided in the plan: also on error rows), instruction, seed,
+width, height, max_side, fingerprint, prompt_id, server, status ("ok" | "error"), attempts, seconds,
+outputs (the files written), sha256 (of each of them), error, finished (UTC ISO time).
+Paths are relative to the manifest's folder. An item is the pair (input, output); its LAST row counts.
+
+A file in the output folder "was made by the batch" when an ok row lists its path with its current
+sha256: only such files may be replaced (see cli.check_overwrites). Each line is written with one
+O_APPEND write and fsync'd; a line cut short by a kill (power loss, disk full) is dropped on the next
+start, so the file stays valid JSONL.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import threading
 from pathlib import Path
 
-FIELDS = ("input", "instruction", "seed", "width", "height", "max_side", "fingerprint", "prompt_id", "server",
-          "status", "attempts", "seconds", "output", "outputs", "error", "finished")
+from .plan import fold
+
+FIELDS = ("input", "output", "instruction", "seed", "width", "height", "max_side", "fingerprint", "prompt_id",
+          "server", "status", "attempts", "seconds", "outputs", "sha256", "error", "finished")
+
+
+def sha256_file(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() if hasattr(hashlib, "file_digest") \
+                else hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 class Manifest:
@@ -24,35 +41,83 @@ class Manifest:
         self._lock = threading.Lock()
 
     def rows(self) -> list[dict]:
+        return self._read()[0]
+
+    def _read(self) -> tuple[list[dict], list[int], bool]:
+        """-> (rows, numbers of unreadable lines, whether the file ends cleanly with a newline)"""
         if not self.path.exists():
-            return []
-        rows = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            return [], [], True
+        rows, bad = [], []
+        text = self.path.read_bytes().decode("utf-8", "replace")
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line cut short by a crash: that item simply is not done
-                print(f"deepgen-batch: ignoring unreadable manifest line {self.path}:{n}", file=sys.stderr)
-        return rows
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad.append(n)
+        return rows, bad, not text or text.endswith("\n")
 
-    def done(self) -> dict[tuple[str, str], dict]:
-        """(input, fingerprint) -> the ok row whose outputs all exist."""
-        last = {}
-        for row in self.rows():
-            last[(row.get("input"), row.get("fingerprint"))] = row
-        return {key: row for key, row in last.items()
-                if row.get("status") == "ok" and row.get("outputs")
-                and all((self.root / p).is_file() for p in row["outputs"])}
+    def repair(self, log=None) -> int:
+        """Drop lines a kill cut short (or that are not JSON objects): rewrite the file without them
+        (temp file + rename). -> how many were dropped. Their items have no row, so they run again."""
+        rows, bad, clean = self._read()
+        if not bad and clean:
+            return 0
+        if bad:  # (a last line that is whole but lacks its newline is kept; the next append needs the newline)
+            (log or (lambda t: print(t, file=sys.stderr)))(
+                f"deepgen-batch: {self.path}: dropping {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:5]))}"
+                f"{' ...' if len(bad) > 5 else ''}), left by an interrupted write; those items run again")
+        tmp = self.path.with_name(f".{self.path.name}.repair")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        return len(bad)
+
+    def latest(self) -> dict[tuple[str, str], dict]:
+        """(input, output) -> the item's last row."""
+        return {(r.get("input"), r.get("output")): r for r in self.rows()}
+
+    def owners(self) -> dict[str, str]:
+        """folded output name (relative to the manifest's folder) -> the input it was given to."""
+        return {fold(r["output"]): r.get("input") for r in self.rows() if isinstance(r.get("output"), str)}
+
+    def made(self) -> dict[str, set[str]]:
+        """folded path (relative to the manifest's folder) -> sha256 of every version the batch wrote there."""
+        out: dict[str, set[str]] = {}
+        for r in self.rows():
+            if r.get("status") == "ok":
+                for path, digest in zip(r.get("outputs") or [], r.get("sha256") or []):
+                    out.setdefault(fold(path), set()).add(digest)
+        return out
+
+    @staticmethod
+    def is_done(row: dict | None, fingerprint: str | None, root: Path) -> bool:
+        """The row is ok, for this fingerprint, and every file it lists is there, unchanged."""
+        if not row or row.get("status") != "ok" or row.get("fingerprint") != fingerprint or not row.get("outputs"):
+            return False
+        digests = row.get("sha256") or [None] * len(row["outputs"])
+        return all(sha256_file(root / p) == d if d else (root / p).is_file() for p, d in zip(row["outputs"], digests))
 
     def append(self, row: dict):
-        line = json.dumps({k: row.get(k) for k in FIELDS}, ensure_ascii=False)
+        """One line, one write(2) on an O_APPEND descriptor, then fsync: a kill leaves it whole or absent."""
+        data = (json.dumps({k: row.get(k) for k in FIELDS}, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def relative(self, path: Path) -> str:
         try:

@@ -1,13 +1,16 @@
 """What to do: the items of a batch from a folder (+ one instruction) or a CSV/JSONL mapping file.
 
 Per item: the source file, the instruction, a 64-bit seed (the mapping's, else base + index), optional
-size (width / height / max_side) and negative prompt, and where its result goes in the output folder.
+size (width / height / max_side) and negative prompt, and its result's file name in the output folder
+(``output_names``: decided here, before any job is sent, and never shared by two items).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
+import unicodedata
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
@@ -31,19 +34,23 @@ class Item:
     source: Path
     instruction: str
     seed: int
-    output_stem: str      # relative to the output folder, without extension
+    output: str           # result file, relative to the output folder (POSIX), e.g. "sub/cat.png"
     width: int | None = None
     height: int | None = None
     max_side: int | None = None
     negative: str | None = None
 
 
-def scan_folder(root: Path, recursive: bool = False) -> list[str]:
+def scan_folder(root: Path, recursive: bool = False, exclude: Path | None = None) -> list[str]:
+    """Image files in root (sorted); ``exclude`` (the output folder, when it lies inside root) is skipped,
+    so results are never taken as inputs."""
     if not root.is_dir():
         raise PlanError(f"input folder {root} does not exist")
     files = root.rglob("*") if recursive else root.iterdir()
+    skip = exclude.resolve() if exclude is not None else None
     return sorted(p.relative_to(root).as_posix() for p in files
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+                  and not (skip is not None and skip in p.resolve().parents))
 
 
 def _int(value, field: str, where: str) -> int | None:
@@ -108,27 +115,74 @@ def read_mapping(path: Path) -> list[dict]:
     return rows
 
 
-def _output_stems(inputs: list[str]) -> list[str]:
-    """<stem> per input; inputs sharing a stem (a.jpg, a.png) keep their extension (a_jpg), and the
-    k-th repeat of one input (several instructions for one image) gets _k."""
-    stems = [str(PurePosixPath(i).with_suffix("")) for i in inputs]
-    owners = Counter(stem for stem, _ in set(zip(stems, inputs)))  # distinct inputs per stem
-    out, seen = [], Counter()
-    for stem, inp in zip(stems, inputs):
-        if owners[stem] > 1:
-            stem = f"{stem}_{PurePosixPath(inp).suffix.lstrip('.').lower()}"
+def fold(name: str) -> str:
+    """The form under which two file names are the same file on some file system (case-insensitive
+    macOS/Windows, NFD vs NFC): every uniqueness check compares this."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _forms(inp: str, k: int) -> list[str]:
+    """The names entry (inp, k-th occurrence) may take, in order of preference (see output_names)."""
+    p = PurePosixPath(inp)
+    folder = "" if str(p.parent) == "." else p.parent.as_posix() + "/"
+    ext = p.suffix.lstrip(".")
+    rep = f"_{k}" if k > 1 else ""
+    kept = f"{p.stem}_{ext}" if ext else p.stem
+    tag = hashlib.sha256(f"{inp}#{k}".encode()).hexdigest()
+    return [f"{folder}{p.stem}{rep}.png", f"{folder}{kept}{rep}.png",
+            *(f"{folder}{kept}{rep}_{tag[:n]}.png" for n in (8, 16, 64))]
+
+
+def output_names(inputs: list[str], owned: dict[str, str] | None = None) -> list[str]:
+    """The result file per plan entry (relative to the output folder): injective, also on case-insensitive
+    file systems, and the same on every run with the same inputs.
+
+    Entry ``dir/stem.ext`` (its k-th occurrence: one image with several instructions) takes the first of
+        dir/stem.png   ->   dir/stem_ext.png   ->   dir/stem_ext_<8 hex of sha256(path#k)>.png
+    (``_k`` before the ``.png`` for k > 1) that no other entry proposes at the same step, no earlier step
+    took, no other input owns in the manifest (``owned``: folded name -> input) and no result needs as a
+    folder. So a.png / a.jpg give a_png.png / a_jpg.png, and foo.png / foo.PNG two hashed names. A name
+    the manifest already gives to this input is kept, so results of earlier runs keep their names when
+    new inputs arrive.
+    """
+    owned = owned or {}
+    seen, entries = Counter(), []
+    for inp in inputs:
         seen[inp] += 1
-        out.append(stem if seen[inp] == 1 else f"{stem}_{seen[inp]}")
-    return out
+        entries.append((inp, seen[inp]))
+    forms = [_forms(inp, k) for inp, k in entries]
+    folders = {fold(str(parent)) for f in forms for parent in PurePosixPath(f[0]).parents if str(parent) != "."}
+    names: list[str | None] = [None] * len(entries)
+    taken = set()
+    for i, (inp, _k) in enumerate(entries):  # names this input had in earlier runs stay its own
+        mine = next((f for f in forms[i] if owned.get(fold(f)) == inp and fold(f) not in taken), None)
+        if mine is not None:
+            names[i] = mine
+            taken.add(fold(mine))
+    for step in range(len(forms[0]) if forms else 0):
+        left = [i for i, n in enumerate(names) if n is None]
+        wanted = Counter(fold(forms[i][step]) for i in left)
+        for i in left:
+            key = fold(forms[i][step])
+            if (wanted[key] == 1 and key not in taken and key not in folders
+                    and owned.get(key, entries[i][0]) == entries[i][0]):
+                names[i] = forms[i][step]
+        taken |= {fold(names[i]) for i in left if names[i] is not None}
+    if None in names or len(taken) != len(names):  # sha256 prefixes of distinct paths: cannot happen
+        raise PlanError("could not give every item its own output name: " + ", ".join(
+            inp for (inp, _), n in zip(entries, names) if n is None))
+    return names
 
 
 def build_plan(input_dir: Path, rows: list[dict] | None, *, instruction: str | None, seed_base: int = 0,
                recursive: bool = False, width: int | None = None, height: int | None = None,
-               max_side: int | None = None, negative: str | None = None) -> list[Item]:
+               max_side: int | None = None, negative: str | None = None, exclude: Path | None = None,
+               owned: dict[str, str] | None = None) -> list[Item]:
+    """``exclude``: a folder left out of the scan (the output folder); ``owned``: output_names'."""
     if rows is None:
         if not instruction:
             raise PlanError("give --instruction (one edit for every image) or --mapping FILE")
-        rows = [{"filename": f} for f in scan_folder(input_dir, recursive)]
+        rows = [{"filename": f} for f in scan_folder(input_dir, recursive, exclude)]
         if not rows:
             raise PlanError(f"no images ({', '.join(IMAGE_EXTS)}) in {input_dir}")
     inputs = []
@@ -138,14 +192,14 @@ def build_plan(input_dir: Path, rows: list[dict] | None, *, instruction: str | N
             raise PlanError(f"mapping file name {row['filename']!r} must be relative to the input folder")
         inputs.append(rel.as_posix())
     items = []
-    for i, (row, rel, stem) in enumerate(zip(rows, inputs, _output_stems(inputs))):
+    for i, (row, rel, name) in enumerate(zip(rows, inputs, output_names(inputs, owned))):
         text = row.get("instruction") or instruction
         if not text:
             raise PlanError(f"{rel}: no instruction in the mapping file and no --instruction fallback")
         seed = row.get("seed")
         items.append(Item(
             index=i, input=rel, source=input_dir / rel, instruction=text,
-            seed=seed if seed is not None else (seed_base + i) % SEED_MOD, output_stem=stem,
+            seed=seed if seed is not None else (seed_base + i) % SEED_MOD, output=name,
             width=row.get("width") or width, height=row.get("height") or height,
             max_side=row.get("max_side") or max_side, negative=row.get("negative") or negative))
     return items

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from deepgen_batch.plan import PlanError, build_plan, read_mapping, scan_folder
+from deepgen_batch.plan import PlanError, build_plan, fold, output_names, read_mapping, scan_folder
 
 
 def touch(folder, *names):
@@ -29,7 +30,7 @@ def test_folder_plan_seeds_are_base_plus_index_64_bit(tmp_path):
     assert [i.input for i in items] == ["x.png", "y.png", "z.png"]
     assert [i.seed for i in items] == [2**64 - 2, 2**64 - 1, 0]  # wraps within 64 bits
     assert all(i.instruction == "make it blue" and i.max_side == 256 for i in items)
-    assert [i.output_stem for i in items] == ["x", "y", "z"]
+    assert [i.output for i in items] == ["x.png", "y.png", "z.png"]
     assert items[0].source == tmp_path / "x.png"
     with pytest.raises(PlanError, match="--instruction"):
         build_plan(tmp_path, None, instruction=None)
@@ -94,6 +95,45 @@ def test_plan_rejects_paths_outside_the_folder_and_missing_instructions(tmp_path
 def test_output_names_never_collide(tmp_path):
     rows = [{"filename": f, "instruction": t} for f, t in
             [("a.jpg", "1"), ("a.png", "2"), ("a.png", "3"), ("sub/b.png", "4"), ("c.png", "5"), ("a.png", "6")]]
-    stems = [i.output_stem for i in build_plan(tmp_path, rows, instruction=None)]
-    assert stems == ["a_jpg", "a_png", "a_png_2", "sub/b", "c", "a_png_3"]
-    assert len(set(stems)) == len(stems)
+    names = [i.output for i in build_plan(tmp_path, rows, instruction=None)]
+    assert names == ["a_jpg.png", "a_png.png", "a_2.png", "sub/b.png", "c.png", "a_3.png"]
+
+
+@pytest.mark.parametrize("inputs", [
+    ["a.png", "a_png.png"],                        # the first report: both were a_png.png
+    ["a.png", "a.jpg", "a_png.png"],               # ... with a stem twin: a_png.png is an input's plain name
+    ["foo.png", "foo.PNG"],                        # only the case differs: one file on macOS/Windows
+    ["Foo.png", "foo.png", "FOO.jpg"],
+    ["sub/x.png", "Sub/x.png", "sub/x.jpg"],       # folders whose names differ in case
+    ["x.png/y.png", "x.png"],                      # a folder named like another input's result
+    ["a.png", "a.png", "a_2.png"],                 # the 2nd instruction for a.png vs an input a_2.png
+    ["caf\u00e9.png", "cafe\u0301.png"],            # NFC vs NFD: one name on macOS
+])
+def test_output_names_are_injective_case_insensitively(inputs):
+    names = output_names(inputs)
+    assert len({fold(n) for n in names}) == len(inputs), names
+    folders = {fold(str(p)) for n in names for p in Path(n).parents if str(p) != "."}
+    assert not folders & {fold(n) for n in names}, names  # no result is a folder another result needs
+    assert all(n.endswith(".png") for n in names)
+    assert output_names(list(inputs)) == names  # the same every run
+    if len(set(inputs)) == len(inputs):  # (repeats are numbered in plan order)
+        assert output_names(list(reversed(inputs))) == list(reversed(names))  # not decided by order
+
+
+def test_output_names_examples():
+    assert output_names(["a.png", "a_png.png"]) == ["a.png", "a_png.png"]  # no clash, plain names
+    assert output_names(["a.jpg", "a.png"]) == ["a_jpg.png", "a_png.png"]
+    foo = output_names(["foo.png", "foo.PNG"])
+    assert foo[0].startswith("foo_png_") and foo[1].startswith("foo_PNG_") and len(foo[0]) == len("foo_png_") + 12
+
+
+def test_names_given_in_earlier_runs_stay(tmp_path):
+    # run 1 had only a.png -> a.png; a.jpg arrives later: a.png keeps its result, a.jpg steps aside
+    assert output_names(["a.jpg", "a.png"], owned={"a.png": "a.png"}) == ["a_jpg.png", "a.png"]
+    # a name another input owns in the manifest is never given away, even if that input left the plan
+    assert output_names(["b.png"], owned={"b.png": "b.jpg"}) == ["b_png.png"]
+
+
+def test_scan_leaves_out_the_output_folder(tmp_path):
+    touch(tmp_path, "a.png", "edited/a.png", "edited/sub/b.png", "other/c.png")
+    assert scan_folder(tmp_path, recursive=True, exclude=tmp_path / "edited") == ["a.png", "other/c.png"]
