@@ -162,9 +162,8 @@ def preflight(clients: list[ComfyClient], wf: Workflow, log) -> list[ComfyClient
     return alive
 
 
-def check_paths(input_dir: Path, out_dir: Path, manifest: Path, items: list[Item]):
-    """deepgen-batch never writes inside the input folder, except into the output folder when that is a
-    sub-folder of it (then the scan leaves it out), and never reads an input from the output folder."""
+def check_folders(input_dir: Path, out_dir: Path):
+    """The output folder may be a sub-folder of the input folder, never the folder itself or above it."""
     src, out = input_dir.resolve(), out_dir.resolve()
     if out == src:
         raise UsageError(f"-o {out_dir} is the input folder: the results would be written among the originals. "
@@ -172,6 +171,13 @@ def check_paths(input_dir: Path, out_dir: Path, manifest: Path, items: list[Item
     if out in src.parents:
         raise UsageError(f"-o {out_dir} contains the input folder {input_dir}: pick an output folder outside it "
                          f"(a sub-folder of the input folder is fine, e.g. -o {input_dir / 'edited'})")
+
+
+def check_paths(input_dir: Path, out_dir: Path, manifest: Path, items: list[Item]):
+    """deepgen-batch never writes inside the input folder, except into the output folder when that is a
+    sub-folder of it (then the scan leaves it out), and never reads an input from the output folder."""
+    check_folders(input_dir, out_dir)
+    src, out = input_dir.resolve(), out_dir.resolve()
 
     def inside_input(path: Path) -> bool:  # the output folder, a sub-folder of the input one, does not count
         path = path.resolve()
@@ -244,6 +250,8 @@ def _main(args, log) -> int:
     wf = build_workflow(args)
     rows = read_mapping(args.mapping) if args.mapping else None
     manifest = Manifest(args.manifest or args.output / "manifest.jsonl")
+    if input_dir.is_dir():
+        check_folders(input_dir, args.output)
     items = build_plan(input_dir, rows, instruction=args.instruction, seed_base=args.seed,
                        recursive=args.recursive, width=args.width, height=args.height, max_side=args.max_side,
                        negative=args.negative, exclude=args.output, owned=_owned(args.output, manifest))

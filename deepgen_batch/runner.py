@@ -433,7 +433,7 @@ class Runner:
         the prompt has lost it (restart, cleared queue): LostPrompt, so it is queued again."""
         s = self.settings
         deadline = time.monotonic() + s.timeout
-        next_check, down_since, ended = time.monotonic() + s.check_every, None, False
+        next_check, down_since, ended = time.monotonic() + (s.poll if ws is None else s.check_every), None, False
         while True:
             if self.stop.is_set():
                 raise Cancelled()
@@ -465,7 +465,7 @@ class Runner:
                 down_since = down_since or time.monotonic()
                 away = time.monotonic() - down_since
                 if away > (s.handoff if self.scheduler.another_up(client) else s.server_wait):
-                    raise TransientError(f"{client.url} has not answered for {away:.0f} s ({e})") from None
+                    raise TransientError(f"{client.url} unusable for {away:.0f} s: {e}") from None
                 next_check = time.monotonic() + s.poll
                 continue
             if down_since is not None:

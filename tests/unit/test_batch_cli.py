@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,44 @@ def test_no_server_exits_3(tmp_path, capsys):
     assert cli.main([str(tmp_path), "-o", str(tmp_path / "o"), "-i", "x", "-s", f"127.0.0.1:{port}"]) == 3
     err = capsys.readouterr().err
     assert f"skipping http://127.0.0.1:{port}" in err and "no ComfyUI server reachable" in err
+
+
+def _png(folder, *names):
+    from PIL import Image
+
+    for i, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / name)
+
+
+def test_output_folder_rules(tmp_path, capsys):
+    src = tmp_path / "photos"
+    _png(src, "a.png", "b.png", "edited/old.png")
+    (tmp_path / "m.csv").write_text("filename,instruction\nedited/old.png,x\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert cli.main([str(src), "-o", str(src), "-i", "x"]) == 2
+    assert "is the input folder" in capsys.readouterr().err
+    assert cli.main([str(src), "-o", str(tmp_path), "-i", "x"]) == 2
+    assert "contains the input folder" in capsys.readouterr().err
+    assert cli.main([str(src), "-m", str(tmp_path / "m.csv"), "-o", str(src / "edited"), "-i", "x"]) == 2
+    assert "edited/old.png is inside the output folder" in capsys.readouterr().err
+    assert cli.main([str(src), "-o", str(src / "x"), "-i", "x", "--manifest", str(src / "m.jsonl")]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    # a sub-folder of the input folder is fine, and the scan leaves it out
+    assert cli.main([str(src), "-o", str(src / "edited"), "-i", "x", "--recursive", "--dry-run"]) == 0
+    plan = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"input"')]
+    assert [p["input"] for p in plan] == ["a.png", "b.png"]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+def test_foreign_files_stop_the_run_unless_overwrite(tmp_path, capsys):
+    _png(tmp_path / "in", "a.png", "b.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"someone's picture")
+    args = [str(tmp_path / "in"), "-o", str(out), "-i", "x", "-s", "127.0.0.1:9"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'b.png'} (result of b.png)" in err and "--overwrite" in err
+    assert (out / "b.png").read_bytes() == b"someone's picture" and sorted(os.listdir(out)) == ["b.png"]
+    assert cli.main(args + ["--overwrite"]) == 3  # past the check (then: no server at port 9)

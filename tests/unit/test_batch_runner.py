@@ -37,6 +37,8 @@ class FakeServer:
         self.url, self.load = url, load
         self.fail = dict(fail or {})  # method -> how many more calls fail transiently
         self.prompts, self.cancelled, self.uploads = {}, [], []
+        self.lose = 0         # how many of the next queued prompts the server "forgets" (restart, cleared queue)
+        self.lost = set()
 
     def _maybe_fail(self, method):
         if self.fail.get(method, 0) > 0:
@@ -64,9 +66,14 @@ class FakeServer:
         if prompt["3"]["inputs"]["prompt"] == "reject":
             raise ItemError("prompt rejected (HTTP 400): node 4 DeepGenSampler: Value 0 smaller than min of 1")
         self.prompts[prompt_id] = prompt
+        if self.lose > 0:
+            self.lose -= 1
+            self.lost.add(prompt_id)
 
     def history(self, prompt_id, timeout=None):
         self._maybe_fail("history")
+        if prompt_id in self.lost:  # neither in the history nor (queue_ids) in the queue
+            return None
         prompt = self.prompts[prompt_id]
         text = prompt["3"]["inputs"]["prompt"]
         if text == "explode":
@@ -143,9 +150,10 @@ def test_transient_failures_are_retried_with_backoff(tmp_path):
 def test_gives_up_after_the_retries(tmp_path):
     items = make_inputs(tmp_path / "in", [("a.png", "x"), ("b.png", "y")])
     server = FakeServer(fail={"history": 10**6})
-    runner, sleeps = runner_for(tmp_path, [server], retries=2)
+    runner, sleeps = runner_for(tmp_path, [server], retries=2, server_wait=0.0)  # 503s: give it up at once
     rows = runner.run(items)
-    assert all(r["status"] == "error" and r["error"].startswith("gave up after 3 attempts: history: HTTP 503")
+    assert all(r["status"] == "error" and r["error"].startswith("gave up after 3 attempts: ")
+               and "history: HTTP 503" in r["error"]
                for r in rows)
     assert len(server.cancelled) == 6  # each queued-but-abandoned prompt is cancelled on the server
     assert sorted(sleeps) == [1.0, 1.0, 2.0, 2.0]
@@ -184,6 +192,103 @@ def test_scheduler_counts_own_jobs_and_skips_dead_servers():
     s2 = Scheduler([dead], per_server=1, cooldown=60.0, server_wait=0.0)
     with pytest.raises(ServersGone, match="no ComfyUI server answered .* http://dead: queue_load: HTTP 503"):
         s2.acquire(stop)
+
+
+def test_a_lost_prompt_is_queued_again_at_once(tmp_path):
+    items = make_inputs(tmp_path / "in", [("a.png", "x"), ("b.png", "y")])
+    server = FakeServer()
+    server.lose = 2
+    runner, sleeps = runner_for(tmp_path, [server], retries=1)
+    rows = runner.run(items)
+    assert [r["status"] for r in rows] == ["ok", "ok"] and [r["attempts"] for r in rows] == [2, 2]
+    assert sleeps == [] and server.cancelled == []  # no back-off, nothing to cancel: the server answers
+    assert {r["prompt_id"] for r in rows}.isdisjoint(server.lost) and len(server.prompts) == 4
+    server.lose = 10  # lost on every attempt: counts against the retries
+    runner, _ = runner_for(tmp_path, [server], retries=1)
+    (row,) = runner.run(items[:1])
+    assert row["status"] == "error" and row["error"].startswith("gave up after 2 attempts: http://fake:1 no longer "
+                                                                "has the prompt (the server restarted")
+
+
+def test_no_server_left_gives_error_rows_for_the_rest(tmp_path):
+    items = make_inputs(tmp_path / "in", [("a.png", "x"), ("b.png", "y"), ("c.png", "z")])
+    dead = FakeServer("http://dead:1", fail={"queue_load": 10**6})
+    runner, _ = runner_for(tmp_path, [dead], retries=5, server_wait=0.0)
+    rows = runner.run(items)
+    assert len(rows) == 3 and all(r["status"] == "error" and r["attempts"] == 1 for r in rows)
+    assert all(r["error"].startswith("not run: no ComfyUI server answered for 0 s (--server-wait): "
+                                     "http://dead:1: queue_load: HTTP 503") for r in rows)
+    assert len((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()) == 3
+
+
+def test_results_never_replace_files_the_batch_did_not_make(tmp_path):
+    items = make_inputs(tmp_path / "in", [("a.png", "x"), ("b.png", "y")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"mine")  # appeared after the plan's check, while the batch ran
+    runner, _ = runner_for(tmp_path, [FakeServer()])
+    rows = {r["input"]: r for r in runner.run(items)}
+    assert rows["a.png"]["status"] == "ok" and (out / "b.png").read_bytes() == b"mine"
+    assert rows["b.png"]["status"] == "error" and "would replace b.png, which deepgen-batch did not make" in \
+        rows["b.png"]["error"] and "--overwrite" in rows["b.png"]["error"]
+    assert not list(out.glob(".*.deepgen-part"))  # its temp file was removed
+    runner, _ = runner_for(tmp_path, [FakeServer()], overwrite=True)
+    (row,) = runner.run(items[1:])
+    assert row["status"] == "ok" and (out / "b.png").read_bytes().startswith(PNG)
+    # the batch's own earlier result may be replaced (a redo), found by path + sha256 in the manifest
+    runner, _ = runner_for(tmp_path, [FakeServer()])
+    (row,) = runner.run(items[:1])
+    assert row["status"] == "ok"
+
+
+def test_commit_writes_temp_then_row_then_renames(tmp_path, monkeypatch):
+    items = make_inputs(tmp_path / "in", [("a.png", "x")])
+    runner, _ = runner_for(tmp_path, [FakeServer()])
+    seen = []
+    real_append = runner.manifest.append
+
+    def append(row):  # when the row is written, the result is complete under a temp name only
+        seen.append((sorted(p.name for p in (tmp_path / "out").iterdir()), row["outputs"]))
+        real_append(row)
+    monkeypatch.setattr(runner.manifest, "append", append)
+    (row,) = runner.run(items)
+    (files, outputs), = seen
+    assert outputs == ["a.png"] and "a.png" not in files and any(f.endswith(".deepgen-part") for f in files)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "manifest.jsonl"]
+    from deepgen_batch.manifest import sha256_file
+    assert row["sha256"] == [sha256_file(tmp_path / "out" / "a.png")]
+
+
+def test_manifest_resume_rules_and_torn_lines(tmp_path):
+    m = Manifest(tmp_path / "manifest.jsonl")
+    (tmp_path / "a.png").write_bytes(b"A")
+    (tmp_path / "c.png").write_bytes(b"C")
+    from deepgen_batch.manifest import sha256_file
+    a_sha = sha256_file(tmp_path / "a.png")
+    m.append({"input": "a.png", "output": "a.png", "fingerprint": "f1", "status": "ok", "outputs": ["a.png"],
+              "sha256": [a_sha]})
+    m.append({"input": "b.png", "output": "b.png", "fingerprint": "f2", "status": "ok", "outputs": ["b.png"],
+              "sha256": ["0" * 64]})
+    m.append({"input": "c.png", "output": "c.png", "fingerprint": "f3", "status": "ok", "outputs": ["c.png"],
+              "sha256": ["0" * 64]})
+    with open(m.path, "a") as f:
+        f.write('{"input": "d.png", "output": "d.png", "status": "o')  # a line cut short by a kill
+    latest = m.latest()
+    assert Manifest.is_done(latest[("a.png", "a.png")], "f1", tmp_path)
+    assert not Manifest.is_done(latest[("a.png", "a.png")], "other", tmp_path)  # changed edit: redo
+    assert not Manifest.is_done(latest[("b.png", "b.png")], "f2", tmp_path)  # result gone
+    assert not Manifest.is_done(latest[("c.png", "c.png")], "f3", tmp_path)  # result changed since
+    assert ("d.png", "d.png") not in latest
+    assert m.made() == {"a.png": {a_sha}, "b.png": {"0" * 64}, "c.png": {"0" * 64}}
+    assert m.owners() == {"a.png": "a.png", "b.png": "b.png", "c.png": "c.png"}
+    assert m.repair(log=lambda t: None) == 1
+    lines = m.path.read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(x) for x in lines) and m.path.read_text().endswith("\n")
+    m.append({"input": "d.png", "output": "d.png", "status": "error"})  # lands on a line of its own
+    assert [r["input"] for r in m.rows()] == ["a.png", "b.png", "c.png", "d.png"] and m.repair() == 0
+    with open(m.path, "a") as f:
+        f.write('{"input": "e.png"}')  # whole, but the kill came before its newline
+    assert m.repair() == 0 and m.path.read_text().endswith('{"input": "e.png"}\n')
 
 
 def test_cli_resume_skips_done_items(tmp_path, monkeypatch, capsys):
