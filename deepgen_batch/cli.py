@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .api import ComfyClient, ItemError, TransientError
-from .manifest import Manifest, sha256_file
+from .manifest import Manifest
 from .plan import Item, PlanError, build_plan, fold, read_mapping
 from .progress import Progress
 from .runner import Runner, Settings, prepare, remove_stale_temps
@@ -201,8 +201,7 @@ def check_overwrites(out_dir: Path, manifest: Manifest, items: list[Item], made:
         path = out_dir / item.output
         if path.is_dir():
             raise UsageError(f"the result of {item.input} would be {path}, which is a folder; move it away")
-        if (path.exists() or path.is_symlink()) and sha256_file(path) not in made.get(
-                fold(manifest.relative(path)), ()):
+        if (path.exists() or path.is_symlink()) and not Manifest.made_here(made, manifest.relative(path), path):
             foreign.append(f"{path} (result of {item.input})")
     if foreign:
         raise UsageError(f"{len(foreign)} result file(s) already exist and were not made by deepgen-batch for this "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .plan import fold
 
+ANY = "*"  # made() for rows without sha256
 FIELDS = ("input", "output", "instruction", "seed", "width", "height", "max_side", "fingerprint", "prompt_id",
           "server", "status", "attempts", "seconds", "outputs", "sha256", "error", "finished")
 
@@ -93,9 +94,17 @@ class Manifest:
         out: dict[str, set[str]] = {}
         for r in self.rows():
             if r.get("status") == "ok":
-                for path, digest in zip(r.get("outputs") or [], r.get("sha256") or []):
+                outputs = r.get("outputs") or []
+                # rows of deepgen-batch 0.1 have no hashes: their files count as made, whatever they hold
+                for path, digest in zip(outputs, r.get("sha256") or [ANY] * len(outputs)):
                     out.setdefault(fold(path), set()).add(digest)
         return out
+
+    @staticmethod
+    def made_here(made: dict[str, set[str]], rel: str, path: Path) -> bool:
+        """Is the file at path (rel: relative to the manifest's folder) one the batch wrote?"""
+        digests = made.get(fold(rel), ())
+        return ANY in digests or sha256_file(path) in digests
 
     @staticmethod
     def is_done(row: dict | None, fingerprint: str | None, root: Path) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from . import images
 from .api import (ComfyClient, ItemError, TransientError, describe_failure, execution_error, new_prompt_id,
                   output_images)
-from .manifest import Manifest, sha256_file
+from .manifest import Manifest
 from .plan import Item, fold
 from .workflow import OUTPUT_SUBFOLDER, Workflow, fingerprint
 from .ws import TEXT
@@ -332,7 +332,7 @@ class Runner:
             raise ItemError(f"the result of {input_name} would go to {rel}, which is a folder")
         if self.settings.overwrite or not (path.exists() or path.is_symlink()):
             return
-        if sha256_file(path) not in self.made.get(fold(rel), ()):
+        if not Manifest.made_here(self.made, rel, path):
             raise ItemError(f"the result of {input_name} would replace {rel}, which deepgen-batch did not make "
                             "(or which was changed since); move it away or pass --overwrite")
 

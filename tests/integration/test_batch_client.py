@@ -1,7 +1,8 @@
 """deepgen-batch (python -m deepgen_batch) end to end against REAL ComfyUI servers with the tiny release.
 
 The client runs as a subprocess (as users run it), 2 steps at max_side 64 to stay fast on CPU:
-  - 20 items from a CSV mapping, one a broken PNG -> 19 outputs + 1 error row, exit status 1;
+  - 10 items from a CSV mapping, one a damaged TIFF (passes the client's signature check, fails in the
+    server's LoadImage) -> 9 outputs + 1 error row naming the file, exit status 1;
   - a run stopped by SIGINT after a few items, then resumed: finished items are not redone;
   - two servers (a second ComfyUI started here) share the work: both appear in the manifest.
 """
@@ -33,8 +34,8 @@ def make_images(folder: Path, n: int, seed: int, broken: str | None = None) -> l
     g = np.random.default_rng(seed)
     names = [f"img_{i:02d}.png" for i in range(n)]
     for name in names:
-        if name == broken:  # a PNG signature, then junk: passes the client's check, fails in LoadImage
-            (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not image data" * 4)
+        if name == broken:  # a TIFF signature, then junk: the client checks only TIFF's signature
+            (folder / name).write_bytes(b"II*\x00" + b"this is not image data" * 4)
         else:
             w, h = int(g.integers(32, 72)), int(g.integers(32, 72))
             Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
@@ -52,8 +53,8 @@ def manifest_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_twenty_items_one_broken(comfy_server, release, tmp_path):
-    names = make_images(tmp_path / "in", 20, seed=5, broken="img_07.png")
+def test_ten_items_one_broken(comfy_server, release, tmp_path):
+    names = make_images(tmp_path / "in", 10, seed=5, broken="img_07.png")
     with open(tmp_path / "edits.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["filename", "instruction", "seed"])
@@ -62,14 +63,16 @@ def test_twenty_items_one_broken(comfy_server, release, tmp_path):
     out = tmp_path / "out"
     proc = batch(tmp_path / "in", "-m", tmp_path / "edits.csv", "-o", out, "-s", comfy_server.url, "--seed", "1000")
     assert proc.returncode == 1, proc.stderr  # one item failed
-    assert "19 ok, 1 failed" in proc.stdout
+    assert "9 ok, 1 failed" in proc.stdout
     assert "no websocket" not in proc.stderr  # progress came over /ws, not by polling
 
     rows = manifest_rows(out / "manifest.jsonl")
     assert sorted(r["input"] for r in rows) == names
     bad = [r for r in rows if r["status"] != "ok"]
     assert [r["input"] for r in bad] == ["img_07.png"]
-    assert "LoadImage" in bad[0]["error"] and bad[0]["output"] is None and bad[0]["prompt_id"]
+    assert bad[0]["error"].startswith("img_07.png is not a readable image: the server could not decode it (")
+    assert bad[0]["outputs"] == [] and bad[0]["prompt_id"] and not (out / bad[0]["output"]).exists()
+    assert "FAILED img_07.png: img_07.png is not a readable image" in proc.stdout
     by_name = {r["input"]: r for r in rows}
     for i, name in enumerate(names):
         r = by_name[name]

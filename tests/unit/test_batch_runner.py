@@ -289,6 +289,12 @@ def test_manifest_resume_rules_and_torn_lines(tmp_path):
     with open(m.path, "a") as f:
         f.write('{"input": "e.png"}')  # whole, but the kill came before its newline
     assert m.repair() == 0 and m.path.read_text().endswith('{"input": "e.png"}\n')
+    made = m.made()
+    assert Manifest.made_here(made, "a.png", tmp_path / "a.png") and not Manifest.made_here(made, "c.png",
+                                                                                             tmp_path / "c.png")
+    old = Manifest(tmp_path / "v01.jsonl")  # deepgen-batch 0.1 rows: no sha256; their files count as made
+    old.append({"input": "c.png", "output": "c.png", "status": "ok", "outputs": ["c.png"]})
+    assert Manifest.made_here(old.made(), "c.png", tmp_path / "c.png")
 
 
 def test_cli_resume_skips_done_items(tmp_path, monkeypatch, capsys):
