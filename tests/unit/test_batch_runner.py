@@ -37,7 +37,7 @@ class FakeServer:
         self.url, self.load = url, load
         self.fail = dict(fail or {})  # method -> how many more calls fail transiently
         self.prompts, self.cancelled, self.uploads = {}, [], []
-        self.lose = 0         # how many of the next queued prompts the server "forgets" (restart, cleared queue)
+        self.lose = {}        # instruction -> how many of its prompts the server "forgets" (restart, cleared queue)
         self.lost = set()
 
     def _maybe_fail(self, method):
@@ -66,8 +66,9 @@ class FakeServer:
         if prompt["3"]["inputs"]["prompt"] == "reject":
             raise ItemError("prompt rejected (HTTP 400): node 4 DeepGenSampler: Value 0 smaller than min of 1")
         self.prompts[prompt_id] = prompt
-        if self.lose > 0:
-            self.lose -= 1
+        text = prompt["3"]["inputs"]["prompt"]
+        if self.lose.get(text, 0) > 0:
+            self.lose[text] -= 1
             self.lost.add(prompt_id)
 
     def history(self, prompt_id, timeout=None):
@@ -197,13 +198,13 @@ def test_scheduler_counts_own_jobs_and_skips_dead_servers():
 def test_a_lost_prompt_is_queued_again_at_once(tmp_path):
     items = make_inputs(tmp_path / "in", [("a.png", "x"), ("b.png", "y")])
     server = FakeServer()
-    server.lose = 2
+    server.lose = {"x": 1, "y": 1}
     runner, sleeps = runner_for(tmp_path, [server], retries=1)
     rows = runner.run(items)
     assert [r["status"] for r in rows] == ["ok", "ok"] and [r["attempts"] for r in rows] == [2, 2]
     assert sleeps == [] and server.cancelled == []  # no back-off, nothing to cancel: the server answers
     assert {r["prompt_id"] for r in rows}.isdisjoint(server.lost) and len(server.prompts) == 4
-    server.lose = 10  # lost on every attempt: counts against the retries
+    server.lose = {"x": 10}  # lost on every attempt: counts against the retries
     runner, _ = runner_for(tmp_path, [server], retries=1)
     (row,) = runner.run(items[:1])
     assert row["status"] == "error" and row["error"].startswith("gave up after 2 attempts: http://fake:1 no longer "
