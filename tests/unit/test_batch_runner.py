@@ -82,6 +82,10 @@ class FakeServer:
                 ["execution_start", {}], ["execution_error", {"node_id": "3", "node_type": "DeepGenEditEncode",
                                                               "exception_type": "RuntimeError",
                                                               "exception_message": "out of memory\n"}]]}}
+        if text == "undecodable":  # what ComfyUI 0.3.x reports for a PNG whose chunks are garbage
+            return {"status": {"status_str": "error", "messages": [
+                ["execution_error", {"node_id": "2", "node_type": "LoadImage", "exception_type": "UnicodeDecodeError",
+                                     "exception_message": "'ascii' codec can't decode byte 0x89 in position 0"}]]}}
         prefix = prompt["6"]["inputs"]["filename_prefix"]
         images = [] if text == "noimage" else [{"filename": prefix.split("/")[-1] + "_00001_.png",
                                                 "subfolder": "deepgen-batch", "type": "output"},
@@ -115,11 +119,14 @@ def runner_for(tmp_path, servers, **settings):
 
 def test_each_item_gets_a_row_and_errors_do_not_stop_the_batch(tmp_path):
     items = make_inputs(tmp_path / "in", [("good.png", "add snow"), ("broken.png", "x"), ("r.png", "reject"),
-                                          ("e.png", "explode"), ("n.png", "noimage"), ("good2.png", "more snow")])
+                                          ("e.png", "explode"), ("n.png", "noimage"), ("good2.png", "more snow"),
+                                          ("u.png", "undecodable")])
     server = FakeServer()
     runner, _ = runner_for(tmp_path, [server])
     rows = {r["input"]: r for r in runner.run(items)}
-    assert len(rows) == 6
+    assert len(rows) == 7
+    assert rows["u.png"]["error"] == ("u.png is not a readable image: the server could not decode it "
+                                      "(UnicodeDecodeError: 'ascii' codec can't decode byte 0x89 in position 0)")
     for name in ("good.png", "good2.png"):
         r = rows[name]
         assert r["status"] == "ok" and r["error"] is None and r["server"] == server.url and r["attempts"] == 1
