@@ -4,9 +4,9 @@ Two servers of this module's own (own base folders, the session's tiny release s
 they can be killed and restarted without touching the session's comfy_server. The client runs as a
 subprocess, as users run it. Scenarios: name collisions (case, extension, same-named sub-folders) and a
 damaged PNG; -o = input and other refused outputs; kill -9 + restart of the server mid-batch; its queue
-cleared mid-batch; SIGINT + resume on two servers; a manifest line cut by a kill; a server that never
-comes back. Each checks: N inputs -> N distinct outputs (or error rows), originals byte-identical,
-the manifest valid JSONL with exactly one final row per input.
+cleared mid-batch; SIGINT + resume on two servers; a manifest line cut by a kill; the client killed
+with -9 and resumed; a server that never comes back. Each checks: N inputs -> N distinct outputs (or
+error rows), originals byte-identical, the manifest valid JSONL with exactly one final row per input.
 
 Nothing sleeps for a fixed time to race the server: every wait polls a condition under a deadline. To
 hold batch prompts in the server's queue (pending) while a test kills the server or clears the queue,
@@ -238,16 +238,18 @@ def count_rows(path: Path) -> int:
         return 0
 
 
-def check_outcome(inputs: dict[str, bytes], src: Path, out: Path, ok: set[str] | None = None) -> dict[str, dict]:
+def check_outcome(inputs: dict[str, bytes], src: Path, out: Path, ok: set[str] | None = None,
+                  superseded: bool = False) -> dict[str, dict]:
     """The invariants of every scenario -> {input: its row}. ``ok``: inputs that must have succeeded
-    (default all); the others must have an error row and no file."""
+    (default all); the others must have an error row and no file. ``superseded``: an input may have
+    earlier rows (the last one counts), else it must have exactly one row."""
     ok = set(inputs) if ok is None else ok
     for name, data in inputs.items():  # originals byte-identical
         assert (src / name).read_bytes() == data, f"input {name} was modified"
     rows = manifest_rows(out / "manifest.jsonl")
     by_input = {}
     for r in rows:
-        assert r["input"] not in by_input, f"two final rows for {r['input']}"
+        assert superseded or r["input"] not in by_input, f"two rows for {r['input']}"
         by_input[r["input"]] = r
     assert set(by_input) == set(inputs)
     outputs = [by_input[n]["output"] for n in sorted(inputs)]
@@ -441,6 +443,25 @@ def test_manifest_line_cut_by_a_kill(a, tmp_path):
     assert "dropping 1 unreadable line" in proc.stderr and "1 ok, 0 failed, 2 skipped" in proc.stdout
     rows = check_outcome(inputs, src, out)  # also: the temp file is gone, the manifest is valid again
     assert rows[torn["input"]]["prompt_id"] != torn["prompt_id"]
+
+
+def test_client_killed_then_resumed(b, tmp_path):
+    """A real kill -9 of the client, wherever it lands (download, temp file, row, rename): the resumed
+    run ends with every invariant, and no temp file is left behind."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    inputs = make_inputs(src, [f"c{i}.png" for i in range(4)], seed=8)
+    args = [src, "-o", out, "-i", "make it green", "-s", b.url, "--per-server", "1"]
+    proc = start(*args)
+    try:
+        wait_for(lambda: count_rows(out / "manifest.jsonl") >= 1 or proc.poll() is not None, 240, "one finished item")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    again = batch(*args)
+    assert again.returncode == 0, again.stderr
+    # (a kill between a row and its file's rename leaves an ok row without the file: redone, a 2nd row)
+    check_outcome(inputs, src, out, superseded=True)
 
 
 def test_server_that_never_comes_back(a, tmp_path):
