@@ -28,6 +28,8 @@ def _png(data: bytes):
         if pos + 8 > len(data):
             raise BadImage("the PNG is cut short (its end marker is missing)")
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if not kind.isalpha():
+            raise BadImage(f"the PNG data is damaged (no valid chunk at byte {pos})")
         body = data[pos + 8:pos + 8 + length]
         if pos + 12 + length > len(data):
             raise BadImage(f"the PNG is cut short (inside its {kind.decode('latin-1')!r} chunk)")

@@ -146,7 +146,7 @@ class Scheduler:
                     return best
                 gone = self._gone()
                 if gone:
-                    raise ServersGone(f"not run: no ComfyUI server answered for {self.server_wait:.0f} s "
+                    raise ServersGone(f"not done: no ComfyUI server answered for {self.server_wait:.0f} s "
                                       f"(--server-wait): {gone}")
                 self._cond.wait(self.probe)
 

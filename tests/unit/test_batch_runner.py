@@ -224,7 +224,7 @@ def test_no_server_left_gives_error_rows_for_the_rest(tmp_path):
     runner, _ = runner_for(tmp_path, [dead], retries=5, server_wait=0.0)
     rows = runner.run(items)
     assert len(rows) == 3 and all(r["status"] == "error" and r["attempts"] == 1 for r in rows)
-    assert all(r["error"].startswith("not run: no ComfyUI server answered for 0 s (--server-wait): "
+    assert all(r["error"].startswith("not done: no ComfyUI server answered for 0 s (--server-wait): "
                                      "http://dead:1: queue_load: HTTP 503") for r in rows)
     assert len((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()) == 3
 
