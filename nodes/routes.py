@@ -126,12 +126,11 @@ def _stamp(kind: str, where: str) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(kind: str, where: str, stamp: int):
-    from ..deepgen_model import loading
+    from ..deepgen_model import vlm_loading
 
     if kind == "dirs":
-        return loading.load_tokenizer(*where.split(os.pathsep))
-    files = json.loads(loading.safetensors_metadata(where).get("tokenizer_files") or "{}")
-    return loading._tokenizer_from_files(files, where)  # the loader's own way of reading converted files
+        return vlm_loading.load_tokenizer(*where.split(os.pathsep))
+    return vlm_loading.load_release_tokenizer(where)
 
 
 def _count_tokens(model: dict, positive: str, negative: str, placeholders: int) -> dict:

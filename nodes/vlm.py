@@ -196,7 +196,7 @@ class DeepGenVLMLoader(io.ComfyNode):
 def load_vlm_patcher(source: str, base_vlm_path: str | None, description: str, weight_dtype: str = "auto",
                      quantization: str = "none", attention: str = "sdpa"):
     """DEEPGEN_VLM from resolved paths (shared with the checkpoint loader)."""
-    from ..deepgen_model.loading import load_vlm
+    from ..deepgen_model.vlm_loading import load_vlm
 
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
     storage, compute = weight_dtypes(weight_dtype, load_device)

@@ -128,12 +128,12 @@ def test_gpu_oom_during_sampling(comfy, baseline, monkeypatch):
 
 
 def test_cpu_allocation_failure_while_loading(comfy, baseline, monkeypatch):
-    loading = pack(comfy, "deepgen_model.loading")
+    vlm_loading = pack(comfy, "deepgen_model.vlm_loading")
 
     def fail(*args, **kwargs):
         raise RuntimeError(CPU_OOM_TEXT)
 
-    monkeypatch.setattr(loading, "load_vlm", fail)
+    monkeypatch.setattr(vlm_loading, "load_vlm", fail)
     kind, err = failure(comfy, graph(PROMPTS["load_oom"]), fresh=True)
     assert kind == "execution_error" and err["node_id"] == "1" and err["exception_type"] == "MemoryError"
     msg = err["exception_message"]
