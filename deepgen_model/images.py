@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, VIT_SCALE
+from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, SIZE_MULTIPLE, VIT_SCALE
 from .errors import DeepGenInputError
 
 PATCH = 14
@@ -36,6 +36,19 @@ def reference_size(width: int, height: int, max_side: int = 512) -> tuple[int, i
     if height >= width and height >= s:
         return math.ceil(width * (s / height) / unit) * unit, s
     return math.ceil(width / unit) * unit, math.ceil(height / unit) * unit
+
+
+def output_size(width: int, height: int, references=()) -> tuple[int, int]:
+    """(w, h) of the generated image (spec §2.2). With exactly one reference it is that reference's
+    resized size (`references`: resized (w, h) sizes) and width/height are ignored; otherwise width x
+    height, which must be positive multiples of 16."""
+    if len(references) == 1:
+        return tuple(references[0])
+    for name, v in (("width", width), ("height", height)):
+        if v % SIZE_MULTIPLE or v <= 0:
+            raise DeepGenInputError(f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {v} (output sides "
+                                    f"are multiples of {SIZE_MULTIPLE} px).")
+    return width, height
 
 
 def _as_rgb(image: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from .conditioning import DeepGenConditioning, encode
-from .constants import DEFAULT_CFG, DEFAULT_SIZE, DEFAULT_STEPS, EDIT_NEGATIVE, SIZE_MULTIPLE, T2I_NEGATIVE
+from .constants import DEFAULT_CFG, DEFAULT_SIZE, DEFAULT_STEPS, EDIT_NEGATIVE, T2I_NEGATIVE, VAE_DOWNSCALE
 from .errors import DeepGenInputError
+from .images import output_size
 from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
 from .precision import FP8_DTYPES, apply_manual_cast, compute_dtype_of, resolve_dtypes, store_linear_weights
 from .release import COMPONENTS, Release
@@ -174,10 +175,8 @@ class DeepGenPipeline:
                 raise DeepGenInputError("pass a prompt (or a conditioning from pipe.encode()).")
             conditioning = self.encode(prompt, negative_prompt, images, max_side)
         refs = self.reference_latents(conditioning)
-        if len(refs) == 1:
-            height, width = (8 * s for s in refs[0].shape[-2:])
-        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
-            raise DeepGenInputError(f"width and height must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}.")
+        width, height = output_size(width, height, [(VAE_DOWNSCALE * r.shape[-1], VAE_DOWNSCALE * r.shape[-2])
+                                                    for r in refs])
         noise = make_noise(seed, conditioning.batch_size, height, width)
         with self._resident(*self._stage_modules("transformer")):
             refs = [r.to(self.transformer.device) for r in refs]

@@ -16,6 +16,9 @@ from .errors import DeepGenInputError
 
 _NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+# The weight_dtype widget values of the loader nodes ("auto": the device's default, see resolve_dtypes); the
+# DiT loader adds the fp8 storage of FP8_DTYPES.
+PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
 _CAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
 
 

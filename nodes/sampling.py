@@ -18,8 +18,8 @@ import torch
 
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS
 from ..deepgen_model.errors import DeepGenInputError
-from .comfy_dit import model_sigmas
-from .vlm import memory_guard
+from .comfy_models import model_sigmas
+from .memory import memory_guard
 
 MAX_STEPS = 1000
 

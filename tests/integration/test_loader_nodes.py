@@ -134,7 +134,7 @@ def test_listing_spans_all_registered_paths_and_text_encoders(comfy_inprocess, l
     fp.add_model_folder_path("deepgen", str(extra))
     fp.add_model_folder_path("text_encoders", str(te))
     try:
-        listed = paths_mod.choices(*pack_module(comfy_inprocess, "nodes.vlm").VLM_SOURCES)
+        listed = paths_mod.choices(*pack_module(comfy_inprocess, "deepgen_model.release").SOURCES["vlm"])
         assert {"nested/Qwen-extra", "vlms/deepgen_vlm_copy.safetensors", QWEN, RELEASE} <= set(listed)
         assert "unrelated.safetensors" not in listed
         entry = paths_mod.resolve("nested/Qwen-extra", ("qwen",), "source")
@@ -195,6 +195,23 @@ def test_checkpoint_loader_loads_every_layout(comfy_inprocess, layouts):
         assert type(model.model).__name__ == "DeepGenModel"
         assert isinstance(vlm, comfy.model_patcher.ModelPatcher) and isinstance(scb, comfy.model_patcher.ModelPatcher)
         assert isinstance(vae, comfy.sd.VAE)
+
+
+def test_native_checkpoint_is_read_once(comfy_inprocess, layouts, monkeypatch):
+    """DiT, bridge and VLM LoRA of a native model.pt come from one read of the file, in the node too."""
+    import torch
+
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: reads.append(str(f)) or load(f, *a, **kw))
+    prompt = {
+        "1": {"class_type": "DeepGenCheckpointLoader",
+              "inputs": {"ckpt_name": NATIVE_LEGACY, "vlm_base": QWEN, "dit_base": UNIPIC2, "weight_dtype": "fp32",
+                         "quantization": "none", "attention": "sdpa"}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 3]}},
+    }
+    success, _, messages = comfy_inprocess.run(prompt)
+    assert success, errors_text(messages)
+    assert reads == [str(layouts / NATIVE_LEGACY)]
 
 
 # ------------------------------------------------------------------ errors
