@@ -84,11 +84,6 @@ def to_signed(pixels_uint8: np.ndarray, dtype: torch.dtype = torch.float32) -> t
     return 2 * (x / 255) - 1
 
 
-def resize_reference(image: torch.Tensor, max_side: int = 512, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One ComfyUI IMAGE row [H, W, 3] float 0..1 -> resized reference [3, h, w] in [-1, 1]."""
-    return to_signed(resized_uint8(image, max_side), dtype)
-
-
 def image_token_count(h: int, w: int) -> int:
     """LLM tokens of a resized (h, w) reference: the ViT sees 7/8 of it in 14-px patches merged 2x2."""
     if h % REFERENCE_UNIT or w % REFERENCE_UNIT:

@@ -18,6 +18,7 @@ import torch
 
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS
 from ..deepgen_model.errors import DeepGenInputError
+from ..deepgen_model.transformer import DeepGenTransformer
 from .comfy_models import model_sigmas
 from .memory import memory_guard
 
@@ -28,20 +29,12 @@ def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
     """Refuse, naming the input, latents the DiT cannot take: sides not multiples of its patch (16 px
     with the SD3 VAE) or beyond its position table; reference latents (DeepGenEditEncode max_side) too."""
     dit = getattr(getattr(model, "model", None), "diffusion_model", None)
-    config = getattr(getattr(dit, "dit", None), "config", None)
-    if config is None or latent_image.ndim != 4:
+    if not isinstance(dit, DeepGenTransformer) or latent_image.ndim != 4:
         return  # not a DeepGen DiT: leave the checks to the model
-    p, limit = config.patch_size, dit.max_latent_side
-
-    def problem(h, w):
-        if h % p or w % p:
-            return f"sides must be multiples of {8 * p} px"
-        if h > limit or w > limit:
-            return f"the DiT's position table allows at most {8 * limit} px per side"
-        return None
+    p, limit = dit.dit.config.patch_size, dit.max_latent_side
 
     h, w = latent_image.shape[-2:]
-    if why := problem(h, w):
+    if why := dit.size_problem(h, w):
         raise DeepGenInputError(
             f"latent is {8 * w}x{8 * h} px ({w}x{h} latent): {why}. Set the empty latent's width/height to "
             f"multiples of {8 * p} (e.g. {8 * p * max(1, w // p)}x{8 * p * max(1, h // p)}) within {8 * limit} px, "
@@ -50,7 +43,7 @@ def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
         for _, info in cond or []:
             for r in info.get("reference_latents") or []:
                 rh, rw = r.shape[-2:]
-                if why := problem(rh, rw):
+                if why := dit.size_problem(rh, rw):
                     raise DeepGenInputError(
                         f"{name} carries a reference latent of {8 * rw}x{8 * rh} px: {why}. Lower max_side of "
                         "DeepGen Edit Encode (or the size of the image given to ReferenceLatent).")
