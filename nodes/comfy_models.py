@@ -305,7 +305,7 @@ def comfy_vae(ae) -> comfy.sd.VAE:
                 "out_ch": cfg.out_channels, "ch": ch, "ch_mult": [w // ch for w in widths],
                 "num_res_blocks": cfg.layers_per_block, "attn_resolutions": [], "dropout": 0.0}
     sd = dict(ae.state_dict())
-    dtype = next(iter(sd.values())).dtype
+    dtype = dominant_dtype(sd)
     for name, n in (("quant_conv", 2 * z), ("post_quant_conv", z)):
         if not cfg.get(f"use_{name}", True):
             sd[f"{name}.weight"] = torch.eye(n, dtype=dtype)[:, :, None, None]

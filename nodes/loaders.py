@@ -13,7 +13,8 @@ from comfy_api.latest import io
 
 from ..deepgen_model import loading, vlm_loading
 from ..deepgen_model.errors import DeepGenLoadError
-from ..deepgen_model.precision import FP8_DTYPES, PRECISIONS, parse_dtype, resolve_dtypes, store_linear_weights
+from ..deepgen_model.precision import (FP8_DTYPES, PRECISIONS, dominant_dtype, parse_dtype, resolve_dtypes,
+                                      store_linear_weights)
 from ..deepgen_model.release import QWEN, SOURCES, UNIPIC2, MissingPart, Release
 from . import paths
 from .comfy_models import (DeepGenModelConfig, DeepGenSCB, DeepGenVLM, VLMModule, comfy_vae, deepgen_model_patcher,
@@ -105,10 +106,9 @@ def load_dit_model(release: Release, weight_dtype: str = "auto"):
         if fp8:
             store_linear_weights(dit, fp8)
         elif dtype is None:
-            stored = next(dit.parameters()).dtype
             params = sum(p.numel() for p in dit.parameters())
             dit.to(mm.unet_dtype(model_params=params, supported_dtypes=DeepGenModelConfig.supported_inference_dtypes,
-                                 weight_dtype=stored))
+                                 weight_dtype=dominant_dtype(dit)))
     return deepgen_model_patcher(dit, loading.load_scheduler_config(release))
 
 
