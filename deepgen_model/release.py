@@ -340,8 +340,8 @@ class Release:
         if self.layout == DIFFUSERS:
             return (self.path / RELEASE_PARTS[component]).exists()
         if self.layout == CONVERTED:
-            component = "vlm" if component == "tokenizer" else component  # embedded in deepgen_vlm
-            return (self.path / CONVERTED_FILES[component]).is_file() if self.path.is_dir() else True
+            name = CONVERTED_FILES.get(component, CONVERTED_FILES["vlm"])  # the tokenizer is embedded in the VLM's
+            return (self.path / name).is_file() if self.path.is_dir() else True
         return component in ("dit", "scb")
 
     def require(self, *components: str) -> "Release":
@@ -361,8 +361,10 @@ class Release:
             if component == "vae" and self.dit_base is not None and not own["dit_base"]:
                 continue
             if not self._has(component):
-                rel = RELEASE_PARTS[component] if self.layout == DIFFUSERS else CONVERTED_FILES[component]
-                hint = _PART_HINT.get(component, DOWNLOAD_HINT[self.layout])
+                if self.layout == DIFFUSERS:
+                    rel, hint = RELEASE_PARTS[component], _PART_HINT.get(component, DOWNLOAD_HINT[DIFFUSERS])
+                else:  # the tokenizer is embedded in deepgen_vlm.safetensors
+                    rel, hint = CONVERTED_FILES.get(component, CONVERTED_FILES["vlm"]), DOWNLOAD_HINT[CONVERTED]
                 raise MissingPart(f"missing {rel} in {self.path}; download {hint} and put it there.", self.layout)
         unused = [b for b, v in (("vlm_base", self.vlm_base), ("dit_base", self.dit_base)) if v is not None and own[b]]
         if unused:

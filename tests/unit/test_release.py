@@ -88,3 +88,5 @@ def test_complete_releases_refuse_unused_bases_and_name_missing_parts(tiny_layou
     (tmp_path / "conv" / "deepgen_dit.safetensors").write_bytes(b"")
     with pytest.raises(MissingPart, match=r"missing deepgen_scb\.safetensors in .*conv; download the output folder"):
         Release.open(tmp_path / "conv").require("dit", "scb")
+    with pytest.raises(MissingPart, match=r"missing deepgen_vlm\.safetensors in .*conv"):
+        Release.open(tmp_path / "conv").require("dit", "tokenizer")
