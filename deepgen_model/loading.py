@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from . import configs
+from . import configs, validation
 from .bridge import BridgeConfig, SCBBridge
 from .errors import DeepGenLoadError
 from .keys import describe_families, family, normalize_vlm_keys, to_legacy
@@ -196,13 +196,14 @@ def converted_file(source, component: str) -> Path:
 def read_converted(source, component: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of one converted file, checking that it holds `component`."""
     path = converted_file(source, component)
-    meta = safetensors_metadata(path)
+    meta = validation.check_safetensors(path, component).get("__metadata__", {})
     if meta.get("format") != FORMAT:
         raise DeepGenLoadError(f"{path} is not a DeepGen converted file (metadata format {meta.get('format')!r}, "
                                f"expected {FORMAT!r}); pass {CONVERTED_FILES[component]} written by deepgen_model.convert")
     if meta.get("component") != component:
         raise DeepGenLoadError(f"{path} holds the DeepGen {meta.get('component')!r} component, not {component!r}; "
                                f"pass {CONVERTED_FILES[component]} (or the folder holding it)")
+    validation.check_metadata(meta, component, path)
     return _read_safetensors(path), meta
 
 
@@ -275,12 +276,13 @@ def load_bridge(source, *, dtype=None, device="cpu", num_attention_heads: int | 
         extra = {}
         if layout == "diffusers":
             name = Path(source) / "connector" / "model.safetensors"
-            if not name.is_file():
+            if not name.exists():
                 raise DeepGenLoadError(f"{name} is missing: download the connector/ folder of DeepGen-1.0-diffusers")
+            validation.check_safetensors(name, "SCB")
             state = _read_safetensors(name)
             cfg_file = name.parent / "config.json"
-            if cfg_file.is_file():
-                extra = _json_file(cfg_file)
+            if cfg_file.exists():
+                extra = validation.check_config(validation.read_json(cfg_file, "SCB"), "SCB", cfg_file)
         else:
             name = native_file(source)
             state = {k: v for k, v in load_native_state(name).items() if family(k) in _BRIDGE_FAMILIES}
@@ -323,6 +325,7 @@ def _diffusers_config(cfg: dict) -> dict:
 
 
 def _build_diffusers(cls, config: dict, state: dict, source, dtype, device):
+    validation.check_tensors(state, validation.check_config(config, cls.__name__, source), cls.__name__, source)
     with torch.device("meta"):
         model = cls.from_config(_diffusers_config(config))
     _assign(model, _cast(state, dtype), source)
@@ -334,6 +337,7 @@ def _from_pretrained_folder(cls, folder: Path, dtype, device):
     weights = sorted(folder.glob("*.safetensors"))
     if not (folder / "config.json").is_file() or not weights:
         raise DeepGenLoadError(f"{folder} needs config.json and *.safetensors weights")
+    validation.check_folder(folder, cls.__name__)
     dtype = dtype or _stored_dtype(weights)
     try:
         model, info = cls.from_pretrained(str(folder), torch_dtype=dtype, output_loading_info=True)
@@ -392,7 +396,7 @@ def load_dit(source, *, base_path=None, dtype=None, device="cpu"):
         cfg_file = Path(base_path) / "transformer" / "config.json"
         if not cfg_file.is_file():
             raise DeepGenLoadError(f"{cfg_file} is missing: base_path must be {UNIPIC2_HINT}")
-        config = _json_file(cfg_file)
+        config = validation.read_json(cfg_file, "DiT")
     else:
         log.info("%s: no base_path; using the built-in SD3.5-M Kontext DiT config", name)
         config = configs.get("dit")
@@ -424,11 +428,11 @@ def load_scheduler_config(source, *, base_path=None) -> dict:
     for root in roots:
         f = root / "scheduler" / "scheduler_config.json"
         if f.is_file():
-            return _json_file(f)
+            return validation.check_config(validation.read_json(f, "scheduler"), "scheduler", f)
     if layout == "converted":
         meta = safetensors_metadata(converted_file(source, "dit"))
         if "scheduler_config" in meta:
-            return json.loads(meta["scheduler_config"])
+            return validation.check_config(meta["scheduler_config"], "scheduler", converted_file(source, "dit"))
     log.warning("%s: no scheduler_config.json; using FlowMatchEuler shift 3.0 (spec §1.7)", source)
     return configs.get("scheduler")
 
@@ -488,6 +492,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise DeepGenLoadError(f"{folder} has no *.safetensors weights: it must be {QWEN_HINT}")
     state = {}
     for f in files:
+        validation.check_safetensors(f, "VLM")
         state.update(_read_safetensors(f))
     return state
 
@@ -542,6 +547,7 @@ def _vlm_from_pretrained(folder: Path, *, dtype, device, attn, quant):
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise DeepGenLoadError(f"{folder} has no *.safetensors weights")
+    validation.check_folder(folder, "VLM")
     try:
         model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(folder), attn_implementation=attn, **_dtype_kw(dtype or _stored_dtype(weights)),
@@ -561,6 +567,7 @@ def _vlm_from_state(config: dict, state: dict, source, *, dtype, device, attn, q
     from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    validation.check_tensors(state, validation.check_config(config, "VLM", source), "VLM", source)
     if config.get("model_type") != "qwen2_5_vl":
         raise DeepGenLoadError(f"{source}: config model_type {config.get('model_type')!r} is not qwen2_5_vl")
     cfg = Qwen2_5_VLConfig.from_dict(config)
@@ -597,7 +604,8 @@ def load_tokenizer(*folders):
     from transformers import AutoTokenizer
 
     for folder in folders:
-        if folder is not None and any((Path(folder) / f).is_file() for f in TOKENIZER_FILES[:3]):
+        if folder is not None and any((Path(folder) / f).exists() for f in TOKENIZER_FILES[:3]):
+            validation.check_tokenizer(folder)
             try:
                 return AutoTokenizer.from_pretrained(str(folder))
             except (OSError, ValueError, TypeError, AttributeError) as e:
@@ -614,6 +622,7 @@ def tokenizer_files_of(folder) -> dict[str, str]:
 def _tokenizer_from_files(files: dict[str, str], source):
     if not files:
         raise DeepGenLoadError(f"{source} has no embedded tokenizer files; re-run deepgen_model.convert")
+    validation.check_tokenizer(files, source)
     with tempfile.TemporaryDirectory(prefix="deepgen_tok_") as d:
         for name, text in files.items():
             if Path(name).name != name:
