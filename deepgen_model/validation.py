@@ -458,3 +458,20 @@ def check_prompt(text: str, name: str) -> None:
             f"{name} contains {', '.join(found)}: that token stands for image features and is placed by DeepGen "
             f"itself for each reference image; remove it from the {name} (for an edit, connect the picture as "
             "image1..image4 instead).")
+
+
+# ------------------------------------------------------------------ sampling inputs
+
+def check_cfg(cfg, name: str = "cfg", high: float = 100.0) -> float:
+    """A finite guidance scale in 0..high (NaN passes ComfyUI's own min/max comparison)."""
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or not 0 <= cfg <= high:
+        raise DeepGenInputError(f"{name} is {cfg!r}: it must be a finite number in 0..{high:g} (the authors use 4.0; "
+                                "1 or below runs the positive branch only).")
+    return float(cfg)
+
+
+def check_steps(steps, high: int, name: str = "steps") -> int:
+    """A whole number of sampling steps in 1..high."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= high:
+        raise DeepGenInputError(f"{name} is {steps!r}: it must be a whole number in 1..{high} (the authors use 50).")
+    return steps

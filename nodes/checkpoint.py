@@ -53,14 +53,9 @@ class DeepGenCheckpointLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name, vlm_base=NONE, dit_base=NONE):
-        for value, kinds, what in ((ckpt_name, CHECKPOINT_KINDS, "ckpt_name"), (vlm_base, (paths.QWEN,), "vlm_base"),
-                                   (dit_base, (paths.UNIPIC2,), "dit_base")):
-            if what == "ckpt_name" or value != NONE:
-                ok = paths.check(value, kinds, what)
-                if ok is not True:
-                    return ok
-        return True
+    def validate_inputs(cls, ckpt_name):
+        # ComfyUI repeats a failure once per argument named here: vlm_base/dit_base keep core's list check
+        return paths.check(ckpt_name, CHECKPOINT_KINDS, "ckpt_name")
 
     @classmethod
     def execute(cls, ckpt_name, vlm_base, dit_base, weight_dtype, quantization, attention) -> io.NodeOutput:

@@ -139,11 +139,8 @@ class DeepGenDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dit_name, dit_base):
-        ok = paths.check(dit_name, DIT_KINDS, "dit_name")
-        if ok is True and dit_base != NO_BASE:
-            ok = paths.check(dit_base, BASE_KINDS, "dit_base")
-        return ok
+    def validate_inputs(cls, dit_name):  # dit_base keeps core's list check (one report per input)
+        return paths.check(dit_name, DIT_KINDS, "dit_name")
 
     @classmethod
     def execute(cls, dit_name, dit_base, weight_dtype) -> io.NodeOutput:

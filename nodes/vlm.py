@@ -181,11 +181,8 @@ class DeepGenVLMLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vlm_name, lora=None):
-        ok = paths.check(vlm_name, VLM_SOURCES, "vlm_name")
-        if ok is not True or lora in (None, NO_LORA):
-            return ok
-        return paths.check(lora, (paths.NATIVE,), "lora")
+    def validate_inputs(cls, vlm_name):  # lora keeps core's list check (one report per input)
+        return paths.check(vlm_name, VLM_SOURCES, "vlm_name")
 
     @classmethod
     def execute(cls, vlm_name, weight_dtype, quantization, attention, lora=NO_LORA) -> io.NodeOutput:
