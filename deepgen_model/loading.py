@@ -432,7 +432,7 @@ def load_scheduler_config(source, *, base_path=None) -> dict:
     if layout == "converted":
         meta = safetensors_metadata(converted_file(source, "dit"))
         if "scheduler_config" in meta:
-            return validation.check_config(meta["scheduler_config"], "scheduler", converted_file(source, "dit"))
+            return validation.parse_config(meta["scheduler_config"], "scheduler", converted_file(source, "dit"))
     log.warning("%s: no scheduler_config.json; using FlowMatchEuler shift 3.0 (spec §1.7)", source)
     return configs.get("scheduler")
 

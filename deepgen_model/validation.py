@@ -11,6 +11,7 @@ what is wrong in plain words and the fix. The loaders call it where they open fi
                                                  is refused (nothing is built from it)
   check_folder(folder, component)                the three above for a from_pretrained folder
   check_metadata(meta, component, path) -> cfg   the JSON fields embedded in a converted file
+  parse_config(text, component, path) -> cfg     one embedded JSON config
   read_json(path, component)                     a small JSON file, errors named
   check_tokenizer(folder_or_files, source)       tokenizer files that must be JSON are JSON objects
   check_prompt(text, name)                       user text must not carry image placeholder tokens
@@ -64,13 +65,15 @@ def _fail(component, path, problem: str, fix: str | None = None):
 
 # ------------------------------------------------------------------ JSON files
 
-def _loads(text: str, component, where, what: str):
+def _loads(text, component, where, what: str, fix: str | None = None):
+    if not isinstance(text, str):
+        _fail(component, where, f"{what} is missing", fix)
     try:
         return json.loads(text)
     except RecursionError:
-        _fail(component, where, f"{what} nests too deeply to be a real one")
+        _fail(component, where, f"{what} nests too deeply to be a real one", fix)
     except ValueError as e:
-        _fail(component, where, f"{what} is not valid JSON ({e})")
+        _fail(component, where, f"{what} is not valid JSON ({e})", fix)
 
 
 def read_json(path, component) -> object:
@@ -147,7 +150,7 @@ def _check_entries(header: dict, data_size: int, component, path) -> None:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype is None:
             _fail(component, path, f"tensor {name!r} has no dtype")
-        if dtype not in DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             _fail(component, path, f"tensor {name!r} has an unknown dtype {str(dtype)[:40]!r}")
         if not _ints(shape):
             _fail(component, path, f"tensor {name!r} has shape {str(shape)[:80]}, not a list of non-negative integers")
@@ -214,12 +217,10 @@ _CONFIG_FILE = {"VLM": "config.json", "SCB": "config.json", "DiT": "config.json"
 
 
 def check_config(cfg, component, path) -> dict:
-    """`cfg` (a dict, or JSON text as embedded in a converted file) checked for types, positivity, plausible
-    ranges and the relations the architecture needs; returned as a dict. Unknown fields pass untouched."""
+    """A parsed config checked for types, positivity, plausible ranges and the relations the architecture
+    needs; returned unchanged. Unknown fields pass untouched."""
     component = component_name(component)
     what = f"{component} config"
-    if isinstance(cfg, str):
-        cfg = _loads(cfg, component, path, f"the {what}")
     if not isinstance(cfg, dict):
         _fail(component, path, f"the {what} is a JSON {type(cfg).__name__ if cfg is not None else 'null'}, "
                                "not an object of settings", _config_fix(component, path))
@@ -407,17 +408,23 @@ def check_folder(folder, component) -> None:
     check_tensors(shapes, cfg, component, folder)
 
 
+def parse_config(text, component, path) -> dict:
+    """A config embedded as JSON text (converted files' metadata), parsed and checked."""
+    fix = _config_fix(component_name(component), path)
+    return check_config(_loads(text, component, path, f"its embedded {component_name(component)} config", fix),
+                        component, path)
+
+
 def check_metadata(meta: dict, component, path) -> dict:
     """The JSON fields a converted deepgen_*.safetensors embeds (config, tokenizer_files, scheduler_config),
     checked as their files would be; returns the component's config."""
     component = component_name(component)
-    if "config" not in meta:
-        _fail(component, path, "its metadata has no config", _config_fix(component, path))
-    cfg = check_config(meta["config"], component, path)
+    cfg = parse_config(meta.get("config"), component, path)
     if "scheduler_config" in meta:
-        check_config(meta["scheduler_config"], "scheduler", path)
+        parse_config(meta["scheduler_config"], "scheduler", path)
     if component == "VLM":
-        files = _loads(meta.get("tokenizer_files", ""), "tokenizer", path, "the embedded tokenizer_files")
+        files = _loads(meta.get("tokenizer_files"), "tokenizer", path, "the embedded tokenizer_files",
+                       _config_fix(component, path))
         check_tokenizer(files, path)
     return cfg
 
