@@ -101,7 +101,7 @@ def _model(body: dict) -> dict | None:
     model = body.get("model")
     if model is None:
         return None
-    if not isinstance(model, dict) or model.get("loader") not in LOADERS:
+    if not isinstance(model, dict) or not isinstance(model.get("loader"), str) or model["loader"] not in LOADERS:
         raise BadRequest(f"model must be null or {{\"loader\": one of {sorted(LOADERS)}, \"name\": ..., "
                          "\"vlm_base\": ...}")
     for key in ("name", "vlm_base"):

@@ -241,7 +241,7 @@ def _healthy(server, good: bytes, want: bytes):
     (json.dumps({"mode": "t2i", "prompt": "a <|image_pad|> cat"}).encode(), "prompt contains <|image_pad|>"),
     (json.dumps({"mode": "edit", "negative_prompt": "<|video_pad|>", "references": [None]}).encode(),
      "negative_prompt contains <|video_pad|>"),
-])
+], ids=["nested-50k-lists", "nested-20k-objects", "nested-9", "malformed", "not-utf8", "empty", "image-pad", "video-pad"])
 def test_prompt_preview_refuses_hostile_bodies_with_400(comfy_server, release, data, fragment):
     good = json.dumps({"mode": "t2i", "prompt": "a cat", "model": {"loader": "DeepGenVLMLoader", "name": RELEASE}}).encode()
     status, want = _post_raw(comfy_server, good)
