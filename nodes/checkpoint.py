@@ -54,7 +54,8 @@ class DeepGenCheckpointLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, ckpt_name):
-        # ComfyUI repeats a failure once per argument named here: vlm_base/dit_base keep core's list check
+        # ComfyUI repeats a failure once per argument named here: vlm_base/dit_base are resolved (listed
+        # entries only) by execute, before anything is read
         return paths.check(ckpt_name, CHECKPOINT_KINDS, "ckpt_name")
 
     @classmethod

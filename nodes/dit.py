@@ -139,7 +139,7 @@ class DeepGenDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dit_name):  # dit_base keeps core's list check (one report per input)
+    def validate_inputs(cls, dit_name):  # one report (see DeepGenCheckpointLoader); dit_base is resolved by execute
         return paths.check(dit_name, DIT_KINDS, "dit_name")
 
     @classmethod

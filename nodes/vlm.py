@@ -181,7 +181,7 @@ class DeepGenVLMLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vlm_name):  # lora keeps core's list check (one report per input)
+    def validate_inputs(cls, vlm_name):  # one report (see DeepGenCheckpointLoader); lora is resolved by execute
         return paths.check(vlm_name, VLM_SOURCES, "vlm_name")
 
     @classmethod
