@@ -60,7 +60,8 @@ def _redownload(path) -> str:
 
 
 def _fail(component, path, problem: str, fix: str | None = None):
-    raise DeepGenLoadError(f"{component_name(component)} file {path}: {problem}; {fix or _redownload(path)}.")
+    kind = "folder" if Path(str(path)).is_dir() and not Path(str(path)).suffix else "file"
+    raise DeepGenLoadError(f"{component_name(component)} {kind} {path}: {problem}; {fix or _redownload(path)}.")
 
 
 # ------------------------------------------------------------------ JSON files

@@ -127,7 +127,7 @@ def test_damaged_file_names_file_component_and_fix(comfy, comfy_models, release,
     prompt = {"1": {"class_type": node, "inputs": LOADER_INPUTS[node](f"{SUB}/{case}")},
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
     msg = error_of(comfy, prompt, "1")
-    assert msg.startswith(f"{component} file {dst / rel}:") or msg.startswith(f"{component} file {(dst / rel).parent}:"), msg
+    assert msg.startswith((f"{component} file {dst / rel}:", f"{component} folder {(dst / rel).parent}:")), msg
     assert fragment in msg and "again" in msg, msg
     same_picture_again(comfy, reference)
 

@@ -213,7 +213,8 @@ def test_absurd_configs_are_refused_before_building(release, tripwires, componen
     with pytest.raises(DeepGenLoadError) as err:
         LOADERS[component][1](release)
     msg = str(err.value)
-    assert msg.startswith(f"{component} file {release / Path(rel).parent}") and fragment in msg, msg
+    assert msg.startswith((f"{component} file {release / rel}:", f"{component} folder {release / Path(rel).parent}:"))
+    assert fragment in msg, msg
     assert "again" in msg, msg
 
 
