@@ -439,3 +439,36 @@ def test_fuzz_json_files(tmp_path):
             validation.read_json(f, "DiT")
         except DeepGenLoadError as e:
             assert str(e).startswith(f"DiT file {f}:"), e
+
+
+# ------------------------------------------------------------------ the real release passes
+
+def test_real_size_configs_and_tensors_pass():
+    """The released configs and the tensors they build (meta device, spec §1.8 sizes) pass every check, in both
+    VLM key namings: the bounds never refuse the real model."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from deepgen_model import configs
+    from deepgen_model.bridge import BridgeConfig, SCBBridge
+    from deepgen_model.keys import to_legacy
+
+    with torch.device("meta"):
+        dit = SD3Transformer2DModel.from_config(configs.get("dit")).state_dict()
+        vae = AutoencoderKL.from_config(configs.get("vae")).state_dict()
+        bridge = SCBBridge(BridgeConfig()).state_dict()
+    with init_empty_weights():
+        vlm = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig.from_dict(configs.get("vlm"))).state_dict()
+    legacy = {to_legacy(k): v for k, v in vlm.items() if k != "lm_head.weight"}
+    connector = {"hidden_size": 2048, "intermediate_size": 11946, "num_hidden_layers": 6, "num_attention_heads": 32,
+                 "layer_norm_eps": 1e-6}
+    for name, cfg, state in (("DiT", configs.get("dit"), dit), ("VAE", configs.get("vae"), vae),
+                             ("SCB", connector, bridge), ("SCB", json.loads(BridgeConfig().to_json()), bridge),
+                             ("VLM", configs.get("vlm"), vlm), ("VLM", configs.get("vlm"), legacy),
+                             ("VLM", Qwen2_5_VLConfig.from_dict(configs.get("vlm")).to_dict(), legacy),  # as saved
+                             ("scheduler", configs.get("scheduler"), None)):
+        validation.check_config(cfg, name, "config.json")
+        if state is not None:
+            validation.check_tensors(state, cfg, name, "weights")
+    assert validation._expectations(configs.get("vlm"), "VLM")[0] <= configs.REAL_SIZES["vlm"][1]
