@@ -245,9 +245,7 @@ def _register() -> None:
     async def prompt_preview(request):
         if request.content_length is None or request.content_length > MAX_BODY:
             return error(413 if request.content_length else 411, f"send a JSON body of at most {MAX_BODY} bytes")
-        raw = await request.content.read(MAX_BODY + 1)  # never more than allowed, whatever the header said
-        if len(raw) > MAX_BODY:
-            return error(413, f"send a JSON body of at most {MAX_BODY} bytes")
+        raw = await request.read()  # exactly Content-Length bytes (aiohttp's parser stops there)
         try:
             return web.json_response(await asyncio.to_thread(preview, parse_body(raw)))
         except BadRequest as e:
