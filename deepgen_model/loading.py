@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import configs
+from . import configs, validation
 from .assign import READ_ERRORS, assign, check_loading_info, check_materialised, file_names, finish, preview
 from .bridge import BridgeConfig, SCBBridge
 from .errors import DeepGenLoadError
@@ -50,12 +50,12 @@ def load_bridge(release, *, dtype=None, device="cpu", num_attention_heads: int |
         extra = {}
         if layout == "diffusers":
             name = release.path / "connector" / "model.safetensors"
-            if not name.is_file():
+            if not name.exists():  # a folder in its place is named by the header check
                 raise DeepGenLoadError(f"{name} is missing: download the connector/ folder of DeepGen-1.0-diffusers")
-            state = read_safetensors(name)
+            state = read_safetensors(name, "SCB")
             cfg_file = name.parent / "config.json"
-            if cfg_file.is_file():
-                extra = json_file(cfg_file)
+            if cfg_file.exists():
+                extra = json_file(cfg_file, "SCB")
         else:
             name = release.native_file()
             state = {k: v for k, v in release.native_state().items() if family(k) in _BRIDGE_FAMILIES}
@@ -98,6 +98,7 @@ def _diffusers_config(cfg: dict) -> dict:
 
 
 def _build_diffusers(cls, config: dict, state: dict, source, dtype, device):
+    validation.check_tensors(state, validation.check_config(config, cls.__name__, source), cls.__name__, source)
     with torch.device("meta"):
         model = cls.from_config(_diffusers_config(config))
     assign(model, cast_floating(state, dtype), source)
@@ -109,6 +110,7 @@ def _from_pretrained_folder(cls, folder: Path, dtype, device):
     weights = sorted(folder.glob("*.safetensors"))
     if not (folder / "config.json").is_file() or not weights:
         raise DeepGenLoadError(f"{folder} needs config.json and *.safetensors weights")
+    validation.check_folder(folder, cls.__name__)
     dtype = dtype or stored_dtype(weights)
     try:
         model, info = cls.from_pretrained(str(folder), torch_dtype=dtype, output_loading_info=True)
@@ -140,7 +142,7 @@ def load_dit(release, *, base_path=None, dtype=None, device="cpu"):
         cfg_file = release.dit_base / "transformer" / "config.json"
         if not cfg_file.is_file():
             raise DeepGenLoadError(f"{cfg_file} is missing: base_path must be {UNIPIC2_HINT}")
-        config = json_file(cfg_file)
+        config = json_file(cfg_file, "DiT")
     else:
         log.info("%s: no base_path; using the built-in SD3.5-M Kontext DiT config", name)
         config = configs.get("dit")
@@ -178,11 +180,12 @@ def load_scheduler_config(release, *, base_path=None) -> dict:
     for root in release.roots():
         f = root / "scheduler" / "scheduler_config.json"
         if f.is_file():
-            return json_file(f)
+            return json_file(f, "scheduler")
     if release.layout == "converted":
-        meta = safetensors_metadata(release.converted_file("dit"))
+        name = release.converted_file("dit")
+        meta = safetensors_metadata(name, "DiT")
         if "scheduler_config" in meta:
-            return json.loads(meta["scheduler_config"])
+            return validation.parse_config(meta["scheduler_config"], "scheduler", name)
     log.warning("%s: no scheduler_config.json; using FlowMatchEuler shift 3.0 (spec §1.7)", release)
     return configs.get("scheduler")
 

@@ -11,7 +11,8 @@ Layouts:
 `Release.open(path, vlm_base=None, dit_base=None)` detects the layout once and reads a native model.pt
 at most once; the builders (loading.py, vlm_loading.py) take the Release. Every file of a release is
 opened here (`_torch_load`, `read_safetensors`, `safetensors_metadata`, `safetensors_header`,
-`json_file`), so checks on what a file holds belong here too. The kinds below are the one vocabulary
+`json_file`), so checks on what a file holds belong here too: each safetensors header and JSON config is
+checked by deepgen_model/validation.py before anything is read or built from it. The kinds below are the one vocabulary
 for what a path is, shared by the loaders and the ComfyUI model lists (nodes/paths.py).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from . import validation
 from .errors import DeepGenLoadError
 from .keys import describe_families
 from .precision import dominant_dtype
@@ -206,7 +208,13 @@ def _torch_load(path: Path, mmap: bool):
         raise DeepGenLoadError(f"{path} could not be read as a PyTorch checkpoint: {e}") from e
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, component: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file of `component` (VLM, SCB, DiT, VAE), its header checked first."""
+    validation.check_safetensors(path, component)
+    return _load_safetensors(path)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
@@ -215,14 +223,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise DeepGenLoadError(f"{path} could not be read as safetensors: {e}") from e
 
 
-def safetensors_metadata(path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as e:
-        raise DeepGenLoadError(f"{path} could not be read as safetensors: {e}") from e
+def safetensors_metadata(path, component: str) -> dict[str, str]:
+    """The __metadata__ of a safetensors file of `component`, from its checked header (no tensor is read)."""
+    return validation.check_safetensors(path, component).get("__metadata__", {})
 
 
 def safetensors_header(path) -> dict:
@@ -242,23 +245,23 @@ def stored_dtype(files) -> torch.dtype | None:
 
 
 def read_converted(source, component: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of one converted file, checking that it holds `component`."""
+    """(tensors, metadata) of one converted file, checking that it holds `component` and that its embedded
+    configs (and tokenizer files) are sound."""
     path = converted_file(source, component)
-    meta = safetensors_metadata(path)
+    meta = safetensors_metadata(path, component)
     if meta.get("format") != FORMAT:
         raise DeepGenLoadError(f"{path} is not a DeepGen converted file (metadata format {meta.get('format')!r}, "
                                f"expected {FORMAT!r}); pass {CONVERTED_FILES[component]} written by deepgen_model.convert")
     if meta.get("component") != component:
         raise DeepGenLoadError(f"{path} holds the DeepGen {meta.get('component')!r} component, not {component!r}; "
                                f"pass {CONVERTED_FILES[component]} (or the folder holding it)")
-    return read_safetensors(path), meta
+    validation.check_metadata(meta, component, path)
+    return _load_safetensors(path), meta  # the header was checked by safetensors_metadata
 
 
-def json_file(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DeepGenLoadError(f"{path} could not be read as JSON: {e}") from e
+def json_file(path: Path, component: str) -> dict:
+    """A config file of `component` (VLM, SCB, DiT, VAE, scheduler), parsed and checked."""
+    return validation.check_config(validation.read_json(path, component), component, path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import validation
 from .assign import READ_ERRORS, assign, check_loading_info, check_materialised, file_names, finish, preview
 from .errors import DeepGenLoadError
 from .keys import normalize_vlm_keys, to_legacy
@@ -64,7 +65,7 @@ def load_vlm(release, *, base_vlm_path=None, dtype=None, device="cpu", attn_impl
     lora, _ = split_lora(release.native_state())
     if lora:
         state = merge_lora_into_state(read_hf_weights(base), lora, source=str(name))
-        model = _vlm_from_state(json_file(base / "config.json"), state, base, **opts)
+        model = _vlm_from_state(json_file(base / "config.json", "VLM"), state, base, **opts)
     else:
         log.warning("%s has no VLM LoRA tensors; using stock Qwen2.5-VL weights from %s", name, base)
         model = _vlm_from_pretrained(base, **opts)
@@ -77,7 +78,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise DeepGenLoadError(f"{folder} has no *.safetensors weights: it must be {QWEN_HINT}")
     state = {}
     for f in files:
-        state.update(read_safetensors(f))
+        state.update(read_safetensors(f, "VLM"))
     return state
 
 
@@ -131,6 +132,7 @@ def _vlm_from_pretrained(folder: Path, *, dtype, device, attn, quant):
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise DeepGenLoadError(f"{folder} has no *.safetensors weights")
+    validation.check_folder(folder, "VLM")
     try:
         model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(folder), attn_implementation=attn, **_dtype_kw(dtype or stored_dtype(weights)),
@@ -150,6 +152,7 @@ def _vlm_from_state(config: dict, state: dict, source, *, dtype, device, attn, q
     from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    validation.check_tensors(state, validation.check_config(config, "VLM", source), "VLM", source)
     if config.get("model_type") != "qwen2_5_vl":
         raise DeepGenLoadError(f"{source}: config model_type {config.get('model_type')!r} is not qwen2_5_vl")
     cfg = Qwen2_5_VLConfig.from_dict(config)
@@ -186,7 +189,8 @@ def load_tokenizer(*folders):
     from transformers import AutoTokenizer
 
     for folder in folders:
-        if folder is not None and any((Path(folder) / f).is_file() for f in TOKENIZER_FILES[:3]):
+        if folder is not None and any((Path(folder) / f).exists() for f in TOKENIZER_FILES[:3]):
+            validation.check_tokenizer(folder)
             try:
                 return AutoTokenizer.from_pretrained(str(folder))
             except (OSError, ValueError, TypeError, AttributeError) as e:
@@ -203,6 +207,7 @@ def tokenizer_files_of(folder) -> dict[str, str]:
 def _tokenizer_from_files(files: dict[str, str], source):
     if not files:
         raise DeepGenLoadError(f"{source} has no embedded tokenizer files; re-run deepgen_model.convert")
+    validation.check_tokenizer(files, source)
     with tempfile.TemporaryDirectory(prefix="deepgen_tok_") as d:
         for name, text in files.items():
             if Path(name).name != name:
@@ -216,7 +221,11 @@ def load_release_tokenizer(release):
     release = Release.of(release)
     if release.layout == "converted":
         name = release.converted_file("vlm")
-        return _tokenizer_from_files(json.loads(safetensors_metadata(name).get("tokenizer_files") or "{}"), name)
+        meta = safetensors_metadata(name, "VLM")
+        if "tokenizer_files" not in meta:
+            return _tokenizer_from_files({}, name)  # names the file and the fix
+        validation.check_metadata(meta, "vlm", name)  # the embedded JSON, before it is parsed here
+        return _tokenizer_from_files(json.loads(meta["tokenizer_files"]), name)
     return load_tokenizer(*release.tokenizer_dirs())
 
 
@@ -237,7 +246,7 @@ def vlm_assets(release, base_vlm_path=None) -> tuple[dict, dict[str, str]]:
         raise DeepGenLoadError(f"{release}: no VLM config; pass base_vlm_path= {QWEN_HINT}")
     for d in release.tokenizer_dirs():
         if files := tokenizer_files_of(d):
-            return json_file(cfg_dir / "config.json"), files
+            return json_file(cfg_dir / "config.json", "VLM"), files
     raise DeepGenLoadError(f"{release}: no tokenizer files found; pass base_vlm_path= {QWEN_HINT}")
 
 

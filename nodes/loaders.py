@@ -157,14 +157,10 @@ class DeepGenCheckpointLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name, vlm_base=NONE, dit_base=NONE):
-        for value, kinds, what in ((ckpt_name, SOURCES["checkpoint"], "ckpt_name"), (vlm_base, (QWEN,), "vlm_base"),
-                                   (dit_base, (UNIPIC2,), "dit_base")):
-            if what == "ckpt_name" or value != NONE:
-                ok = paths.check(value, kinds, what)
-                if ok is not True:
-                    return ok
-        return True
+    def validate_inputs(cls, ckpt_name):
+        # ComfyUI repeats a failure once per argument named here: vlm_base/dit_base are resolved (listed
+        # entries only) by execute, before anything is read
+        return paths.check(ckpt_name, SOURCES["checkpoint"], "ckpt_name")
 
     @classmethod
     def execute(cls, ckpt_name, vlm_base, dit_base, weight_dtype, quantization, attention) -> io.NodeOutput:
@@ -227,11 +223,8 @@ class DeepGenVLMLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vlm_name, lora=None):
-        ok = paths.check(vlm_name, SOURCES["vlm"], "vlm_name")
-        if ok is not True or lora in (None, NONE):
-            return ok
-        return paths.check(lora, SOURCES["lora"], "lora")
+    def validate_inputs(cls, vlm_name):  # one report (see DeepGenCheckpointLoader); lora is resolved by execute
+        return paths.check(vlm_name, SOURCES["vlm"], "vlm_name")
 
     @classmethod
     def execute(cls, vlm_name, weight_dtype, quantization, attention, lora=NONE) -> io.NodeOutput:
@@ -294,11 +287,8 @@ class DeepGenDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dit_name, dit_base):
-        ok = paths.check(dit_name, SOURCES["dit"], "dit_name")
-        if ok is True and dit_base != NONE:
-            ok = paths.check(dit_base, SOURCES["dit_base"], "dit_base")
-        return ok
+    def validate_inputs(cls, dit_name):  # one report (see DeepGenCheckpointLoader); dit_base is resolved by execute
+        return paths.check(dit_name, SOURCES["dit"], "dit_name")
 
     @classmethod
     def execute(cls, dit_name, dit_base, weight_dtype) -> io.NodeOutput:

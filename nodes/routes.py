@@ -23,12 +23,14 @@ from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 from ..deepgen_model.images import image_token_count, output_size, reference_size
 from ..deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
 from ..deepgen_model.release import CONVERTED, NATIVE, QWEN, SOURCES, Release
+from ..deepgen_model.validation import check_prompt
 from . import paths
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024  # bytes of JSON; prompts are limited separately
 MAX_TEXT = 20000  # characters per prompt
+MAX_NESTING = 8  # the request schema nests 3 levels; deeper JSON is refused before it is parsed
 MAX_IMAGE_SIDE = 1 << 16
 LOADERS = {"DeepGenVLMLoader": ("vlm_name", SOURCES["vlm"]), "DeepGenCheckpointLoader": ("ckpt_name", SOURCES["checkpoint"])}
 # Output-size presets: the training "fix_pixels" rule (sqrt(w*h) = 512, sides rounded up to multiples of 32)
@@ -38,6 +40,23 @@ ASPECTS = (("1:1", 1, 1), ("4:3", 4, 3), ("3:4", 3, 4), ("3:2", 3, 2), ("2:3", 2
 
 class BadRequest(ValueError):
     pass
+
+
+def parse_body(raw: bytes):
+    """Request bytes -> JSON value; BadRequest for invalid JSON or nesting deeper than MAX_NESTING (Python's
+    parser stops by itself at its recursion limit, a RecursionError)."""
+    try:
+        body = json.loads(raw)
+    except RecursionError as e:
+        raise BadRequest(f"the request body nests deeper than {MAX_NESTING} levels") from e
+    except ValueError as e:  # includes bytes that are not UTF-8
+        raise BadRequest(f"the request body is not valid JSON ({str(e)[:120]})") from e
+    level = [body]
+    for _ in range(MAX_NESTING + 1):
+        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
+        if not level:
+            return body
+    raise BadRequest(f"the request body nests deeper than {MAX_NESTING} levels")
 
 
 # ------------------------------------------------------------------ validation
@@ -56,6 +75,7 @@ def _text(body: dict, key: str) -> str:
         raise BadRequest(f"{key} must be a string, got {type(value).__name__}")
     if len(value) > MAX_TEXT:
         raise BadRequest(f"{key} is too long to preview ({len(value)} characters, at most {MAX_TEXT})")
+    check_prompt(value, key)
     return value
 
 
@@ -79,7 +99,7 @@ def _model(body: dict) -> dict | None:
     model = body.get("model")
     if model is None:
         return None
-    if not isinstance(model, dict) or model.get("loader") not in LOADERS:
+    if not isinstance(model, dict) or not isinstance(model.get("loader"), str) or model["loader"] not in LOADERS:
         raise BadRequest(f"model must be null or {{\"loader\": one of {sorted(LOADERS)}, \"name\": ..., "
                          "\"vlm_base\": ...}")
     for key in ("name", "vlm_base"):
@@ -215,12 +235,9 @@ def _register() -> None:
     async def prompt_preview(request):
         if request.content_length is None or request.content_length > MAX_BODY:
             return error(413 if request.content_length else 411, f"send a JSON body of at most {MAX_BODY} bytes")
+        raw = await request.read()  # exactly Content-Length bytes (aiohttp's parser stops there)
         try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return error(400, "the request body is not valid JSON")
-        try:
-            return web.json_response(await asyncio.to_thread(preview, body))
+            return web.json_response(await asyncio.to_thread(preview, parse_body(raw)))
         except BadRequest as e:
             return error(400, str(e))
         except DeepGenInputError as e:  # e.g. a size the engine rejects

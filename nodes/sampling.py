@@ -19,6 +19,7 @@ import torch
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.transformer import DeepGenTransformer
+from ..deepgen_model.validation import check_cfg, check_steps
 from .comfy_models import model_sigmas
 from .memory import memory_guard
 
@@ -33,12 +34,7 @@ def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
         return  # not a DeepGen DiT: leave the checks to the model
     p, limit = dit.dit.config.patch_size, dit.max_latent_side
 
-    h, w = latent_image.shape[-2:]
-    if why := dit.size_problem(h, w):
-        raise DeepGenInputError(
-            f"latent is {8 * w}x{8 * h} px ({w}x{h} latent): {why}. Set the empty latent's width/height to "
-            f"multiples of {8 * p} (e.g. {8 * p * max(1, w // p)}x{8 * p * max(1, h // p)}) within {8 * limit} px, "
-            "or scale/crop the encoded image to such a size.")
+    # references first: an edit's latent takes its reference's size, and max_side is what to change then
     for name, cond in conds:
         for _, info in cond or []:
             for r in info.get("reference_latents") or []:
@@ -47,6 +43,12 @@ def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
                     raise DeepGenInputError(
                         f"{name} carries a reference latent of {8 * rw}x{8 * rh} px: {why}. Lower max_side of "
                         "DeepGen Edit Encode (or the size of the image given to ReferenceLatent).")
+    h, w = latent_image.shape[-2:]
+    if why := dit.size_problem(h, w):
+        raise DeepGenInputError(
+            f"latent is {8 * w}x{8 * h} px ({w}x{h} latent): {why}. Set the empty latent's width/height to "
+            f"multiples of {8 * p} (e.g. {8 * p * max(1, w // p)}x{8 * p * max(1, h // p)}) within {8 * limit} px, "
+            "or scale/crop the encoded image to such a size.")
 
 
 def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float) -> dict:
@@ -70,6 +72,14 @@ def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: in
     out = latent.copy()
     out["samples"] = samples
     return out
+
+
+def _valid(check, value) -> bool | str:
+    try:
+        check(value)
+    except DeepGenInputError as e:
+        return str(e)
+    return True
 
 
 class DeepGenSampler(io.ComfyNode):
@@ -100,7 +110,13 @@ class DeepGenSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, cfg=None):  # only cfg: ComfyUI's min/max checks NaN as in range; steps keep core's check
+        return True if cfg is None else _valid(check_cfg, cfg)
+
+    @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg) -> io.NodeOutput:
+        check_steps(steps, MAX_STEPS)  # again here: linked values skip validation
+        check_cfg(cfg)
         return io.NodeOutput(deepgen_sample(model, positive, negative, latent, seed, steps, cfg))
 
 
@@ -123,6 +139,7 @@ class DeepGenScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps) -> io.NodeOutput:
+        check_steps(steps, MAX_STEPS)
         return io.NodeOutput(model_sigmas(model, steps))
 
 
