@@ -262,6 +262,11 @@ def test_converted_files_with_damaged_metadata(tmp_path, tiny, tripwires):
                         "tokenizer_files": "[not json"})
     with pytest.raises(DeepGenLoadError, match=r"^tokenizer file .*deepgen_vlm\.safetensors: the embedded tokenizer_files"):
         vlm_loading.load_vlm(v)
+    with pytest.raises(DeepGenLoadError, match=r"^tokenizer file .*deepgen_vlm\.safetensors: the embedded tokenizer_files"):
+        vlm_loading.load_release_tokenizer(v)  # the prompt preview's way to the tokenizer, without the VLM
+    save_file(state, str(f), metadata={**meta, "config": json.dumps(dict(tiny.dit.config)), "scheduler_config": "{oops"})
+    with pytest.raises(DeepGenLoadError, match=r"^scheduler file .*deepgen_dit\.safetensors: its embedded scheduler config"):
+        loading.load_scheduler_config(f)
 
 
 def test_intact_release_still_loads(release):
