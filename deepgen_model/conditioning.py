@@ -15,6 +15,7 @@ from .errors import DeepGenInputError
 from .images import image_token_count, reference_size, resized_uint8, to_signed, vit_inputs
 from .prompts import edit_prompt, t2i_prompt, tokenize_pair
 from .compat import text_config
+from .validation import check_prompt
 from .vlm import compute_dtype, stacked_hidden_states
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
     prompt and its token count."""
     positives = _as_list(prompts, "prompts")
     negatives = _as_list(negative_prompts, "negative_prompts")
+    for name, text in [("prompt", p) for p in positives] + [("negative_prompt", n) for n in negatives]:
+        check_prompt(text, name)
     if len(negatives) == 1 and len(positives) > 1:
         negatives = negatives * len(positives)
     if len(negatives) != len(positives):

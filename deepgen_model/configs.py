@@ -101,16 +101,6 @@ FALLBACK_SCHEDULER_CONFIG = {
     "use_dynamic_shifting": False,
 }
 
-# §1.8: what the real checkpoints hold (tensor count, element count).
-REAL_SIZES = {
-    "dit": (909, 2_469_663_936),
-    "bridge": (103, 432_449_532),
-    "vlm": (824, 3_754_622_976),
-    "vlm_lora": (832, 185_163_776),
-    "vae": (244, 83_819_683),
-}
-
-
 def get(name: str) -> dict:
     """A deep copy of one config, so callers can edit it freely."""
     table = {"vlm": QWEN25_VL_3B_CONFIG, "dit": SD35M_KONTEXT_DIT_CONFIG, "vae": SD3_VAE_CONFIG,

@@ -31,7 +31,7 @@ def _diffusers_config_json(model) -> str:
 def _save(path: Path, state: dict, component: str, config: str, dtype, **extra: str) -> int:
     from safetensors.torch import save_file
 
-    from .loading import FORMAT
+    from .release import FORMAT
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     metadata = {"format": FORMAT, "component": component, "config": config, **extra}
@@ -48,7 +48,7 @@ def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=Fa
     """Convert `src` (any layout) into DST_DIR; returns {component: written path}."""
     import torch
 
-    from .loading import CONVERTED_FILES
+    from .release import CONVERTED_FILES, Release
     from .precision import parse_dtype
 
     dtype = parse_dtype(dtype)
@@ -59,34 +59,35 @@ def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=Fa
         raise DeepGenLoadError(f"refusing to overwrite {', '.join(existing)}; pass --force to replace them")
     if Path(src).expanduser().resolve() == dst.resolve():
         raise DeepGenLoadError(f"DST_DIR {dst} must differ from SRC")
+    release = Release.open(src, vlm_base=vlm_path, dit_base=base_path)  # model.pt is read once for all parts
     dst.mkdir(parents=True, exist_ok=True)
     written = {}
     for component, path in targets.items():
         with torch.no_grad():
-            size = _convert_one(component, src, path, vlm_path=vlm_path, base_path=base_path, dtype=dtype,
-                                connector_heads=connector_heads)
+            size = _convert_one(component, release, path, dtype=dtype, connector_heads=connector_heads)
         print(f"wrote {path} ({size / 2**20:.1f} MiB)")
         written[component] = path
         gc.collect()
     return written
 
 
-def _convert_one(component, src, path, *, vlm_path, base_path, dtype, connector_heads) -> int:
-    from .loading import load_bridge, load_dit, load_scheduler_config, load_vae, load_vlm, vlm_assets, vlm_legacy_state
+def _convert_one(component, release, path, *, dtype, connector_heads) -> int:
+    from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
+    from .vlm_loading import load_vlm, vlm_assets, vlm_legacy_state
 
     if component == "dit":
-        dit = load_dit(src, base_path=base_path, dtype=dtype)
-        scheduler = json.dumps(load_scheduler_config(src, base_path=base_path), sort_keys=True)
+        dit = load_dit(release, dtype=dtype)
+        scheduler = json.dumps(load_scheduler_config(release), sort_keys=True)
         return _save(path, dit.state_dict(), "dit", _diffusers_config_json(dit), dtype, scheduler_config=scheduler)
     if component == "scb":
-        bridge = load_bridge(src, dtype=dtype, num_attention_heads=connector_heads)
+        bridge = load_bridge(release, dtype=dtype, num_attention_heads=connector_heads)
         return _save(path, bridge.state_dict(), "scb", bridge.config.to_json(), dtype)
     if component == "vae":
-        vae = load_vae(src, base_path=base_path, dtype=dtype)
+        vae = load_vae(release, dtype=dtype)
         return _save(path, vae.state_dict(), "vae", _diffusers_config_json(vae), dtype)
     if component == "vlm":
-        config, tokenizer_files = vlm_assets(src, vlm_path)
-        vlm, _ = load_vlm(src, base_vlm_path=vlm_path, dtype=dtype)
+        config, tokenizer_files = vlm_assets(release)
+        vlm, _ = load_vlm(release, dtype=dtype)
         if dtype is not None:
             config = {**config, "torch_dtype": str(dtype).removeprefix("torch.")}
         return _save(path, vlm_legacy_state(vlm), "vlm", json.dumps(config, sort_keys=True), dtype,

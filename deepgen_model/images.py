@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, VIT_SCALE
+from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, SIZE_MULTIPLE, VIT_SCALE
 from .errors import DeepGenInputError
 
 PATCH = 14
@@ -36,6 +36,19 @@ def reference_size(width: int, height: int, max_side: int = 512) -> tuple[int, i
     if height >= width and height >= s:
         return math.ceil(width * (s / height) / unit) * unit, s
     return math.ceil(width / unit) * unit, math.ceil(height / unit) * unit
+
+
+def output_size(width: int, height: int, references=()) -> tuple[int, int]:
+    """(w, h) of the generated image (spec §2.2). With exactly one reference it is that reference's
+    resized size (`references`: resized (w, h) sizes) and width/height are ignored; otherwise width x
+    height, which must be positive multiples of 16."""
+    if len(references) == 1:
+        return tuple(references[0])
+    for name, v in (("width", width), ("height", height)):
+        if v % SIZE_MULTIPLE or v <= 0:
+            raise DeepGenInputError(f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {v} (output sides "
+                                    f"are multiples of {SIZE_MULTIPLE} px).")
+    return width, height
 
 
 def _as_rgb(image: torch.Tensor) -> torch.Tensor:
@@ -69,11 +82,6 @@ def to_signed(pixels_uint8: np.ndarray, dtype: torch.dtype = torch.float32) -> t
     """uint8 [h, w, 3] -> [3, h, w] in [-1, 1], computed as 2*(x/255)-1 in `dtype` (the release does it in bf16)."""
     x = torch.from_numpy(np.array(pixels_uint8, dtype=np.uint8)).to(dtype).permute(2, 0, 1)
     return 2 * (x / 255) - 1
-
-
-def resize_reference(image: torch.Tensor, max_side: int = 512, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One ComfyUI IMAGE row [H, W, 3] float 0..1 -> resized reference [3, h, w] in [-1, 1]."""
-    return to_signed(resized_uint8(image, max_side), dtype)
 
 
 def image_token_count(h: int, w: int) -> int:

@@ -99,28 +99,11 @@ def iter_merged(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source:
     log.info("%s: merged %d LoRA modules (scale %.1f)", source, len(pairs), scale)
 
 
-def merge_lora(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA") -> dict:
-    """{weight key: merged tensor}; `weights` is left as it is."""
-    return dict(iter_merged(weights, lora, scale=scale, source=source))
-
-
 def merge_lora_into_state(state: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA") -> dict:
     """Replace the merged entries of `state` one by one (each old tensor can be freed at once)."""
     for key, value in iter_merged(state, lora, scale=scale, source=source):
         state[key] = value
     return state
-
-
-@torch.no_grad()
-def merge_lora_into_model(model: torch.nn.Module, lora: dict, *, scale: float = LORA_SCALE,
-                          source: str = "LoRA") -> int:
-    """Merge into a loaded model's parameters (tied parameters see the change once). Returns #modules."""
-    params = model.state_dict(keep_vars=True)
-    n = 0
-    for key, value in iter_merged(params, lora, scale=scale, source=source):
-        params[key].data = value
-        n += 1
-    return n
 
 
 def _preview(names: list[str], n: int = 8) -> str:

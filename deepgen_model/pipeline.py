@@ -21,14 +21,17 @@ from pathlib import Path
 import torch
 
 from .conditioning import DeepGenConditioning, encode
-from .constants import DEFAULT_CFG, DEFAULT_SIZE, DEFAULT_STEPS, EDIT_NEGATIVE, SIZE_MULTIPLE, T2I_NEGATIVE
+from .constants import DEFAULT_CFG, DEFAULT_SIZE, DEFAULT_STEPS, EDIT_NEGATIVE, T2I_NEGATIVE, VAE_DOWNSCALE
 from .errors import DeepGenInputError
-from .loading import load_bridge, load_dit, load_scheduler_config, load_vae, load_vlm
+from .images import output_size
+from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
 from .precision import FP8_DTYPES, apply_manual_cast, compute_dtype_of, resolve_dtypes, store_linear_weights
+from .release import COMPONENTS, Release
 from .sampling import make_noise, sample
 from .scheduler import sigmas_from_config
 from .transformer import DeepGenTransformer
 from .vae import decode, encode_reference
+from .vlm_loading import load_vlm
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +113,11 @@ class DeepGenPipeline:
             raise DeepGenInputError(f"dit_weights must be None or one of {list(FP8_DTYPES)}, got {dit_weights!r}.")
         storage, compute = resolve_dtypes(device, dtype)
         load_on = "cpu" if offload != "none" else device
-        vlm, tokenizer = load_vlm(path, base_vlm_path=vlm_path, dtype=storage, device=load_on,
-                                  attn_implementation=attn_implementation, quantization=quantization)
-        parts = [vlm, load_bridge(path, dtype=storage, device=load_on),
-                 load_dit(path, base_path=base_path, dtype=storage, device=load_on),
-                 load_vae(path, base_path=base_path, dtype=storage, device=load_on)]
+        release = Release.open(path, vlm_base=vlm_path, dit_base=base_path).require(*COMPONENTS)
+        vlm, tokenizer = load_vlm(release, dtype=storage, device=load_on, attn_implementation=attn_implementation,
+                                  quantization=quantization)
+        parts = [vlm, load_bridge(release, dtype=storage, device=load_on),
+                 load_dit(release, dtype=storage, device=load_on), load_vae(release, dtype=storage, device=load_on)]
         if dit_weights is not None:
             store_linear_weights(parts[2], dit_weights)
         if compute != storage or dit_weights is not None:
@@ -123,7 +126,7 @@ class DeepGenPipeline:
         vlm, bridge, dit, vae = parts
         log.info("DeepGen loaded from %s on %s (weights %s%s, compute %s, offload %s)", Path(path), device, storage,
                  f", DiT Linear {dit_weights}" if dit_weights else "", compute, offload)
-        return cls(vlm, tokenizer, bridge, dit, vae, load_scheduler_config(path, base_path=base_path),
+        return cls(vlm, tokenizer, bridge, dit, vae, load_scheduler_config(release),
                    offload=offload, device=device)
 
     def encode(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
@@ -172,10 +175,8 @@ class DeepGenPipeline:
                 raise DeepGenInputError("pass a prompt (or a conditioning from pipe.encode()).")
             conditioning = self.encode(prompt, negative_prompt, images, max_side)
         refs = self.reference_latents(conditioning)
-        if len(refs) == 1:
-            height, width = (8 * s for s in refs[0].shape[-2:])
-        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
-            raise DeepGenInputError(f"width and height must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}.")
+        width, height = output_size(width, height, [(VAE_DOWNSCALE * r.shape[-1], VAE_DOWNSCALE * r.shape[-2])
+                                                    for r in refs])
         noise = make_noise(seed, conditioning.batch_size, height, width)
         with self._resident(*self._stage_modules("transformer")):
             refs = [r.to(self.transformer.device) for r in refs]

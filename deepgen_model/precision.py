@@ -16,6 +16,9 @@ from .errors import DeepGenInputError
 
 _NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+# The weight_dtype widget values of the loader nodes ("auto": the device's default, see resolve_dtypes); the
+# DiT loader adds the fp8 storage of FP8_DTYPES.
+PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
 _CAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -106,13 +109,24 @@ def remove_manual_cast(module: nn.Module) -> nn.Module:
     return module
 
 
-def storage_dtype_of(module: nn.Module) -> torch.dtype | None:
-    """The most common floating dtype among the parameters (None for a parameter-less module)."""
+def dominant_dtype(tensors) -> torch.dtype | None:
+    """The floating dtype holding the most elements among `tensors` (a module's parameters, a state
+    dict's values, or any iterable of tensors); None when none is floating."""
+    if isinstance(tensors, nn.Module):
+        tensors = tensors.parameters()
+    elif isinstance(tensors, dict):
+        tensors = tensors.values()
     counts: dict[torch.dtype, int] = {}
-    for p in module.parameters():
-        if p.is_floating_point():
-            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    for t in tensors:
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
     return max(counts, key=counts.get) if counts else None
+
+
+def cast_floating(state: dict, dtype: torch.dtype | None) -> dict:
+    """Floating tensors to `dtype` (None: the state's dominant dtype, so a model is never mixed)."""
+    dtype = dtype or dominant_dtype(state)
+    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
 
 
 def compute_dtype_of(module: nn.Module) -> torch.dtype | None:
@@ -120,7 +134,7 @@ def compute_dtype_of(module: nn.Module) -> torch.dtype | None:
     for m in module.modules():
         if "_deepgen_manual_cast" in m.__dict__:
             return m._deepgen_manual_cast
-    return storage_dtype_of(module)
+    return dominant_dtype(module)
 
 
 FP8_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}

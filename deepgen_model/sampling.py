@@ -38,7 +38,6 @@ def sample(
     references: Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]] | None = None,
     callback: Callback | None = None,
     compute_dtype: torch.dtype | None = None,
-    batched_cfg: bool = True,
 ) -> torch.Tensor:
     """Euler flow matching: x <- x + (sigma[i+1] - sigma[i]) * v, timesteps = sigma * 1000.
 
@@ -46,9 +45,9 @@ def sample(
         .device). noise: [B, 16, h, w], the start latent at sigmas[0]. sigmas: [steps + 1]
         (e.g. scheduler.official_sigmas). cond / uncond: (seq [B, L, D], pooled [B, Dp]).
     cfg_scale: v = v_u + s (v_c - v_u) only when s > 1 (as official); otherwise one conditional
-        pass per step and `uncond` is ignored. batched_cfg runs [uncond, cond] in one DiT call
-        (the official order) when both contexts have the same length, else two calls (never pad
-        or repeat a context: that changes the joint attention, pitfall 3).
+        pass per step and `uncond` is ignored. [uncond, cond] run in one DiT call (the official
+        order) when both contexts have the same length, else in two calls (never pad or repeat a
+        context: that changes the joint attention, pitfall 3).
     references: clean reference latents for both branches (shared list or one list per sample).
     callback(step, total, x, x0_pred) runs after each step (step = 0-based index of the step just
         done, x = the new latents, x0_pred = x_before - sigma * v); it may raise to cancel, and its
@@ -79,7 +78,7 @@ def sample(
     one_call = False
     if guided:
         seq_u, pooled_u = cast(uncond)
-        one_call = batched_cfg and seq_u.shape[1:] == seq_c.shape[1:]
+        one_call = seq_u.shape[1:] == seq_c.shape[1:]
         if one_call:
             seq_2, pooled_2 = torch.cat([seq_u, seq_c]), torch.cat([pooled_u, pooled_c])
             refs_2 = references

@@ -11,78 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import DeepGenInputError
 
 
-class MaskedJointAttnProcessor:
-    """diffusers' JointAttnProcessor2_0 math (qk RMSNorm, joint [image, context] SDPA) plus a mask.
-
-    `attention_mask` is None (no mask: the fast SDPA path, used whenever all samples have the
-    same number of image tokens) or a bool [B, L_img] marking real image tokens of a right-padded
-    ragged batch. Context tokens are always real. The pairwise mask is m_i AND m_j with the
-    diagonal forced True, so real tokens never see padding and padding rows attend only to
-    themselves (no all-masked rows, hence no NaN). The same processor serves the image-only attn2.
-    """
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        batch, n_img = hidden_states.shape[:2]
-
-        def heads(x):
-            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-
-        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        if encoder_hidden_states is not None:
-            cq = heads(attn.add_q_proj(encoder_hidden_states))
-            ck = heads(attn.add_k_proj(encoder_hidden_states))
-            cv = heads(attn.add_v_proj(encoder_hidden_states))
-            if attn.norm_added_q is not None:
-                cq = attn.norm_added_q(cq)
-            if attn.norm_added_k is not None:
-                ck = attn.norm_added_k(ck)
-            q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
-
-        mask = None
-        if attention_mask is not None:
-            m = attention_mask.to(device=q.device, dtype=torch.bool)
-            if encoder_hidden_states is not None:
-                m = torch.cat([m, m.new_ones(batch, encoder_hidden_states.shape[1])], dim=1)
-            mask = m[:, None, :, None] & m[:, None, None, :]
-            mask = mask | torch.eye(m.shape[1], dtype=torch.bool, device=m.device)
-
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * out.shape[-1]).to(q.dtype)
-
-        context = None
-        if encoder_hidden_states is not None:
-            out, context = out[:, :n_img], out[:, n_img:]
-            if not attn.context_pre_only:
-                context = attn.to_add_out(context)
-        out = attn.to_out[1](attn.to_out[0](out))
-        return out if encoder_hidden_states is None else (out, context)
-
-
 class DeepGenTransformer(nn.Module):
-    """Wraps (never copies) an SD3Transformer2DModel and runs DeepGen's reference-token forward.
-
-    Construction installs `MaskedJointAttnProcessor` on every block's attn/attn2 of the wrapped
-    model (without a mask it computes exactly what diffusers' stock processor does).
-    """
+    """Wraps (never copies) an SD3Transformer2DModel and runs DeepGen's reference-token forward with
+    the model's own (stock diffusers) attention processors."""
 
     def __init__(self, dit: nn.Module):
         super().__init__()
         self.dit = dit
-        processor = MaskedJointAttnProcessor()
-        for block in dit.transformer_blocks:
-            block.attn.set_processor(processor)
-            if getattr(block, "attn2", None) is not None:
-                block.attn2.set_processor(processor)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -97,6 +37,16 @@ class DeepGenTransformer(nn.Module):
         """Largest latent height/width the position table covers (768 for the release)."""
         return self.dit.pos_embed.pos_embed_max_size * self.dit.config.patch_size
 
+    def size_problem(self, h: int, w: int) -> str | None:
+        """Why the DiT cannot take an h x w latent (None: it can): sides must be multiples of its patch
+        and within its position table. The one size rule of the engine and the nodes."""
+        p, limit = self.dit.config.patch_size, self.max_latent_side
+        if h % p or w % p:
+            return f"sides must be multiples of {8 * p} px (latent sides multiples of {p})"
+        if h > limit or w > limit:
+            return f"the DiT's position table allows at most {8 * limit} px per side (latent sides <= {limit})"
+        return None
+
     def _check_latent(self, z: torch.Tensor, what: str) -> None:
         cfg = self.dit.config
         if z.ndim != 3 or z.shape[0] != cfg.in_channels:
@@ -104,18 +54,9 @@ class DeepGenTransformer(nn.Module):
                 f"{what} must have shape [{cfg.in_channels}, h, w], got {list(z.shape)}; pass VAE latents."
             )
         h, w = z.shape[-2:]
-        p, limit = cfg.patch_size, self.max_latent_side
-        if h % p or w % p:
-            raise DeepGenInputError(
-                f"{what} is {h}x{w}: latent sides must be multiples of {p} (image sides multiples of {8 * p} px)."
-            )
-        if h > limit or w > limit:
-            raise DeepGenInputError(
-                f"{what} is {h}x{w} (about {8 * w}x{8 * h} px) but the DiT position table "
-                f"(pos_embed_max_size {limit // p}) allows latent sides <= {limit}, "
-                f"i.e. image sides <= {8 * limit} px; "
-                "use a smaller width/height or reference size."
-            )
+        if why := self.size_problem(h, w):
+            raise DeepGenInputError(f"{what} is {h}x{w} (about {8 * w}x{8 * h} px): {why}; "
+                                    "use a smaller width/height or reference size.")
 
     @staticmethod
     def _per_sample_refs(references, batch: int) -> list[list[torch.Tensor]]:
@@ -133,27 +74,28 @@ class DeepGenTransformer(nn.Module):
 
     def forward(
         self,
-        latents: torch.Tensor | Sequence[torch.Tensor],
+        latents: torch.Tensor,
         timestep: torch.Tensor | float,
         seq: torch.Tensor,
         pooled: torch.Tensor,
         references: Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]] | None = None,
-    ) -> torch.Tensor | list[torch.Tensor]:
+    ) -> torch.Tensor:
         """Predict the flow-matching velocity of the target latents.
 
-        latents: [B, C, h, w] tensor, or a list of [C, h_i, w_i] (sizes may differ: ragged batch).
+        latents: [B, C, h, w].
         timestep: scalar or [B], on the 0..1000 scale (sigma * 1000). Keep it fp32: the sinusoidal
             embedding upcasts it anyway, and bf16 would round e.g. 857.69 to 856.
         seq: [B, L, joint_attention_dim] context; pooled: [B, pooled_projection_dim].
         references: None; one list of [C, h_r, w_r] shared by every sample; or one list per sample
-            (counts and sizes may differ). References are clean latents, cast to the latents' dtype.
-        Returns the velocity with the structure of `latents` (tensor or list).
+            (with the same total size in every sample). References are clean latents, cast to the
+            latents' dtype.
+        Returns the velocity [B, C, h, w].
         """
         dit = self.dit
-        batched = torch.is_tensor(latents)
-        if batched and latents.ndim != 4:
-            raise DeepGenInputError(f"latents must be [B, C, h, w] or a list of [C, h, w], got {list(latents.shape)}.")
-        targets = list(latents.unbind(0)) if batched else list(latents)
+        if not torch.is_tensor(latents) or latents.ndim != 4:
+            shape = list(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+            raise DeepGenInputError(f"latents must be [B, C, h, w], got {shape}.")
+        targets = list(latents.unbind(0))
         batch = len(targets)
         if batch == 0:
             raise DeepGenInputError("latents is empty; pass at least one latent.")
@@ -167,7 +109,7 @@ class DeepGenTransformer(nn.Module):
                 self._check_latent(r, f"reference {j} of sample {i}")
 
         # Patch embedding: target first, then each reference with its own centred crop.
-        target_tokens = dit.pos_embed(latents) if batched else None
+        target_tokens = dit.pos_embed(latents)
         cache: dict[int, torch.Tensor] = {}  # shared references are embedded once
 
         def embed(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -177,18 +119,12 @@ class DeepGenTransformer(nn.Module):
 
         sequences = []
         for i, z in enumerate(targets):
-            tok = target_tokens[i] if batched else dit.pos_embed(z[None])[0]
-            sequences.append(torch.cat([tok] + [embed(r, z) for r in refs[i]], dim=0))
+            sequences.append(torch.cat([target_tokens[i]] + [embed(r, z) for r in refs[i]], dim=0))
         lengths = [s.shape[0] for s in sequences]
-        mask = None
-        if len(set(lengths)) == 1:
-            hidden = torch.stack(sequences)
-        else:  # ragged: right-pad with zeros and mask the padding out of attention
-            hidden = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)
-            mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < torch.tensor(
-                lengths, device=hidden.device
-            )[:, None]
-        hidden = hidden.contiguous()
+        if len(set(lengths)) != 1:
+            raise DeepGenInputError(f"the samples' references differ in size (token counts {lengths}); give every "
+                                    "sample references of the same sizes, or sample them one at a time.")
+        hidden = torch.stack(sequences).contiguous()
 
         timestep = torch.as_tensor(timestep, device=hidden.device)
         if not timestep.is_floating_point():
@@ -197,10 +133,9 @@ class DeepGenTransformer(nn.Module):
             timestep = timestep.expand(batch)
         temb = dit.time_text_embed(timestep, pooled)
         context = dit.context_embedder(seq)
-        kwargs = None if mask is None else {"attention_mask": mask}
         for block in dit.transformer_blocks:
             context, hidden = block(
-                hidden_states=hidden, encoder_hidden_states=context, temb=temb, joint_attention_kwargs=kwargs
+                hidden_states=hidden, encoder_hidden_states=context, temb=temb, joint_attention_kwargs=None
             )
         hidden = dit.proj_out(dit.norm_out(hidden, temb))
 
@@ -212,6 +147,4 @@ class DeepGenTransformer(nn.Module):
             x = x.movedim(-1, -5).transpose(-3, -2)  # (.., c, hh, ww, p, q) -> (.., c, hh, p, ww, q)
             return x.reshape(*tokens.shape[:-2], c, h, w)
 
-        if batched:
-            return unpatchify(hidden, *latents.shape[-2:])
-        return [unpatchify(hidden[i], *z.shape[-2:]) for i, z in enumerate(targets)]
+        return unpatchify(hidden, *latents.shape[-2:])

@@ -1,10 +1,15 @@
-"""ComfyUI node classes of the pack (V3 schema), collected from one module per node family."""
+"""ComfyUI node classes of the pack (V3 schema), collected from one module per node family.
+
+loaders.py (the five loader nodes), encode.py (prompts and references -> CONDITIONING), sampling.py
+(sampler and scheduler); beside them comfy_models.py (DeepGen's models as ComfyUI objects), memory.py
+(the out-of-memory guard), paths.py (the model lists) and routes.py (the web extension's HTTP routes).
+"""
 from comfy_api.latest import ComfyExtension, io
 
-from . import checkpoint, dit, encode, sampling, vlm
+from . import encode, loaders, sampling
 from . import routes  # noqa: F401  (the web extension's /deepgen/* HTTP routes)
 
-NODES: list[type[io.ComfyNode]] = [*checkpoint.NODES, *vlm.NODES, *dit.NODES, *encode.NODES, *sampling.NODES]
+NODES: list[type[io.ComfyNode]] = [*loaders.NODES, *encode.NODES, *sampling.NODES]
 
 
 class DeepGenExtension(ComfyExtension):

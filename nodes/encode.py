@@ -16,13 +16,12 @@ import torch
 from comfy_api.latest import io
 
 from ..deepgen_model.conditioning import encode as joint_encode
-from ..deepgen_model.constants import DEFAULT_SIZE, EDIT_NEGATIVE, REFERENCE_UNIT, SIZE_MULTIPLE, T2I_NEGATIVE
+from ..deepgen_model.constants import (DEFAULT_SIZE, EDIT_NEGATIVE, MAX_REFERENCES, MAX_SIDE, REFERENCE_UNIT,
+                                       SIZE_MULTIPLE, T2I_NEGATIVE)
 from ..deepgen_model.errors import DeepGenInputError
-from ..deepgen_model.images import reference_size, resized_uint8
-from .vlm import DeepGenSCB, DeepGenVLM, memory_guard, release, scb_module, vlm_parts_of
-
-MAX_REFERENCES = 4
-MAX_SIDE = 4096
+from ..deepgen_model.images import output_size, reference_size, resized_uint8
+from .comfy_models import DeepGenSCB, DeepGenVLM, scb_module, vlm_parts_of
+from .memory import memory_guard, unload
 
 
 def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int):
@@ -37,7 +36,7 @@ def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int):
             cond = joint_encode(model, tokenizer, scb_module(scb), prompt, negative, images, max_side,
                                 layer_callback=mm.throw_exception_if_processing_interrupted)
         finally:
-            release(vlm)  # the DiT needs the room more than the (3B) VLM does
+            unload(vlm)  # the DiT needs the room more than the (3B) VLM does
     if not (torch.isfinite(cond.seq).all() and torch.isfinite(cond.pooled).all()):
         raise DeepGenInputError("the VLM/SCB produced NaN or infinite conditioning (numerical overflow, typically fp16 "
                                 "weights): set weight_dtype to bf16 or fp32 in the VLM and SCB loaders.")
@@ -150,13 +149,7 @@ class DeepGenEditEncode(io.ComfyNode):
         if max_side % REFERENCE_UNIT:
             raise DeepGenInputError(f"max_side must be a multiple of {REFERENCE_UNIT}, got {max_side}.")
         refs = _references({"image1": image1, "image2": image2, "image3": image3, "image4": image4})
-        if len(refs) > 1:
-            for name, v in (("width", width), ("height", height)):
-                if v % SIZE_MULTIPLE or v <= 0:
-                    raise DeepGenInputError(f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {v}.")
-            out_w, out_h = width, height
-        else:
-            out_w, out_h = reference_size(refs[0].shape[1], refs[0].shape[0], max_side)
+        out_w, out_h = output_size(width, height, [reference_size(r.shape[1], r.shape[0], max_side) for r in refs])
 
         cond = _encode(vlm, scb, prompt, negative_prompt, refs, max_side)
         # raw VAE latents of the same resized pixels, as core's ReferenceLatent stores them

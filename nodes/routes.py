@@ -17,22 +17,22 @@ import logging
 import math
 import os
 
-from ..deepgen_model.constants import (DEFAULT_SIZE, IMAGE_PAD_TOKEN, NUM_THINK_TOKENS, REFERENCE_UNIT,
-                                       SIZE_MULTIPLE)
+from ..deepgen_model.constants import (DEFAULT_SIZE, IMAGE_PAD_TOKEN, MAX_REFERENCES, MAX_SIDE, NUM_THINK_TOKENS,
+                                       REFERENCE_UNIT, SIZE_MULTIPLE)
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
-from ..deepgen_model.images import image_token_count, reference_size
+from ..deepgen_model.images import image_token_count, output_size, reference_size
 from ..deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
+from ..deepgen_model.release import CONVERTED, NATIVE, QWEN, SOURCES, Release
+from ..deepgen_model.validation import check_prompt
 from . import paths
-from .checkpoint import CHECKPOINT_KINDS, NONE
-from .encode import MAX_REFERENCES, MAX_SIDE
-from .vlm import VLM_SOURCES
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024  # bytes of JSON; prompts are limited separately
 MAX_TEXT = 20000  # characters per prompt
+MAX_NESTING = 8  # the request schema nests 3 levels; deeper JSON is refused before it is parsed
 MAX_IMAGE_SIDE = 1 << 16
-LOADERS = {"DeepGenVLMLoader": ("vlm_name", VLM_SOURCES), "DeepGenCheckpointLoader": ("ckpt_name", CHECKPOINT_KINDS)}
+LOADERS = {"DeepGenVLMLoader": ("vlm_name", SOURCES["vlm"]), "DeepGenCheckpointLoader": ("ckpt_name", SOURCES["checkpoint"])}
 # Output-size presets: the training "fix_pixels" rule (sqrt(w*h) = 512, sides rounded up to multiples of 32)
 ASPECTS = (("1:1", 1, 1), ("4:3", 4, 3), ("3:4", 3, 4), ("3:2", 3, 2), ("2:3", 2, 3), ("16:9", 16, 9),
            ("9:16", 9, 16), ("21:9", 21, 9), ("9:21", 9, 21))
@@ -40,6 +40,23 @@ ASPECTS = (("1:1", 1, 1), ("4:3", 4, 3), ("3:4", 3, 4), ("3:2", 3, 2), ("2:3", 2
 
 class BadRequest(ValueError):
     pass
+
+
+def parse_body(raw: bytes):
+    """Request bytes -> JSON value; BadRequest for invalid JSON or nesting deeper than MAX_NESTING (Python's
+    parser stops by itself at its recursion limit, a RecursionError)."""
+    try:
+        body = json.loads(raw)
+    except RecursionError as e:
+        raise BadRequest(f"the request body nests deeper than {MAX_NESTING} levels") from e
+    except ValueError as e:  # includes bytes that are not UTF-8
+        raise BadRequest(f"the request body is not valid JSON ({str(e)[:120]})") from e
+    level = [body]
+    for _ in range(MAX_NESTING + 1):
+        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
+        if not level:
+            return body
+    raise BadRequest(f"the request body nests deeper than {MAX_NESTING} levels")
 
 
 # ------------------------------------------------------------------ validation
@@ -58,6 +75,7 @@ def _text(body: dict, key: str) -> str:
         raise BadRequest(f"{key} must be a string, got {type(value).__name__}")
     if len(value) > MAX_TEXT:
         raise BadRequest(f"{key} is too long to preview ({len(value)} characters, at most {MAX_TEXT})")
+    check_prompt(value, key)
     return value
 
 
@@ -81,7 +99,7 @@ def _model(body: dict) -> dict | None:
     model = body.get("model")
     if model is None:
         return None
-    if not isinstance(model, dict) or model.get("loader") not in LOADERS:
+    if not isinstance(model, dict) or not isinstance(model.get("loader"), str) or model["loader"] not in LOADERS:
         raise BadRequest(f"model must be null or {{\"loader\": one of {sorted(LOADERS)}, \"name\": ..., "
                          "\"vlm_base\": ...}")
     for key in ("name", "vlm_base"):
@@ -100,43 +118,37 @@ def _listed(name: str, kinds, what: str) -> paths.Entry:
     return entry
 
 
-def _tokenizer_source(model: dict) -> tuple[str, str]:
-    """-> (kind, path): "dirs" with os.pathsep-joined folders, or "embedded" with a converted VLM file."""
+def _tokenizer_source(model: dict) -> tuple[str, ...]:
+    """-> the folders that may hold the tokenizer, or the one converted VLM file that embeds it."""
     widget, kinds = LOADERS[model["loader"]]
     entry = _listed(model.get("name", ""), kinds, widget)
-    if entry.kind == paths.RELEASE:
-        return "dirs", os.pathsep.join((os.path.join(entry.path, "tokenizer"), os.path.join(entry.path, "vlm")))
-    if entry.kind == paths.QWEN:
-        return "dirs", entry.path
-    if entry.kind == paths.VLM_FILE:
-        return "embedded", entry.path
-    if entry.kind == paths.CONVERTED:
-        return "embedded", os.path.join(entry.path, "deepgen_vlm.safetensors")
-    base = model.get("vlm_base") or NONE  # native model.pt: the tokenizer is the Qwen base folder's
-    if base == NONE:
-        raise DeepGenLoadError(f"{entry.name!r} (native model.pt) has no tokenizer: set vlm_base to the "
-                               "Qwen2.5-VL-3B-Instruct folder to count tokens")
-    return "dirs", _listed(base, (paths.QWEN,), "vlm_base").path
+    if entry.kind == QWEN:
+        return (entry.path,)
+    base = model.get("vlm_base") or paths.NONE  # native model.pt: the tokenizer is the Qwen base folder's
+    base = _listed(base, (QWEN,), "vlm_base").path if entry.kind == NATIVE and base != paths.NONE else None
+    release = Release.open(entry.path, vlm_base=base).require("tokenizer")
+    if release.layout == CONVERTED:
+        return (str(release.converted_file("vlm")),)
+    return tuple(str(d) for d in release.tokenizer_dirs())
 
 
-def _stamp(kind: str, where: str) -> int:
-    files = [where] if kind == "embedded" else [os.path.join(d, "tokenizer.json") for d in where.split(os.pathsep)]
+def _stamp(where: tuple[str, ...]) -> int:
+    files = [f if f.endswith(".safetensors") else os.path.join(f, "tokenizer.json") for f in where]
     return max((os.stat(f).st_mtime_ns for f in files if os.path.exists(f)), default=0)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_tokenizer(kind: str, where: str, stamp: int):
-    from ..deepgen_model import loading
+def _load_tokenizer(where: tuple[str, ...], stamp: int):
+    from ..deepgen_model import vlm_loading
 
-    if kind == "dirs":
-        return loading.load_tokenizer(*where.split(os.pathsep))
-    files = json.loads(loading.safetensors_metadata(where).get("tokenizer_files") or "{}")
-    return loading._tokenizer_from_files(files, where)  # the loader's own way of reading converted files
+    if where[0].endswith(".safetensors"):
+        return vlm_loading.load_release_tokenizer(where[0])
+    return vlm_loading.load_tokenizer(*where)
 
 
 def _count_tokens(model: dict, positive: str, negative: str, placeholders: int) -> dict:
-    kind, where = _tokenizer_source(model)
-    tokenizer = _load_tokenizer(kind, where, _stamp(kind, where))
+    where = _tokenizer_source(model)
+    tokenizer = _load_tokenizer(where, _stamp(where))
     ids, mask = tokenize_pair(tokenizer, [positive], [negative])  # the encode's own tokenisation + padding
     pos, neg = (int(n) - placeholders for n in mask.sum(1).tolist())
     return {"positive": pos, "negative": neg, "padded": int(ids.shape[1]) - placeholders,
@@ -174,13 +186,11 @@ def preview(body) -> dict:
         placeholders = refs.count(None)
         out["complete"] = not placeholders
         out["positive"], out["negative"] = edit_prompt(prompt, counts), edit_prompt(negative, counts)
-        if len(refs) == 1 and refs[0] is not None:  # encode.py: one reference -> output = resized reference
-            w, h = out["references"][0]["resized"]
-            out["output"] = {"width": w, "height": h, "from": "image1"}
-        elif len(refs) > 1:
-            out["output"] = {"width": _int(body, "width", SIZE_MULTIPLE, MAX_SIDE, DEFAULT_SIZE, SIZE_MULTIPLE),
-                             "height": _int(body, "height", SIZE_MULTIPLE, MAX_SIDE, DEFAULT_SIZE, SIZE_MULTIPLE),
-                             "from": "widgets"}
+        if len(refs) > 1 or refs[0] is not None:  # the engine's rule, as DeepGenEditEncode applies it
+            width, height = (_int(body, k, SIZE_MULTIPLE, MAX_SIDE, DEFAULT_SIZE, SIZE_MULTIPLE) if len(refs) > 1
+                             else None for k in ("width", "height"))  # one reference: its size, not the widgets
+            w, h = output_size(width, height, [r and r["resized"] for r in out["references"]])
+            out["output"] = {"width": w, "height": h, "from": "image1" if len(refs) == 1 else "widgets"}
     out["placeholder"] = IMAGE_PAD_TOKEN if placeholders else None
     if model is None:
         out["tokens_note"] = "connect a DeepGen VLM or checkpoint loader to count tokens"
@@ -225,12 +235,9 @@ def _register() -> None:
     async def prompt_preview(request):
         if request.content_length is None or request.content_length > MAX_BODY:
             return error(413 if request.content_length else 411, f"send a JSON body of at most {MAX_BODY} bytes")
+        raw = await request.read()  # exactly Content-Length bytes (aiohttp's parser stops there)
         try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return error(400, "the request body is not valid JSON")
-        try:
-            return web.json_response(await asyncio.to_thread(preview, body))
+            return web.json_response(await asyncio.to_thread(preview, parse_body(raw)))
         except BadRequest as e:
             return error(400, str(e))
         except DeepGenInputError as e:  # e.g. a size the engine rejects

@@ -18,8 +18,10 @@ import torch
 
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS
 from ..deepgen_model.errors import DeepGenInputError
-from .comfy_dit import model_sigmas
-from .vlm import memory_guard
+from ..deepgen_model.transformer import DeepGenTransformer
+from ..deepgen_model.validation import check_cfg, check_steps
+from .comfy_models import model_sigmas
+from .memory import memory_guard
 
 MAX_STEPS = 1000
 
@@ -28,32 +30,25 @@ def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
     """Refuse, naming the input, latents the DiT cannot take: sides not multiples of its patch (16 px
     with the SD3 VAE) or beyond its position table; reference latents (DeepGenEditEncode max_side) too."""
     dit = getattr(getattr(model, "model", None), "diffusion_model", None)
-    config = getattr(getattr(dit, "dit", None), "config", None)
-    if config is None or latent_image.ndim != 4:
+    if not isinstance(dit, DeepGenTransformer) or latent_image.ndim != 4:
         return  # not a DeepGen DiT: leave the checks to the model
-    p, limit = config.patch_size, dit.max_latent_side
+    p, limit = dit.dit.config.patch_size, dit.max_latent_side
 
-    def problem(h, w):
-        if h % p or w % p:
-            return f"sides must be multiples of {8 * p} px"
-        if h > limit or w > limit:
-            return f"the DiT's position table allows at most {8 * limit} px per side"
-        return None
-
-    h, w = latent_image.shape[-2:]
-    if why := problem(h, w):
-        raise DeepGenInputError(
-            f"latent is {8 * w}x{8 * h} px ({w}x{h} latent): {why}. Set the empty latent's width/height to "
-            f"multiples of {8 * p} (e.g. {8 * p * max(1, w // p)}x{8 * p * max(1, h // p)}) within {8 * limit} px, "
-            "or scale/crop the encoded image to such a size.")
+    # references first: an edit's latent takes its reference's size, and max_side is what to change then
     for name, cond in conds:
         for _, info in cond or []:
             for r in info.get("reference_latents") or []:
                 rh, rw = r.shape[-2:]
-                if why := problem(rh, rw):
+                if why := dit.size_problem(rh, rw):
                     raise DeepGenInputError(
                         f"{name} carries a reference latent of {8 * rw}x{8 * rh} px: {why}. Lower max_side of "
                         "DeepGen Edit Encode (or the size of the image given to ReferenceLatent).")
+    h, w = latent_image.shape[-2:]
+    if why := dit.size_problem(h, w):
+        raise DeepGenInputError(
+            f"latent is {8 * w}x{8 * h} px ({w}x{h} latent): {why}. Set the empty latent's width/height to "
+            f"multiples of {8 * p} (e.g. {8 * p * max(1, w // p)}x{8 * p * max(1, h // p)}) within {8 * limit} px, "
+            "or scale/crop the encoded image to such a size.")
 
 
 def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float) -> dict:
@@ -77,6 +72,14 @@ def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: in
     out = latent.copy()
     out["samples"] = samples
     return out
+
+
+def _valid(check, value) -> bool | str:
+    try:
+        check(value)
+    except DeepGenInputError as e:
+        return str(e)
+    return True
 
 
 class DeepGenSampler(io.ComfyNode):
@@ -107,7 +110,13 @@ class DeepGenSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, cfg=None):  # only cfg: ComfyUI's min/max checks NaN as in range; steps keep core's check
+        return True if cfg is None else _valid(check_cfg, cfg)
+
+    @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg) -> io.NodeOutput:
+        check_steps(steps, MAX_STEPS)  # again here: linked values skip validation
+        check_cfg(cfg)
         return io.NodeOutput(deepgen_sample(model, positive, negative, latent, seed, steps, cfg))
 
 
@@ -130,6 +139,7 @@ class DeepGenScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps) -> io.NodeOutput:
+        check_steps(steps, MAX_STEPS)
         return io.NodeOutput(model_sigmas(model, steps))
 
 

@@ -44,7 +44,7 @@ def layouts(tiny, comfy_models):
 def node(comfy_inprocess, layouts):
     mappings = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS
     if "DeepGenDiTLoader" not in mappings:
-        pytest.fail("the pack registered no DeepGenDiTLoader: wire nodes/dit.py's NODES into the pack")
+        pytest.fail("the pack registered no DeepGenDiTLoader: wire nodes/loaders.py's NODES into the pack")
     return lambda node_id, **kw: mappings[node_id].execute(**kw)[0]
 
 

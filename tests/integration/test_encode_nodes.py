@@ -29,7 +29,8 @@ def ref_images(comfy_base) -> dict:
 @pytest.fixture(scope="module")
 def engine(release):
     """The engine's own objects, loaded from the same release at fp32 (what the graphs below use)."""
-    from deepgen_model.loading import load_bridge, load_vae, load_vlm
+    from deepgen_model.loading import load_bridge, load_vae
+    from deepgen_model.vlm_loading import load_vlm
 
     vlm, tokenizer = load_vlm(release, dtype="fp32")
     return vlm, tokenizer, load_bridge(release, dtype="fp32"), load_vae(release, dtype="fp32")

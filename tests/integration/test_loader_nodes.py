@@ -64,6 +64,15 @@ def errors_text(messages) -> str:
     return repr(messages)
 
 
+def checkpoint_graph(ckpt, vlm_base="none", dit_base="none") -> dict:
+    return {
+        "1": {"class_type": "DeepGenCheckpointLoader",
+              "inputs": {"ckpt_name": ckpt, "vlm_base": vlm_base, "dit_base": dit_base, "weight_dtype": "fp32",
+                         "quantization": "none", "attention": "sdpa"}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 3]}},
+    }
+
+
 def vlm_graph(source, lora=None, quantization="none", weight_dtype="fp32", scb=RELEASE) -> dict:
     vlm_inputs = {"vlm_name": source, "weight_dtype": weight_dtype, "quantization": quantization, "attention": "sdpa"}
     if lora:
@@ -134,7 +143,7 @@ def test_listing_spans_all_registered_paths_and_text_encoders(comfy_inprocess, l
     fp.add_model_folder_path("deepgen", str(extra))
     fp.add_model_folder_path("text_encoders", str(te))
     try:
-        listed = paths_mod.choices(*pack_module(comfy_inprocess, "nodes.vlm").VLM_SOURCES)
+        listed = paths_mod.choices(*pack_module(comfy_inprocess, "deepgen_model.release").SOURCES["vlm"])
         assert {"nested/Qwen-extra", "vlms/deepgen_vlm_copy.safetensors", QWEN, RELEASE} <= set(listed)
         assert "unrelated.safetensors" not in listed
         entry = paths_mod.resolve("nested/Qwen-extra", ("qwen",), "source")
@@ -183,13 +192,7 @@ def test_checkpoint_loader_loads_every_layout(comfy_inprocess, layouts):
     import comfy.sd
 
     for ckpt, vlm_base, base in ((RELEASE, "none", "none"), (CONVERTED, "none", "none"), (NATIVE_NEW, QWEN, UNIPIC2)):
-        prompt = {
-            "1": {"class_type": "DeepGenCheckpointLoader",
-                  "inputs": {"ckpt_name": ckpt, "vlm_base": vlm_base, "dit_base": base, "weight_dtype": "fp32",
-                             "quantization": "none", "attention": "sdpa"}},
-            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 3]}},
-        }
-        success, _, messages = comfy_inprocess.run(prompt)
+        success, _, messages = comfy_inprocess.run(checkpoint_graph(ckpt, vlm_base, base))
         assert success, (ckpt, errors_text(messages))
         model, vlm, scb, vae = (o[0] for o in cached_output(comfy_inprocess, "1"))
         assert type(model.model).__name__ == "DeepGenModel"
@@ -197,16 +200,21 @@ def test_checkpoint_loader_loads_every_layout(comfy_inprocess, layouts):
         assert isinstance(vae, comfy.sd.VAE)
 
 
+def test_native_checkpoint_is_read_once(comfy_inprocess, layouts, monkeypatch):
+    """DiT, bridge and VLM LoRA of a native model.pt come from one read of the file, in the node too."""
+    import torch
+
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: reads.append(str(f)) or load(f, *a, **kw))
+    success, _, messages = comfy_inprocess.run(checkpoint_graph(NATIVE_LEGACY, QWEN, UNIPIC2))
+    assert success, errors_text(messages)
+    assert reads == [str(layouts / NATIVE_LEGACY)]
+
+
 # ------------------------------------------------------------------ errors
 
 def test_native_checkpoint_without_bases_names_what_to_download(comfy_inprocess, layouts):
-    prompt = {
-        "1": {"class_type": "DeepGenCheckpointLoader",
-              "inputs": {"ckpt_name": NATIVE, "vlm_base": "none", "dit_base": "none", "weight_dtype": "fp32",
-                         "quantization": "none", "attention": "sdpa"}},
-        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 3]}},
-    }
-    success, _, messages = comfy_inprocess.run(prompt)
+    success, _, messages = comfy_inprocess.run(checkpoint_graph(NATIVE))
     assert not success
     text = errors_text(messages)
     assert "vlm_base" in text and "Qwen/Qwen2.5-VL-3B-Instruct" in text and str(layouts) in text

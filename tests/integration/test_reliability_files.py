@@ -104,13 +104,13 @@ def test_truncated_safetensors_name_the_file(comfy_server, bad, release):
     shard = sorted((vlm / "vlm").glob("*.safetensors"))[-1]
     _truncate(shard, keep=0.01)  # cuts into the header
     msg = execution_error(comfy_server, loader("DeepGenVLMLoader", f"{SUB}/trunc-vlm"))["exception_message"]
-    assert str(vlm / "vlm") in msg and shard.name in msg and "could not load Qwen2.5-VL" in msg
+    assert msg.startswith(f"VLM file {shard}:") and "truncated" in msg and "download" in msg
 
     scb = root / "deepgen_scb_truncated.safetensors"  # a converted-style file name: listed for the SCB loader
     shutil.copyfile(release / "connector" / "model.safetensors", scb)
     _truncate(scb)
     msg = execution_error(comfy_server, loader("DeepGenSCBLoader", f"{SUB}/{scb.name}"))["exception_message"]
-    assert str(scb) in msg and "could not be read as safetensors" in msg
+    assert msg.startswith(f"SCB file {scb}:") and "truncated" in msg and "download" in msg
 
 
 def test_wrong_shape_and_missing_tensors_name_the_key(comfy_server, bad):
@@ -197,6 +197,13 @@ def test_traversal_refused_by_validation_for_every_path_input(comfy_server, rele
     for bad_value in TRAVERSALS:
         prompt = loader(node, RELEASE)
         prompt["1"]["inputs"][name if name != first else first] = bad_value
+        if name != first:
+            # ComfyUI 0.3.75 repeats a validate_inputs failure once per argument it names (and does not check V3
+            # combos itself), so only the main path input is validated up front: the optional ones are refused by
+            # the node before it reads anything, naming the input
+            msg = execution_error(comfy_server, prompt)["exception_message"]
+            assert msg.startswith(name), (bad_value, msg)
+            continue
         with pytest.raises(comfy_server.PromptRejected) as err:
             comfy_server.post_prompt(prompt)
         details = repr(err.value.body["node_errors"]["1"])

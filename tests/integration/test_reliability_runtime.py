@@ -111,7 +111,7 @@ def test_gpu_oom_during_vlm_encode(comfy, baseline, monkeypatch):
 
 
 def test_gpu_oom_during_sampling(comfy, baseline, monkeypatch):
-    dit = pack(comfy, "nodes.comfy_dit").DeepGenDiT
+    dit = pack(comfy, "nodes.comfy_models").DeepGenDiT
 
     def oom(self, *args, **kwargs):
         raise torch.OutOfMemoryError(OOM_TEXT)
@@ -128,12 +128,12 @@ def test_gpu_oom_during_sampling(comfy, baseline, monkeypatch):
 
 
 def test_cpu_allocation_failure_while_loading(comfy, baseline, monkeypatch):
-    loading = pack(comfy, "deepgen_model.loading")
+    vlm_loading = pack(comfy, "deepgen_model.vlm_loading")
 
     def fail(*args, **kwargs):
         raise RuntimeError(CPU_OOM_TEXT)
 
-    monkeypatch.setattr(loading, "load_vlm", fail)
+    monkeypatch.setattr(vlm_loading, "load_vlm", fail)
     kind, err = failure(comfy, graph(PROMPTS["load_oom"]), fresh=True)
     assert kind == "execution_error" and err["node_id"] == "1" and err["exception_type"] == "MemoryError"
     msg = err["exception_message"]
@@ -158,7 +158,7 @@ def test_cpu_allocation_failure_while_loading_the_dit(comfy, baseline, monkeypat
 
 
 def test_other_errors_are_not_disguised_as_oom(comfy, monkeypatch):
-    dit = pack(comfy, "nodes.comfy_dit").DeepGenDiT
+    dit = pack(comfy, "nodes.comfy_models").DeepGenDiT
 
     def boom(self, *args, **kwargs):
         raise RuntimeError("some unrelated failure")
@@ -170,7 +170,7 @@ def test_other_errors_are_not_disguised_as_oom(comfy, monkeypatch):
 
 
 def test_nan_output_is_an_error_not_a_black_image(comfy, monkeypatch):
-    dit = pack(comfy, "nodes.comfy_dit").DeepGenDiT
+    dit = pack(comfy, "nodes.comfy_models").DeepGenDiT
 
     def nan(self, x, *args, **kwargs):
         return torch.full_like(x, float("nan"))

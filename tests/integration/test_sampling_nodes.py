@@ -338,7 +338,8 @@ def server(comfy_server, release):
 
 def _engine_conditioning(release_dir, prompt):
     from deepgen_model.conditioning import encode
-    from deepgen_model.loading import load_bridge, load_vlm
+    from deepgen_model.loading import load_bridge
+    from deepgen_model.vlm_loading import load_vlm
 
     vlm, tokenizer = load_vlm(release_dir, dtype=torch.float32)
     bridge = load_bridge(release_dir, dtype=torch.float32)

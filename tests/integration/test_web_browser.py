@@ -80,7 +80,7 @@ def _expected_reference_inputs() -> dict:
 
 def _spec(server, release, chromium, artifacts) -> dict:
     from deepgen_model.images import image_token_count, reference_size
-    from deepgen_model.loading import load_tokenizer
+    from deepgen_model.vlm_loading import load_tokenizer
     from deepgen_model.prompts import edit_prompt, t2i_prompt
 
     name, w, h = LOAD_IMAGE

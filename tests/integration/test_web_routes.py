@@ -19,7 +19,7 @@ MODEL = {"loader": "DeepGenVLMLoader", "name": RELEASE}
 
 @pytest.fixture(scope="module")
 def tokenizer(release):
-    from deepgen_model.loading import load_tokenizer
+    from deepgen_model.vlm_loading import load_tokenizer
 
     return load_tokenizer(release / "tokenizer")
 

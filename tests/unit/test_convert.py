@@ -7,6 +7,8 @@ from safetensors import safe_open
 
 from deepgen_model import convert as conv
 from deepgen_model import loading
+from deepgen_model.release import CONVERTED_FILES, detect_layout, read_converted
+from deepgen_model.vlm_loading import load_vlm
 from deepgen_model.errors import DeepGenLoadError
 
 
@@ -27,7 +29,7 @@ def _equal(a: dict, b: dict):
 
 def test_files_and_metadata(converted):
     dst, written = converted
-    assert {p.name for p in written.values()} == set(loading.CONVERTED_FILES.values())
+    assert {p.name for p in written.values()} == set(CONVERTED_FILES.values())
     for component, path in written.items():
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
@@ -38,14 +40,14 @@ def test_files_and_metadata(converted):
 
 def test_reload_identical(tiny, tiny_layouts, converted):
     dst, _ = converted
-    assert loading.detect_layout(dst) == "converted"
+    assert detect_layout(dst) == "converted"
     _equal(loading.load_dit(dst).state_dict(), tiny.dit.state_dict())
     _equal(loading.load_vae(dst).state_dict(), tiny.vae.state_dict())
     bridge = loading.load_bridge(dst)
     assert bridge.config == loading.load_bridge(tiny_layouts["diffusers"]).config
     _equal(bridge.state_dict(), tiny.bridge_state)
-    direct, _ = loading.load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"])
-    vlm, tok = loading.load_vlm(dst / "deepgen_vlm.safetensors")
+    direct, _ = load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"])
+    vlm, tok = load_vlm(dst / "deepgen_vlm.safetensors")
     _equal(vlm.state_dict(), direct.state_dict())
     assert vlm.get_output_embeddings().weight is vlm.get_input_embeddings().weight
     text = "<|im_start|>user\nGenerate an image: a red cat<|im_end|>"
@@ -55,7 +57,7 @@ def test_reload_identical(tiny, tiny_layouts, converted):
 
 
 def test_vlm_file_uses_legacy_names_without_lm_head(tiny, converted):
-    state, meta = loading.read_converted(converted[0], "vlm")
+    state, meta = read_converted(converted[0], "vlm")
     assert set(state) == set(tiny.vlm_merged_state)
     assert "lm_head.weight" not in state
     assert json.loads(meta["config"])["model_type"] == "qwen2_5_vl"
@@ -65,17 +67,17 @@ def test_vlm_file_uses_legacy_names_without_lm_head(tiny, converted):
 def test_wrong_component_or_foreign_file(converted, tiny_layouts):
     dst, _ = converted
     with pytest.raises(DeepGenLoadError, match=r"deepgen_dit\.safetensors holds the DeepGen 'dit' component, not 'vlm'"):
-        loading.load_vlm(dst / "deepgen_dit.safetensors")
+        load_vlm(dst / "deepgen_dit.safetensors")
     foreign = tiny_layouts["diffusers"] / "transformer" / "diffusion_pytorch_model.safetensors"
     with pytest.raises(DeepGenLoadError, match="not a DeepGen converted file"):
-        loading.load_vlm(foreign)
+        load_vlm(foreign)
 
 
 def test_refuses_overwrite_and_force(tiny_layouts, tmp_path, capsys):
     args = [str(tiny_layouts["diffusers"]), str(tmp_path), "--dtype", "bf16"]
     assert conv.main(args) == 0
     out = capsys.readouterr().out
-    assert all(f"wrote {tmp_path / n}" in out and "MiB" in out for n in loading.CONVERTED_FILES.values())
+    assert all(f"wrote {tmp_path / n}" in out and "MiB" in out for n in CONVERTED_FILES.values())
     before = (tmp_path / "deepgen_dit.safetensors").stat().st_mtime_ns
     assert conv.main(args) == 2
     assert "refusing to overwrite" in capsys.readouterr().err

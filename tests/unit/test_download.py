@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from deepgen_model import download as dl
-from deepgen_model import loading
+from deepgen_model.release import detect_layout
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_SHA = {  # spec §3.1/§3.2
@@ -103,7 +103,7 @@ def test_folder_names_match_the_loaders_and_the_tiny_release(tiny_layouts):
     assert tiny_layouts["qwen"] == root / dl.PARTS["qwen"].folder
     assert tiny_layouts["unipic2"] == root / dl.PARTS["unipic2"].folder
     assert tiny_layouts["native"] == root / dl.PARTS["model.pt"].folder / "model.pt"
-    assert loading.detect_layout(root / dl.PARTS["release"].folder) == "diffusers"
+    assert detect_layout(root / dl.PARTS["release"].folder) == "diffusers"
     for layout in dl.LAYOUTS:
         ok, lines = dl.check_report(root, layout)
         assert ok, "\n".join(lines)

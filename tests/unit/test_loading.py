@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from deepgen_model import loading
+from deepgen_model import vlm_loading
+from deepgen_model.release import detect_layout, load_native_state
 from deepgen_model.errors import DeepGenLoadError
 from deepgen_model.keys import to_legacy
 
@@ -32,22 +34,22 @@ def _assert_state_close(got: dict, want: dict, atol=1e-6):
 @pytest.fixture(scope="module")
 def vlms(tiny_layouts):
     """The VLM as loaded from the diffusers release and from model.pt with both LoRA namings."""
-    out = {"diffusers": loading.load_vlm(tiny_layouts["diffusers"])}
+    out = {"diffusers": vlm_loading.load_vlm(tiny_layouts["diffusers"])}
     for name in ("native_lora_new", "native_lora_legacy"):
-        out[name] = loading.load_vlm(tiny_layouts[name], base_vlm_path=tiny_layouts["qwen"])
+        out[name] = vlm_loading.load_vlm(tiny_layouts[name], base_vlm_path=tiny_layouts["qwen"])
     return out
 
 
 def test_detect_layout(tiny_layouts, tmp_path):
-    assert loading.detect_layout(tiny_layouts["diffusers"]) == "diffusers"
-    assert loading.detect_layout(tiny_layouts["native"]) == "native"  # the model.pt file
-    assert loading.detect_layout(tiny_layouts["native"].parent) == "native"  # its folder
+    assert detect_layout(tiny_layouts["diffusers"]) == "diffusers"
+    assert detect_layout(tiny_layouts["native"]) == "native"  # the model.pt file
+    assert detect_layout(tiny_layouts["native"].parent) == "native"  # its folder
     (tmp_path / "deepgen_dit.safetensors").write_bytes(b"")
-    assert loading.detect_layout(tmp_path) == "converted"
+    assert detect_layout(tmp_path) == "converted"
     with pytest.raises(DeepGenLoadError, match="not a DeepGen 1.0 folder"):
-        loading.detect_layout(tiny_layouts["qwen"])
+        detect_layout(tiny_layouts["qwen"])
     with pytest.raises(DeepGenLoadError, match="does not exist"):
-        loading.detect_layout(tmp_path / "nope")
+        detect_layout(tmp_path / "nope")
 
 
 def test_vlm_diffusers_equals_base_plus_lora_in_both_namings(tiny, vlms):
@@ -81,8 +83,8 @@ def test_tokenizer_and_vlm_forward(tiny, vlms):
 
 
 def test_native_without_lora_is_stock_qwen_with_warning(tiny, tiny_layouts, caplog):
-    with caplog.at_level(logging.WARNING, logger="deepgen_model.loading"):
-        vlm, _ = loading.load_vlm(tiny_layouts["native"], base_vlm_path=tiny_layouts["qwen"])
+    with caplog.at_level(logging.WARNING, logger="deepgen_model.vlm_loading"):
+        vlm, _ = vlm_loading.load_vlm(tiny_layouts["native"], base_vlm_path=tiny_layouts["qwen"])
     assert "no VLM LoRA" in caplog.text
     _assert_state_close(_legacy(vlm), {to_legacy(k): v for k, v in tiny.vlm_base.state_dict().items()
                                        if k != "lm_head.weight"}, atol=0)
@@ -90,28 +92,28 @@ def test_native_without_lora_is_stock_qwen_with_warning(tiny, tiny_layouts, capl
 
 def test_native_vlm_needs_base_path(tiny_layouts):
     with pytest.raises(DeepGenLoadError, match="base_vlm_path"):
-        loading.load_vlm(tiny_layouts["native_lora_new"])
+        vlm_loading.load_vlm(tiny_layouts["native_lora_new"])
 
 
 def test_release_without_vlm_folder(tiny_layouts, tmp_path, caplog):
     root = tmp_path / "old-release"
     shutil.copytree(tiny_layouts["diffusers"], root, ignore=shutil.ignore_patterns("vlm"))
     with pytest.raises(DeepGenLoadError, match=r"old-release has no vlm/ folder.*base_vlm_path"):
-        loading.load_vlm(root)
-    with caplog.at_level(logging.WARNING, logger="deepgen_model.loading"):
-        vlm, tok = loading.load_vlm(root, base_vlm_path=tiny_layouts["qwen"])
+        vlm_loading.load_vlm(root)
+    with caplog.at_level(logging.WARNING, logger="deepgen_model.vlm_loading"):
+        vlm, tok = vlm_loading.load_vlm(root, base_vlm_path=tiny_layouts["qwen"])
     assert "WITHOUT the DeepGen LoRA" in caplog.text and tok is not None
 
 
 def test_vlm_dtype_and_attention(tiny_layouts):
-    vlm, _ = loading.load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"], dtype="bf16",
+    vlm, _ = vlm_loading.load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"], dtype="bf16",
                               attn_implementation="eager")
     assert {p.dtype for p in vlm.parameters()} == {torch.bfloat16}
     assert vlm.config._attn_implementation == "eager"
     with pytest.raises(DeepGenLoadError, match="not supported"):
-        loading.load_vlm(tiny_layouts["diffusers"], attn_implementation="xformers")
+        vlm_loading.load_vlm(tiny_layouts["diffusers"], attn_implementation="xformers")
     with pytest.raises(DeepGenLoadError, match="not supported"):
-        loading.load_vlm(tiny_layouts["diffusers"], quantization="int3")
+        vlm_loading.load_vlm(tiny_layouts["diffusers"], quantization="int3")
 
 
 def test_flash_attention_without_package(tiny_layouts):
@@ -121,7 +123,7 @@ def test_flash_attention_without_package(tiny_layouts):
     except ImportError:
         pass
     with pytest.raises(DeepGenLoadError, match="pip install flash-attn"):
-        loading.load_vlm(tiny_layouts["diffusers"], attn_implementation="flash_attention_2")
+        vlm_loading.load_vlm(tiny_layouts["diffusers"], attn_implementation="flash_attention_2")
 
 
 def test_dit_native_overrides_unipic2_base(tiny, tiny_layouts):
@@ -135,7 +137,7 @@ def test_dit_native_overrides_unipic2_base(tiny, tiny_layouts):
 
 
 def test_dit_native_missing_and_misshaped_tensor(tiny_layouts, tmp_path):
-    state = loading.load_native_state(tiny_layouts["native"])
+    state = load_native_state(tiny_layouts["native"])
     broken = dict(state)
     del broken["transformer.proj_out.weight"]
     torch.save(broken, tmp_path / "model.pt")
@@ -215,12 +217,12 @@ def test_dit_dtype(tiny_layouts):
 
 
 def test_native_wrapped_state_dict(tiny, tiny_layouts, tmp_path):
-    state = loading.load_native_state(tiny_layouts["native"])
+    state = load_native_state(tiny_layouts["native"])
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "model.pt")
-    assert set(loading.load_native_state(tmp_path)) == set(state)
+    assert set(load_native_state(tmp_path)) == set(state)
     torch.save([1, 2], tmp_path / "model.pt")
     with pytest.raises(DeepGenLoadError, match="not a dict of tensors"):
-        loading.load_native_state(tmp_path / "model.pt")
+        load_native_state(tmp_path / "model.pt")
 
 
 class _Evil:
@@ -241,7 +243,7 @@ def test_malicious_pickle_refused(tmp_path, writer):
     else:
         path.write_bytes(pickle.dumps(payload))
     with pytest.raises(DeepGenLoadError, match=r"model\.pt was refused"):
-        loading.load_native_state(path)
+        load_native_state(path)
     with pytest.raises(DeepGenLoadError, match=r"model\.pt was refused"):
         loading.load_dit(path)
     assert not target.exists()
@@ -251,11 +253,11 @@ def test_bitsandbytes_not_imported_without_quantization(tiny_layouts):
     """Our code imports bitsandbytes only for quantization. (diffusers' model classes import it on their
     own whenever it is installed, so the DiT/VAE loaders are not part of this check.)"""
     code = (
-        "import sys; sys.path.append(sys.argv[1]); from deepgen_model import loading as L\n"
+        "import sys; sys.path.append(sys.argv[1]); from deepgen_model import loading as L, vlm_loading as V\n"
         "d, n, q = sys.argv[2], sys.argv[3], sys.argv[4]\n"
-        "L.load_vlm(d); L.load_vlm(n, base_vlm_path=q); L.load_bridge(d)\n"
+        "V.load_vlm(d); V.load_vlm(n, base_vlm_path=q); L.load_bridge(d)\n"
         "print('BNB-plain', 'bitsandbytes' in sys.modules)\n"
-        "L.load_vlm(d, quantization='8bit')\n"
+        "V.load_vlm(d, quantization='8bit')\n"
         "print('BNB-8bit', 'bitsandbytes' in sys.modules)\n")
     args = [str(REPO), str(tiny_layouts["diffusers"]), str(tiny_layouts["native_lora_new"]), str(tiny_layouts["qwen"])]
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=dict(os.environ),
@@ -267,6 +269,6 @@ def test_bitsandbytes_not_imported_without_quantization(tiny_layouts):
 
 def test_quantized_vlm_8bit(tiny_layouts):
     pytest.importorskip("bitsandbytes")
-    vlm, _ = loading.load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"], quantization="8bit")
+    vlm, _ = vlm_loading.load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"], quantization="8bit")
     q = vlm.model.language_model.layers[0].self_attn.q_proj
     assert type(q).__name__ == "Linear8bitLt"

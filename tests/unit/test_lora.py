@@ -7,7 +7,22 @@ from torch import nn
 
 from deepgen_model.errors import DeepGenLoadError
 from deepgen_model.keys import to_legacy
-from deepgen_model.lora import merge_lora, merge_lora_into_model, normalize_lora_key, split_lora
+from deepgen_model.lora import iter_merged, normalize_lora_key, split_lora
+
+
+def merge_lora(weights: dict, lora: dict, **kwargs) -> dict:
+    """{weight key: merged tensor}; `weights` is left as it is."""
+    return dict(iter_merged(weights, lora, **kwargs))
+
+
+@torch.no_grad()
+def merge_lora_into_model(model: nn.Module, lora: dict) -> int:
+    """Merge into a loaded model's parameters (tied parameters see the change once). Returns #modules."""
+    params = model.state_dict(keep_vars=True)
+    merged = dict(iter_merged(params, lora))
+    for key, value in merged.items():
+        params[key].data = value
+    return len(merged)
 
 
 @pytest.mark.parametrize("key, want", [

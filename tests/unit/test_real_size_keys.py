@@ -6,7 +6,16 @@ from accelerate import init_empty_weights
 from deepgen_model import configs
 from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.keys import count_families, normalize_vlm_keys, to_legacy
-from deepgen_model.lora import group_lora, merge_lora
+from deepgen_model.lora import group_lora, iter_merged
+
+# §1.8: what the real checkpoints hold (tensor count, element count).
+REAL_SIZES = {
+    "dit": (909, 2_469_663_936),
+    "bridge": (103, 432_449_532),
+    "vlm": (824, 3_754_622_976),
+    "vlm_lora": (832, 185_163_776),
+    "vae": (244, 83_819_683),
+}
 
 
 def _numel(state):
@@ -19,7 +28,7 @@ def test_dit_909_tensors():
     with torch.device("meta"):
         dit = SD3Transformer2DModel.from_config(configs.get("dit"))
     sd = dit.state_dict()
-    assert (len(sd), _numel(sd)) == configs.REAL_SIZES["dit"] == (909, 2_469_663_936)
+    assert (len(sd), _numel(sd)) == REAL_SIZES["dit"] == (909, 2_469_663_936)
     assert tuple(sd["pos_embed.pos_embed"].shape) == (1, 147456, 1536)  # the persistent buffer (pitfall 16)
     assert tuple(sd["transformer_blocks.0.norm1.linear.weight"].shape) == (13824, 1536)
     assert "transformer_blocks.23.ff_context.net.2.weight" not in sd  # last block: context_pre_only
@@ -31,7 +40,7 @@ def test_bridge_103_tensors():
     with torch.device("meta"):
         bridge = SCBBridge(BridgeConfig())
     sd = bridge.state_dict()
-    assert (len(sd), _numel(sd)) == configs.REAL_SIZES["bridge"] == (103, 432_449_532)
+    assert (len(sd), _numel(sd)) == REAL_SIZES["bridge"] == (103, 432_449_532)
     fam = count_families(sd)
     assert (fam["connector"], fam["projector"], fam["meta_queries"]) == (96, 6, 1)
 
@@ -47,7 +56,7 @@ def real_vlm():
 def test_vlm_824_legacy_keys_map_one_to_one(real_vlm):
     runtime = real_vlm.state_dict()
     legacy = {to_legacy(k): v for k, v in runtime.items() if k != "lm_head.weight"}
-    assert (len(legacy), _numel(legacy)) == configs.REAL_SIZES["vlm"] == (824, 3_754_622_976)
+    assert (len(legacy), _numel(legacy)) == REAL_SIZES["vlm"] == (824, 3_754_622_976)
     assert {"model.embed_tokens.weight", "model.norm.weight", "visual.patch_embed.proj.weight",
             "visual.merger.mlp.2.weight", "model.layers.35.mlp.down_proj.weight"} <= set(legacy)
     mapped, unknown = normalize_vlm_keys(legacy, runtime)
@@ -72,15 +81,15 @@ def _release_lora(vlm, rank=64):
 
 def test_real_lora_targets_all_match(real_vlm):
     lora = _release_lora(real_vlm)
-    assert (len(lora), _numel(lora)) == configs.REAL_SIZES["vlm_lora"] == (832, 185_163_776)
+    assert (len(lora), _numel(lora)) == REAL_SIZES["vlm_lora"] == (832, 185_163_776)
     pairs = group_lora(lora)
     assert len(pairs) == 416 and "lm_head" in pairs
     legacy_state = {to_legacy(k): v for k, v in real_vlm.state_dict().items() if k != "lm_head.weight"}
-    merged = merge_lora(legacy_state, lora)  # meta tensors: checks names and shapes, no memory
+    merged = dict(iter_merged(legacy_state, lora))  # meta tensors: checks names and shapes, no memory
     assert len(merged) == 415 and "model.embed_tokens.weight" in merged and "lm_head.weight" not in merged
     old = {k.replace("lmm.model.language_model.", "lmm.model.").replace("lmm.model.visual.", "lmm.visual."): v
            for k, v in lora.items()}  # transformers 4.51 naming
-    assert set(merge_lora(legacy_state, old)) == set(merged)
+    assert set(dict(iter_merged(legacy_state, old))) == set(merged)
 
 
 def test_vae_244_tensors():
@@ -89,4 +98,4 @@ def test_vae_244_tensors():
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(configs.get("vae"))
     sd = vae.state_dict()
-    assert (len(sd), _numel(sd)) == configs.REAL_SIZES["vae"]
+    assert (len(sd), _numel(sd)) == REAL_SIZES["vae"]

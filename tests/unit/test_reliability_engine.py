@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from deepgen_model import loading
+from deepgen_model import vlm_loading
 from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.compat import text_config, vlm_parts
 from deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, encode
@@ -109,7 +110,7 @@ def test_vlm_missing_tensor_is_named(release_copy):
     pred = lambda k: "layers.3.mlp.up_proj.weight" in k and "visual" not in k  # noqa: E731
     key = _edit(_vlm_shard(release_copy, pred), pred, lambda s, k: s.pop(k))
     with pytest.raises(DeepGenLoadError, match=r"layers\.3\.mlp\.up_proj\.weight") as err:
-        loading.load_vlm(release_copy, dtype="fp32")
+        vlm_loading.load_vlm(release_copy, dtype="fp32")
     assert str(release_copy / "vlm") in str(err.value), key
 
 
@@ -117,14 +118,14 @@ def test_vlm_misshaped_tensor_is_named(release_copy):
     pred = lambda k: "layers.3.mlp.up_proj.weight" in k and "visual" not in k  # noqa: E731
     _edit(_vlm_shard(release_copy, pred), pred, lambda s, k: s.__setitem__(k, torch.zeros(s[k].shape[0] + 1, s[k].shape[1])))
     with pytest.raises(DeepGenLoadError, match=r"mis-shaped tensors \(1\): .*layers\.3\.mlp\.up_proj\.weight"):
-        loading.load_vlm(release_copy, dtype="fp32")
+        vlm_loading.load_vlm(release_copy, dtype="fp32")
 
 
 def test_truncated_vlm_shard_names_the_files(release_copy):
     shard = sorted((release_copy / "vlm").glob("*.safetensors"))[0]
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(DeepGenLoadError, match=shard.name):
-        loading.load_vlm(release_copy, dtype="fp32")
+        vlm_loading.load_vlm(release_copy, dtype="fp32")
 
 
 def test_dit_missing_tensor_is_named(release_copy):

@@ -68,17 +68,14 @@ def test_cfg_formula_batched_single_call_uncond_first():
         assert torch.equal(call["t"], (sigmas[i] * 1000).expand(4)) and call["t"].dtype == torch.float32
 
 
-def test_cfg_two_calls_option_and_unequal_context_lengths():
+def test_unequal_context_lengths_take_two_calls():
     noise, sigmas = torch.randn(1, 16, 4, 4), official_sigmas(2)
     batched = sample(FakeModel(), noise, sigmas, cond=ctx(1, 2.0), uncond=ctx(1, -1.0), cfg_scale=3.0)
-    model = FakeModel()
-    split = sample(model, noise, sigmas, cond=ctx(1, 2.0), uncond=ctx(1, -1.0), cfg_scale=3.0, batched_cfg=False)
+    model = FakeModel()  # different context lengths are never padded: two calls, uncond first
+    split = sample(model, noise, sigmas, cond=ctx(1, 2.0, length=5), uncond=ctx(1, -1.0, length=3), cfg_scale=3.0)
     assert len(model.calls) == 4 and all(c["x"].shape[0] == 1 for c in model.calls)
     assert [c["pooled"].item() for c in model.calls] == [-1.0, 2.0, -1.0, 2.0]
-    torch.testing.assert_close(split, batched, atol=1e-6, rtol=0)
-    model = FakeModel()  # different context lengths are never padded: two calls
-    sample(model, noise, sigmas, cond=ctx(1, 2.0, length=5), uncond=ctx(1, -1.0, length=3), cfg_scale=3.0)
-    assert len(model.calls) == 4
+    torch.testing.assert_close(split, batched, atol=1e-6, rtol=0)  # FakeModel ignores the context length
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.0])
@@ -145,6 +142,17 @@ def test_callback_exception_propagates_and_stops_sampling():
     assert len(model.calls) == 2
 
 
+class OneBranchPerCall:
+    """Runs a [uncond, cond] batch of one sample as two DiT calls (sample's path for unequal contexts)."""
+
+    def __init__(self, model):
+        self.model, self.dtype, self.device = model, model.dtype, model.device
+
+    def __call__(self, x, t, seq, pooled, references=None):
+        return torch.cat([self.model(x[i:i + 1], t[i:i + 1], seq[i:i + 1], pooled[i:i + 1], references)
+                          for i in range(x.shape[0])])
+
+
 @torch.no_grad()
 def test_tiny_dit_with_reference_batched_and_split_cfg_agree():
     model = DeepGenTransformer(deepgen_tiny.build_dit(0))
@@ -154,7 +162,7 @@ def test_tiny_dit_with_reference_batched_and_split_cfg_agree():
     refs = [torch.randn(16, 6, 6, generator=g)]
     noise, sigmas = make_noise(7, 1, 64, 64), official_sigmas(3)
     a = sample(model, noise, sigmas, cond, uncond, cfg_scale=4.0, references=refs)
-    b = sample(model, noise, sigmas, cond, uncond, cfg_scale=4.0, references=refs, batched_cfg=False)
+    b = sample(OneBranchPerCall(model), noise, sigmas, cond, uncond, cfg_scale=4.0, references=refs)
     assert a.shape == noise.shape and torch.isfinite(a).all()
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     c = sample(model, noise, sigmas, cond, uncond, cfg_scale=4.0)

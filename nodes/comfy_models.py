@@ -1,6 +1,8 @@
-"""DeepGen's DiT as a native ComfyUI model: a ModelPatcher over a flow-matching BaseModel.
+"""DeepGen's models as ComfyUI objects: the DiT as a MODEL, the VLM and the SCB bridge as DEEPGEN_VLM /
+DEEPGEN_SCB ModelPatchers, the VAE as a comfy.sd.VAE.
 
-ComfyUI's samplers (KSampler, SamplerCustomAdvanced, DeepGenSampler) call
+The DiT: a ModelPatcher over a flow-matching BaseModel. ComfyUI's samplers (KSampler,
+SamplerCustomAdvanced, DeepGenSampler) call
 `BaseModel.apply_model(x, sigma, c_crossattn=seq, y=pooled, ref_latents=[...])`; `DeepGenDiT`
 adapts that call to `DeepGenTransformer` (timestep = sigma * 1000, spec §1.7). Conditioning keys:
   cross-attn context -> `c_crossattn` as CONDRegular: cond/uncond of different lengths are then run
@@ -10,10 +12,16 @@ adapts that call to `DeepGenTransformer` (timestep = sigma * 1000, spec §1.7). 
       `ref_latents`, fed to the DiT as clean reference tokens (spec §1.5).
 Every Linear/Conv2d/LayerNorm/RMSNorm of the diffusers DiT is re-classed in place to a comfy.ops
 equivalent, so ModelPatcher's lowvram partial loading and bf16/fp16-storage manual casting work.
+
+The VLM and the bridge are plain ModelPatchers, so ComfyUI's model management loads them onto the GPU,
+and "Unload models" / POST /free release them; nothing is kept in a private cache.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from comfy_api.latest import io
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 
 import comfy.conds
@@ -24,9 +32,11 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.ops
 import comfy.patcher_extension
+import comfy.sd
 import comfy.supported_models_base
 
-from ..deepgen_model.errors import DeepGenInputError
+from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
+from ..deepgen_model.precision import apply_manual_cast, dominant_dtype
 from ..deepgen_model.scheduler import official_sigmas, scheduler_shift, sigmas_from_config
 from ..deepgen_model.transformer import DeepGenTransformer
 
@@ -142,7 +152,7 @@ class DeepGenModelConfig(comfy.supported_models_base.BASE):
         self.sampling_settings["shift"] = 1.0 if dynamic else scheduler_shift(self.scheduler_config)
 
     def get_model(self, state_dict, prefix="", device=None):
-        raise NotImplementedError("DeepGen models are built by nodes.comfy_dit.deepgen_model_patcher")
+        raise NotImplementedError("DeepGen models are built by nodes.comfy_models.deepgen_model_patcher")
 
 
 class DeepGenModel(comfy.model_base.BaseModel):
@@ -173,9 +183,9 @@ class DeepGenModel(comfy.model_base.BaseModel):
 
 def storage_dtype(dit: torch.nn.Module) -> torch.dtype:
     """The weight dtype ComfyUI plans casting with: fp8 when any weight is stored in fp8 (only the
-    Linear weights are; nothing computes in fp8, so manual cast must be on), else the first weight's."""
-    dtypes = [p.dtype for p in dit.parameters()]
-    return next((d for d in dtypes if d.is_floating_point and d.itemsize == 1), dtypes[0])
+    Linear weights are; nothing computes in fp8, so manual cast must be on), else the dominant one."""
+    fp8 = next((p.dtype for p in dit.parameters() if p.dtype.is_floating_point and p.dtype.itemsize == 1), None)
+    return fp8 or dominant_dtype(dit)
 
 
 def deepgen_model_patcher(dit_module: torch.nn.Module, scheduler_config: dict | None = None,
@@ -216,3 +226,91 @@ def model_sigmas(model: comfy.model_patcher.ModelPatcher, steps: int, latent_sha
                                     "image size): use DeepGenSampler, which knows the latent size.")
         return sigmas_from_config(config, steps, (latent_shape[-2] // 2) * (latent_shape[-1] // 2))
     return official_sigmas(steps, float(sampling.shift), len(sampling.sigmas))
+
+
+# ------------------------------------------------------------------ the VLM and the SCB bridge
+
+DeepGenVLM = io.Custom("DEEPGEN_VLM")
+DeepGenSCB = io.Custom("DEEPGEN_SCB")
+
+
+class VLMModule(torch.nn.Module):
+    """What the VLM ModelPatcher manages: the Qwen2.5-VL model plus its tokenizer.
+
+    A plain wrapper because ModelPatcher assigns `.device`, a read-only property on transformers models."""
+
+    def __init__(self, vlm: torch.nn.Module, tokenizer, device: torch.device, description: str):
+        super().__init__()
+        self.vlm = vlm
+        self.tokenizer = tokenizer
+        self.device = device
+        self.description = description
+
+
+def vlm_parts_of(patcher) -> tuple[torch.nn.Module, object]:
+    """DEEPGEN_VLM -> (transformers model, tokenizer)."""
+    return patcher.model.vlm, patcher.model.tokenizer
+
+
+def scb_module(patcher) -> torch.nn.Module:
+    """DEEPGEN_SCB -> SCBBridge."""
+    return patcher.model
+
+
+def encoder_patcher(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype, load_device,
+                    offload_device) -> comfy.model_patcher.ModelPatcher:
+    """DEEPGEN_VLM / DEEPGEN_SCB: `module` (weights stored in `storage`) computing in `compute`."""
+    if compute != storage:
+        apply_manual_cast(module, compute)
+    module.eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+
+
+# ------------------------------------------------------------------ the VAE
+
+@contextlib.contextmanager
+def _group_norm_groups(groups: int):
+    """ComfyUI's VAE blocks build GroupNorm(32, C) (the SD3 VAE's count); build `groups` instead.
+
+    Only VAEs with another group count (test-size ones) take this path; the swap of ComfyUI's
+    GroupNorm class lasts for the construction only (ComfyUI builds models on one thread).
+    """
+    ops = comfy.ops.disable_weight_init
+    original = ops.GroupNorm
+    if groups != 32:
+        class GroupNorm(original):
+            def __init__(self, num_groups, num_channels, *args, **kwargs):
+                super().__init__(groups, num_channels, *args, **kwargs)
+
+        ops.GroupNorm = GroupNorm
+    try:
+        yield
+    finally:
+        ops.GroupNorm = original
+
+
+def comfy_vae(ae) -> comfy.sd.VAE:
+    """comfy.sd.VAE with the weights of a diffusers AutoencoderKL of any SD-family size.
+
+    The ComfyUI architecture is derived from ae.config (not guessed from the 128-channel SD3 layout);
+    absent quant convs (SD3: use_quant_conv False) become exact 1x1 identities.
+    """
+    cfg = ae.config
+    widths = list(cfg.block_out_channels)
+    ch, z = widths[0], cfg.latent_channels
+    if len(widths) != 4 or any(w % ch for w in widths) or not cfg.get("mid_block_add_attention", True):
+        raise DeepGenLoadError(f"VAE config (block_out_channels {widths}) is not an SD/SD3-family AutoencoderKL; "
+                               "use the release's vae/ folder.")
+    ddconfig = {"double_z": True, "z_channels": z, "resolution": 256, "in_channels": cfg.in_channels,
+                "out_ch": cfg.out_channels, "ch": ch, "ch_mult": [w // ch for w in widths],
+                "num_res_blocks": cfg.layers_per_block, "attn_resolutions": [], "dropout": 0.0}
+    sd = dict(ae.state_dict())
+    dtype = dominant_dtype(sd)
+    for name, n in (("quant_conv", 2 * z), ("post_quant_conv", z)):
+        if not cfg.get(f"use_{name}", True):
+            sd[f"{name}.weight"] = torch.eye(n, dtype=dtype)[:, :, None, None]
+            sd[f"{name}.bias"] = torch.zeros(n, dtype=dtype)
+    with _group_norm_groups(cfg.norm_num_groups):
+        vae = comfy.sd.VAE(sd=sd, config={"params": {"embed_dim": z, "ddconfig": ddconfig}})
+    vae.latent_channels = z
+    return vae

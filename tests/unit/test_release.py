@@ -1,0 +1,92 @@
+"""deepgen_model/release.py: a release is opened once, classified in one vocabulary, combined by one rule."""
+import shutil
+
+import pytest
+import torch
+
+from deepgen_model import DeepGenPipeline, release
+from deepgen_model.convert import convert
+from deepgen_model.errors import DeepGenLoadError
+from deepgen_model.release import (CONVERTED, DIFFUSERS, FILE_KINDS, NATIVE, QWEN, UNIPIC2, MissingPart, Release,
+                                   file_kind, folder_kind)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts torch.load calls per file and detect_layout calls."""
+    calls = {"torch.load": [], "detect_layout": 0}
+    load, detect = torch.load, release.detect_layout
+
+    def counting_load(f, *args, **kwargs):
+        calls["torch.load"].append(str(f))
+        return load(f, *args, **kwargs)
+
+    def counting_detect(path):
+        calls["detect_layout"] += 1
+        return detect(path)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.setattr(release, "detect_layout", counting_detect)
+    return calls
+
+
+def test_native_checkpoint_load_reads_model_pt_once(tiny_layouts, counted):
+    """The whole pipeline from a native model.pt (+ Qwen and UniPic2 bases): DiT, bridge and VLM LoRA
+    all come from ONE read of model.pt, and the layout is detected once."""
+    pipe = DeepGenPipeline.from_pretrained(tiny_layouts["native_lora_new"], vlm_path=tiny_layouts["qwen"],
+                                           base_path=tiny_layouts["unipic2"], dtype="fp32", device="cpu")
+    assert counted["torch.load"] == [str(tiny_layouts["native_lora_new"])]
+    assert counted["detect_layout"] == 1
+    assert pipe.transformer.dit is not None and pipe.bridge is not None and pipe.vlm is not None
+
+
+def test_convert_of_a_native_checkpoint_reads_model_pt_once(tiny_layouts, counted, tmp_path):
+    convert(tiny_layouts["native_lora_new"], tmp_path, vlm_path=tiny_layouts["qwen"],
+            base_path=tiny_layouts["unipic2"], dtype="fp32")
+    assert counted["torch.load"] == [str(tiny_layouts["native_lora_new"])]
+    assert counted["detect_layout"] == 1
+
+
+def test_one_vocabulary_for_folders_and_files(tiny_layouts, tmp_path):
+    assert folder_kind(tiny_layouts["diffusers"]) == DIFFUSERS
+    assert folder_kind(tiny_layouts["qwen"]) == QWEN
+    assert folder_kind(tiny_layouts["unipic2"]) == UNIPIC2
+    assert folder_kind(tiny_layouts["native"].parent) == NATIVE
+    assert folder_kind(tmp_path) is None
+    (tmp_path / "deepgen_dit.safetensors").write_bytes(b"")
+    assert folder_kind(tmp_path) == CONVERTED
+    assert file_kind("model.pt") == NATIVE and file_kind("deepgen_vlm_bf16.safetensors") == FILE_KINDS["vlm"]
+    assert file_kind("other.safetensors") is None and file_kind("notes.txt") is None
+    with pytest.raises(DeepGenLoadError, match="not a DeepGen 1.0 folder.*vlm_base of the native model.pt"):
+        Release.open(tiny_layouts["qwen"])
+    with pytest.raises(DeepGenLoadError, match="not a DeepGen 1.0 folder.*dit_base of the native model.pt"):
+        Release.open(tiny_layouts["unipic2"])
+
+
+def test_native_needs_its_bases(tiny_layouts):
+    native = Release.open(tiny_layouts["native"])
+    native.require("dit", "scb")  # model.pt alone has these
+    with pytest.raises(MissingPart, match="set vlm_base to Qwen/Qwen2.5-VL-3B-Instruct") as e:
+        native.require("dit", "vlm")
+    assert e.value.kind == QWEN
+    with pytest.raises(MissingPart, match="set dit_base to Skywork/UniPic2") as e:
+        Release.open(tiny_layouts["native"], vlm_base=tiny_layouts["qwen"]).require("vlm", "vae")
+    assert e.value.kind == UNIPIC2
+    Release.open(tiny_layouts["native"], tiny_layouts["qwen"], tiny_layouts["unipic2"]).require(*release.COMPONENTS)
+
+
+def test_complete_releases_refuse_unused_bases_and_name_missing_parts(tiny_layouts, tmp_path):
+    with pytest.raises(DeepGenLoadError, match="vlm_base are only used with the native model.pt"):
+        Release.open(tiny_layouts["diffusers"], vlm_base=tiny_layouts["qwen"]).require("vlm")
+    old = tmp_path / "old-release"
+    shutil.copytree(tiny_layouts["diffusers"], old, ignore=shutil.ignore_patterns("vlm"))
+    with pytest.raises(MissingPart, match=r"missing vlm/config\.json in .*old-release; download the release's vlm/"):
+        Release.open(old).require("dit", "vlm")
+    # an early release without vlm/ takes the stock Qwen base (load_vlm warns): the base is used, not refused
+    Release.open(old, vlm_base=tiny_layouts["qwen"]).require("vlm")
+    (tmp_path / "conv").mkdir()
+    (tmp_path / "conv" / "deepgen_dit.safetensors").write_bytes(b"")
+    with pytest.raises(MissingPart, match=r"missing deepgen_scb\.safetensors in .*conv; download the output folder"):
+        Release.open(tmp_path / "conv").require("dit", "scb")
+    with pytest.raises(MissingPart, match=r"missing deepgen_vlm\.safetensors in .*conv"):
+        Release.open(tmp_path / "conv").require("dit", "tokenizer")

@@ -1,0 +1,479 @@
+"""deepgen_model.validation: damaged weight files, absurd configs and hostile prompt text are refused up front,
+with a DeepGenLoadError / DeepGenInputError naming the file (or input), the component and the fix, before any
+model is built (the builders are replaced by tripwires in the loader tests)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save, save_file
+
+from deepgen_model import loading, validation, vlm_loading
+from deepgen_model.conditioning import encode
+from deepgen_model.errors import DeepGenInputError, DeepGenLoadError
+
+
+def _raw(path: Path, header, data: bytes = b"", length: int | None = None) -> Path:
+    """A file laid out like safetensors: u64 header length, header, data (any of them may be a lie)."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + data)
+    return path
+
+
+def _refused(path, fragment: str, component="DiT") -> str:
+    tracemalloc.start()
+    try:
+        with pytest.raises(DeepGenLoadError) as err:
+            validation.check_safetensors(path, component)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    msg = str(err.value)
+    assert msg.startswith(f"{component} file {path}:"), msg
+    assert fragment in msg, msg
+    assert "again" in msg, msg  # the fix: download (or re-create) the file again
+    assert peak < 4 << 20, f"reading a hostile header allocated {peak} bytes"
+    return msg
+
+
+F32_4 = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+
+HEADERS = {  # name: (header, data, claimed length, expected fragment)
+    "length 2^64-1": (b"{}", b"", 2**64 - 1, "header claims 18446744073709551615 bytes"),
+    "length 2^62": (b"{}", b"", 2**62, "but the whole file is"),
+    "length 10 GiB": (b"{}", b"", 10 << 30, "header claims 10737418240 bytes"),
+    "not JSON": (b"{not json", b"", None, "is not valid JSON"),
+    "JSON list": (b"[1, 2]", b"", None, "not a JSON object"),
+    "not UTF-8": (b"{\xff\xfe}", b"", None, "not UTF-8"),
+    "nested 50k": (b'{"a":' * 50000 + b"1" + b"}" * 50000, b"", None, "nests too deeply"),
+    "entry is a string": ({"w": "F32"}, b"", None, "described by a str"),
+    "no dtype": ({"w": {"shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "'w' has no dtype"),
+    "unknown dtype": ({"w": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "unknown dtype"),
+    "negative shape": ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+                       "not a list of non-negative integers"),
+    "shape string": ({"w": {"dtype": "F32", "shape": "abc", "data_offsets": [0, 8]}}, b"\0" * 8, None, "shape abc"),
+    "shape of booleans": ({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, None, "shape"),
+    "offsets outside": ({"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 400]}}, b"\0" * 8, None,
+                        "outside the file's 8 data bytes"),
+    "offsets vs dtype x shape": ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+                                 "needs 12 bytes but its data_offsets span 8"),
+    "overlapping": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                     "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "overlapping"),
+    "trailing bytes": (F32_4, b"\0" * 12, None, "trailing bytes"),
+    "metadata not strings": ({"__metadata__": {"a": 1}, **F32_4}, b"\0" * 8, None, "__metadata__"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEADERS))
+def test_hostile_headers_are_refused_without_allocating(tmp_path, case):
+    header, data, length, fragment = HEADERS[case]
+    _refused(_raw(tmp_path / "diffusion_pytorch_model.safetensors", header, data, length), fragment)
+
+
+def test_empty_short_truncated_folder_and_oversized_header(tmp_path):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"")
+    _refused(f, "is empty (0 bytes)", "SCB")
+    f.write_bytes(b"abc")
+    _refused(f, "only 3 bytes", "SCB")
+    save_file({"w": torch.zeros(64)}, str(f))
+    f.write_bytes(f.read_bytes()[:-10])  # a download cut short
+    _refused(f, "truncated", "SCB")
+    d = tmp_path / "model-00001-of-00002.safetensors"
+    d.mkdir()
+    _refused(d, "is a folder where a .safetensors file should be", "VLM")
+    big = tmp_path / "big.safetensors"  # a header of 100 MiB + 1 inside a (sparse) file that is large enough
+    with open(big, "wb") as fh:
+        fh.write(struct.pack("<Q", (100 << 20) + 1) + b"{")
+        fh.truncate((100 << 20) + 64)
+    _refused(big, "more than the safetensors limit", "VAE")
+
+
+def test_valid_file_passes_and_returns_its_header(tmp_path):
+    f = tmp_path / "ok.safetensors"
+    save_file({"a": torch.zeros(3, 2), "b": torch.ones(5, dtype=torch.bfloat16), "c": torch.zeros(0)}, str(f),
+              metadata={"format": "pt"})
+    header = validation.check_safetensors(f, "DiT")
+    assert header["a"]["shape"] == [3, 2] and header["b"]["dtype"] == "BF16" and header["__metadata__"] == {"format": "pt"}
+
+
+# ------------------------------------------------------------------ through the loaders, nothing built
+
+
+@pytest.fixture
+def release(tiny_layouts, tmp_path):
+    """A private copy of the tiny diffusers release, to damage."""
+    return Path(shutil.copytree(tiny_layouts["diffusers"], tmp_path / "release"))
+
+
+@pytest.fixture
+def tripwires(monkeypatch):
+    """Building any model fails the test: refusals must come before construction."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from deepgen_model import bridge
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built from a file that should have been refused")
+
+    for cls in (SD3Transformer2DModel, AutoencoderKL, Qwen2_5_VLForConditionalGeneration):
+        monkeypatch.setattr(cls, "from_pretrained", boom)
+        monkeypatch.setattr(cls, "from_config", boom, raising=False)
+        monkeypatch.setattr(cls, "_from_config", boom, raising=False)
+    monkeypatch.setattr(bridge.SCBBridge, "__init__", boom)
+
+
+LOADERS = {"DiT": ("transformer/diffusion_pytorch_model.safetensors", lambda r: loading.load_dit(r)),
+           "VAE": ("vae/diffusion_pytorch_model.safetensors", lambda r: loading.load_vae(r)),
+           "SCB": ("connector/model.safetensors", lambda r: loading.load_bridge(r)),
+           "VLM": ("vlm/model-00002-of-00002.safetensors", lambda r: vlm_loading.load_vlm(r))}
+
+
+def _damage(f: Path, how: str):
+    if how == "empty":
+        f.write_bytes(b"")
+    elif how == "2^62":
+        f.write_bytes(struct.pack("<Q", 2**62) + f.read_bytes()[8:])
+    elif how == "folder":
+        f.unlink()
+        f.mkdir()
+    elif how == "no dtype":
+        n = struct.unpack("<Q", f.read_bytes()[:8])[0]
+        raw = f.read_bytes()
+        header = json.loads(raw[8:8 + n])
+        del header[next(k for k in header if k != "__metadata__")]["dtype"]
+        text = json.dumps(header).encode()
+        f.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+@pytest.mark.parametrize("how", ["empty", "2^62", "folder", "no dtype"])
+@pytest.mark.parametrize("component", list(LOADERS))
+def test_damaged_weights_are_named_by_every_loader(release, tripwires, component, how):
+    rel, load = LOADERS[component]
+    f = release / rel
+    assert f.exists(), sorted(p.name for p in f.parent.iterdir())
+    _damage(f, how)
+    with pytest.raises(DeepGenLoadError) as err:
+        load(release)
+    msg = str(err.value)
+    assert msg.startswith(f"{component} file {f}:") and "again" in msg, msg
+
+
+def _edit_json(path: Path, change):
+    cfg = json.loads(path.read_text())
+    path.write_text(json.dumps(change(cfg)))
+
+
+def _set(**kv):
+    def change(cfg):
+        for k, v in kv.items():
+            *parents, last = k.split(".")
+            node = cfg
+            for p in parents:
+                node = node[p]
+            node[last] = v
+        return cfg
+    return change
+
+
+CONFIGS = [  # (component, config file, change, fragment)
+    ("DiT", "transformer/config.json", _set(num_layers=-1), "num_layers is -1, must be an integer in 1..1024"),
+    ("DiT", "transformer/config.json", _set(pos_embed_max_size=10**6), "pos_embed_max_size is 1000000"),
+    ("DiT", "transformer/config.json", _set(pos_embed_max_size=1000), "implies at least 32,000,000 parameters"),
+    ("DiT", "transformer/config.json", _set(num_layers=4), "says 4 transformer blocks (num_layers) but the weights hold 3"),
+    ("DiT", "transformer/config.json", _set(num_attention_heads="abc"), "num_attention_heads is \"abc\""),
+    ("DiT", "transformer/config.json", lambda c: [c], "is a JSON list, not an object of settings"),
+    ("VAE", "vae/config.json", _set(block_out_channels=[4096] * 4), "implies at least"),
+    ("VAE", "vae/config.json", _set(norm_num_groups=3), "not all divisible by norm_num_groups 3"),
+    ("SCB", "connector/config.json", _set(num_attention_heads=0), "num_attention_heads is 0"),
+    ("SCB", "connector/config.json", _set(num_attention_heads=-32), "num_attention_heads is -32"),
+    ("SCB", "connector/config.json", _set(num_attention_heads="abc"), "num_attention_heads is \"abc\""),
+    ("SCB", "connector/config.json", _set(num_attention_heads=7), "not divisible by num_attention_heads 7"),
+    ("SCB", "connector/config.json", lambda c: [c], "is a JSON list"),
+    ("VLM", "vlm/config.json", _set(max_position_embeddings=0), "max_position_embeddings is 0"),
+    ("VLM", "vlm/config.json", _set(hidden_size=10**9), "hidden_size is 1000000000"),
+    ("VLM", "vlm/config.json", _set(intermediate_size=10**6), "implies at least"),
+    ("VLM", "vlm/config.json", _set(num_hidden_layers=40), "says 40 decoder layers"),
+    ("VLM", "vlm/config.json", _set(**{"vision_config.depth": 0}), "vision_config.depth is 0"),
+    ("VLM", "vlm/config.json", _set(rms_norm_eps=float("nan")), "rms_norm_eps is NaN"),
+    ("VLM", "vlm/config.json", lambda c: "hello", "is a JSON str"),
+]
+
+
+@pytest.mark.parametrize("component, rel, change, fragment", CONFIGS, ids=[f"{c[0]}:{c[3][:40]}" for c in CONFIGS])
+def test_absurd_configs_are_refused_before_building(release, tripwires, component, rel, change, fragment):
+    _edit_json(release / rel, change)
+    with pytest.raises(DeepGenLoadError) as err:
+        LOADERS[component][1](release)
+    msg = str(err.value)
+    assert msg.startswith((f"{component} file {release / rel}:", f"{component} folder {release / Path(rel).parent}:"))
+    assert fragment in msg, msg
+    assert "again" in msg, msg
+
+
+def test_config_that_is_not_json_and_a_folder_for_config(release, tripwires):
+    (release / "transformer" / "config.json").write_text("{\"num_layers\": ")
+    with pytest.raises(DeepGenLoadError, match=r"^DiT file .*transformer/config\.json: the file is not valid JSON"):
+        loading.load_dit(release)
+    (release / "vae" / "config.json").write_text("")
+    with pytest.raises(DeepGenLoadError, match=r"^VAE file .*vae/config\.json: is empty"):
+        loading.load_vae(release)
+    (release / "connector" / "config.json").unlink()
+    (release / "connector" / "config.json").mkdir()
+    with pytest.raises(DeepGenLoadError, match=r"^SCB file .*connector/config\.json: is a folder"):
+        loading.load_bridge(release)
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("tokenizer.json", "not json", "tokenizer.json: the file is not valid JSON"),
+    ("tokenizer_config.json", "[1, 2]", "tokenizer_config.json: is valid JSON but not an object"),
+    ("vocab.json", "", "vocab.json: is empty"),
+])
+def test_tokenizer_files_that_are_not_json(release, name, text, fragment):
+    f = release / "tokenizer" / name
+    f.write_text(text)
+    with pytest.raises(DeepGenLoadError) as err:
+        vlm_loading.load_tokenizer(release / "tokenizer")
+    msg = str(err.value)
+    assert msg.startswith("tokenizer file") and fragment in msg and "again" in msg, msg
+
+
+def test_converted_files_with_damaged_metadata(tmp_path, tiny, tripwires):
+    f = tmp_path / "deepgen_dit.safetensors"
+    state = {k: v.contiguous() for k, v in tiny.dit.state_dict().items()}
+    meta = {"format": "deepgen-1.0", "component": "dit", "config": "{oops"}
+    save_file(state, str(f), metadata=meta)
+    with pytest.raises(DeepGenLoadError, match=r"^DiT file .*deepgen_dit\.safetensors: its embedded DiT config is not valid "
+                                               r"JSON .*re-create deepgen_dit\.safetensors"):
+        loading.load_dit(f)
+    save_file(state, str(f), metadata={**meta, "config": json.dumps({**dict(tiny.dit.config), "num_layers": 0})})
+    with pytest.raises(DeepGenLoadError, match="num_layers is 0"):
+        loading.load_dit(f)
+    v = tmp_path / "deepgen_vlm.safetensors"
+    save_file({"model.embed_tokens.weight": torch.zeros(2, 2)}, str(v),
+              metadata={"format": "deepgen-1.0", "component": "vlm", "config": json.dumps(tiny.vlm_config),
+                        "tokenizer_files": "[not json"})
+    with pytest.raises(DeepGenLoadError, match=r"^tokenizer file .*deepgen_vlm\.safetensors: the embedded tokenizer_files"):
+        vlm_loading.load_vlm(v)
+    with pytest.raises(DeepGenLoadError, match=r"^tokenizer file .*deepgen_vlm\.safetensors: the embedded tokenizer_files"):
+        vlm_loading.load_release_tokenizer(v)  # the prompt preview's way to the tokenizer, without the VLM
+    save_file(state, str(f), metadata={**meta, "config": json.dumps(dict(tiny.dit.config)), "scheduler_config": "{oops"})
+    with pytest.raises(DeepGenLoadError, match=r"^scheduler file .*deepgen_dit\.safetensors: its embedded scheduler config"):
+        loading.load_scheduler_config(f)
+
+
+def test_intact_release_still_loads(release):
+    assert loading.load_dit(release).config.num_layers == 3
+    assert loading.load_bridge(release).meta_queries.shape[0] == 128
+
+
+# ------------------------------------------------------------------ prompts, cfg, steps
+
+
+@pytest.fixture(scope="module")
+def bridge(tiny):
+    from deepgen_model.bridge import BridgeConfig, SCBBridge
+
+    b = SCBBridge(BridgeConfig.from_state_dict(tiny.bridge_state, tiny.bridge_heads)).eval()
+    b.load_state_dict(tiny.bridge_state, strict=True)
+    return b
+
+
+@pytest.mark.parametrize("token", ["<|image_pad|>", "<|video_pad|>"])
+def test_image_tokens_in_user_text_name_the_prompt(tiny, bridge, token):
+    for kwargs, name in (({"prompts": f"a {token} cat", "negative_prompts": ""}, "prompt"),
+                         ({"prompts": "a cat", "negative_prompts": f"blurry{token}"}, "negative_prompt")):
+        with pytest.raises(DeepGenInputError) as err:
+            encode(tiny.vlm_base, tiny.tokenizer, bridge, **kwargs)
+        assert str(err.value).startswith(f"{name} contains {token}"), err.value
+    image = [torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(1))]
+    with pytest.raises(DeepGenInputError, match=r"^prompt contains"):
+        encode(tiny.vlm_base, tiny.tokenizer, bridge, f"{token}{token}", "", image, max_side=32)
+
+
+def test_other_special_tokens_are_parsed_as_special_tokens_like_the_official_code(tiny, bridge):
+    """The release tokenises the user text with special-token parsing on: "<|im_end|>" typed by a user is the
+    single special token (not its characters), and conditioning still works. Documented in docs/reliability.md."""
+    for token in ("<|im_end|>", "<|vision_start|>", "<|endoftext|>"):
+        assert tiny.tokenizer(token, add_special_tokens=False)["input_ids"] == [tiny.token_ids[token]]
+        cond = encode(tiny.vlm_base, tiny.tokenizer, bridge, f"a cat {token} on a mat", "")
+        assert torch.isfinite(cond.seq).all()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), -1.0, 100.5, "4", None, True])
+def test_cfg_must_be_finite(value):
+    with pytest.raises(DeepGenInputError, match=r"^cfg is .*finite number in 0\.\.100"):
+        validation.check_cfg(value)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1_000_000, 1.5, "50", True, None])
+def test_steps_range(value):
+    with pytest.raises(DeepGenInputError, match=r"^steps is .*whole number in 1\.\.1000"):
+        validation.check_steps(value, 1000)
+    assert validation.check_steps(1, 1000) == 1 and validation.check_cfg(0) == 0.0 and validation.check_cfg(4) == 4.0
+
+
+# ------------------------------------------------------------------ seeded fuzz, bounded in time
+
+def _random_json(rng, depth=0):
+    kind = rng.randrange(8 if depth < 4 else 5)
+    if kind == 0:
+        return rng.choice([0, 1, -1, 2**62, -(2**63), 10**9, 3])
+    if kind == 1:
+        return rng.choice([1.5, float("nan"), float("inf"), -0.0, 1e300])
+    if kind == 2:
+        return rng.choice(["", "abc", "F32", "BF16", "\u00e9", "{"])
+    if kind == 3:
+        return rng.choice([None, True, False])
+    if kind == 4:
+        return [rng.randrange(-2, 5) for _ in range(rng.randrange(4))]
+    if kind == 5:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(3))]
+    return {rng.choice(["dtype", "shape", "data_offsets", "w", "__metadata__", "x"]): _random_json(rng, depth + 1)
+            for _ in range(rng.randrange(4))}
+
+
+def test_fuzz_safetensors_reader(tmp_path):
+    """Random damage to a valid file: the checker either accepts (and then safetensors itself reads every tensor)
+    or raises DeepGenLoadError naming the file; never another exception."""
+    import random
+    import time
+
+    from safetensors import safe_open
+
+    rng = random.Random(20260213)
+    valid = save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16),
+                  "c": torch.zeros(3, dtype=torch.int64)}, metadata={"format": "pt"})
+    n = struct.unpack("<Q", valid[:8])[0]
+    f = tmp_path / "fuzz.safetensors"
+    deadline, accepted, refused = time.monotonic() + 20, 0, 0
+    for i in range(1500):
+        if time.monotonic() > deadline:
+            break
+        data = bytearray(valid)
+        op = rng.randrange(6)
+        if op == 0:  # flip bytes in the header
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(8, 8 + n)] = rng.randrange(256)
+        elif op == 1:  # a lying length
+            data[:8] = struct.pack("<Q", rng.choice([0, 1, n - 1, n + 1, len(valid), 2**63, rng.randrange(2**64)]))
+        elif op == 2:  # cut anywhere
+            data = data[:rng.randrange(len(data))]
+        elif op == 3:  # trailing garbage
+            data += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+        elif op == 4:  # a random JSON header
+            text = json.dumps(_random_json(rng)).encode()
+            data = bytearray(struct.pack("<Q", len(text)) + text + bytes(rng.randrange(3) * 4))
+        else:  # a valid header with one field of one entry replaced
+            header = json.loads(valid[8:8 + n])
+            entry = header[rng.choice(["a", "b", "c"])]
+            entry[rng.choice(["dtype", "shape", "data_offsets"])] = _random_json(rng)
+            text = json.dumps(header).encode()
+            data = bytearray(struct.pack("<Q", len(text)) + text + valid[8 + n:])
+        f.write_bytes(bytes(data))
+        try:
+            header = validation.check_safetensors(f, "VAE")
+        except DeepGenLoadError as e:
+            assert str(e).startswith(f"VAE file {f}:"), e
+            refused += 1
+            continue
+        with safe_open(str(f), framework="pt") as st:  # accepted: the library must read every tensor
+            for k in st.keys():
+                assert list(st.get_tensor(k).shape) == header[k]["shape"]
+        accepted += 1
+    assert refused > 100 and accepted > 5, (accepted, refused)
+
+
+def test_fuzz_config_checks(tiny):
+    """Random values in random fields of the tiny configs: check_config / check_tensors accept or raise
+    DeepGenLoadError; whatever passes both never implies more parameters than the weights hold."""
+    import random
+    import time
+
+    import deepgen_tiny
+
+    rng = random.Random(7)
+    shapes = {"DiT": {k: tuple(v.shape) for k, v in tiny.dit.state_dict().items()},
+              "VAE": {k: tuple(v.shape) for k, v in tiny.vae.state_dict().items()},
+              "SCB": {k: tuple(v.shape) for k, v in tiny.bridge_state.items()},
+              "VLM": {k: tuple(v.shape) for k, v in tiny.vlm_merged_state.items()}}
+    configs = {"DiT": dict(tiny.dit.config), "VAE": dict(tiny.vae.config), "SCB": dict(deepgen_tiny.TINY_CONNECTOR),
+               "VLM": json.loads(json.dumps(deepgen_tiny.TINY_VLM_CONFIG))}
+    for name, cfg in configs.items():  # the intact configs pass
+        validation.check_tensors(shapes[name], validation.check_config(json.loads(json.dumps(cfg, default=list)), name, "c"),
+                                 name, "w")
+    values = [-1, 0, 1, 2, 3, 10**6, 10**9, 2**62, "abc", "", None, 1.5, float("nan"), True, [], {}, [1, 2], [-1]]
+    deadline, refused = time.monotonic() + 15, 0
+    for i in range(3000):
+        if time.monotonic() > deadline:
+            break
+        name = rng.choice(list(configs))
+        cfg = json.loads(json.dumps(configs[name], default=list))
+        for _ in range(rng.randrange(1, 3)):
+            node = cfg["vision_config"] if name == "VLM" and rng.random() < 0.3 else cfg
+            node[rng.choice(list(node))] = rng.choice(values)
+        if rng.random() < 0.03:
+            cfg = rng.choice([[cfg], "cfg", 3, None])
+        try:
+            checked = validation.check_config(cfg, name, "config.json")
+            validation.check_tensors(shapes[name], checked, name, "weights")
+        except DeepGenLoadError as e:
+            assert str(e).startswith(f"{name} file "), e
+            refused += 1
+            continue
+        low = validation._expectations(checked, name)[0]
+        assert low <= sum(math.prod(s) for s in shapes[name].values())
+    assert refused > 100
+
+
+def test_fuzz_json_files(tmp_path):
+    import random
+
+    rng = random.Random(3)
+    f = tmp_path / "config.json"
+    for _ in range(300):
+        f.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))))
+        try:
+            validation.read_json(f, "DiT")
+        except DeepGenLoadError as e:
+            assert str(e).startswith(f"DiT file {f}:"), e
+
+
+# ------------------------------------------------------------------ the real release passes
+
+def test_real_size_configs_and_tensors_pass():
+    """The released configs and the tensors they build (meta device, spec §1.8 sizes) pass every check, in both
+    VLM key namings: the bounds never refuse the real model."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from deepgen_model import configs
+    from deepgen_model.bridge import BridgeConfig, SCBBridge
+    from deepgen_model.keys import to_legacy
+
+    with torch.device("meta"):
+        dit = SD3Transformer2DModel.from_config(configs.get("dit")).state_dict()
+        vae = AutoencoderKL.from_config(configs.get("vae")).state_dict()
+        bridge = SCBBridge(BridgeConfig()).state_dict()
+    with init_empty_weights():
+        vlm = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig.from_dict(configs.get("vlm"))).state_dict()
+    legacy = {to_legacy(k): v for k, v in vlm.items() if k != "lm_head.weight"}
+    connector = {"hidden_size": 2048, "intermediate_size": 11946, "num_hidden_layers": 6, "num_attention_heads": 32,
+                 "layer_norm_eps": 1e-6}
+    for name, cfg, state in (("DiT", configs.get("dit"), dit), ("VAE", configs.get("vae"), vae),
+                             ("SCB", connector, bridge), ("SCB", json.loads(BridgeConfig().to_json()), bridge),
+                             ("VLM", configs.get("vlm"), vlm), ("VLM", configs.get("vlm"), legacy),
+                             ("VLM", Qwen2_5_VLConfig.from_dict(configs.get("vlm")).to_dict(), legacy),  # as saved
+                             ("scheduler", configs.get("scheduler"), None)):
+        validation.check_config(cfg, name, "config.json")
+        if state is not None:
+            validation.check_tensors(state, cfg, name, "weights")
+    assert validation._expectations(configs.get("vlm"), "VLM")[0] <= 3_754_622_976  # the real VLM's elements (spec §1.8)
