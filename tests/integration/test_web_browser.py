@@ -33,10 +33,12 @@ EDIT = ("put the object of image 2 into the scene of image 1", "blurry, low qual
 def _tools() -> tuple[str | None, str | None]:
     chromium = os.environ.get("DEEPGEN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     node = shutil.which("node")
-    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")):
-        return None, "tests/browser/node_modules/playwright-core is missing (run `npm ci` in tests/browser)"
+    hint = ('; .ci/browser-tools.sh (run by scripts/test.sh) said why above. Leave the leg out with '
+            'DEEPGEN_LEGS="unit-tf5 unit-tf4 integration", or point DEEPGEN_CHROMIUM at a Chromium')
     if not chromium or not node:
-        return None, f"needs chromium ({chromium}) and node ({node})"
+        return None, f"no browser: needs Chromium ({chromium}) and Node.js ({node}){hint}"
+    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")):
+        return None, f"tests/browser/node_modules/playwright-core is missing (run `npm ci` in tests/browser){hint}"
     return chromium, None
 
 
