@@ -19,6 +19,7 @@ H_VENV=$(cat "$REPO/.ci/comfy-requirements.txt" "$REPO/requirements.txt" "$REPO/
 if ! stamp_ok venv "$H_VENV"; then
   rm -rf "$DEEPGEN_HOME/venv"
   "$PYBIN" -m venv "$DEEPGEN_HOME/venv"
+  "$DEEPGEN_HOME/venv/bin/python" "$REPO/.ci/install-torch.py"   # the CPU build first: PyPI's torch is the CUDA one
   PIP_NO_CACHE_DIR=1 "$DEEPGEN_HOME/venv/bin/python" -m pip install -q \
       -r "$REPO/.ci/comfy-requirements.txt" -r "$REPO/requirements.txt" -r "$REPO/.ci/test-requirements.txt" 2>&1 \
       | grep -v "is ignored: it is neither a file nor a directory" || true
