@@ -65,6 +65,13 @@ def _ui(cond) -> dict:
     return {"deepgen_warnings": list(cond.warnings)}
 
 
+_OUT_TIPS = {
+    "positive": "Conditioning of the prompt (the DiT's context from VLM + SCB): the sampler's positive.",
+    "negative": "Conditioning of the negative prompt, encoded together with the positive (same length): the "
+                "sampler's negative.",
+}
+
+
 def _tooltip_prompt(kind: str) -> str:
     return f"The {kind} (plain text; the DeepGen template and special tokens are added by the node)."
 
@@ -87,8 +94,8 @@ class DeepGenTextEncode(io.ComfyNode):
                                 tooltip=_tooltip_prompt("negative prompt") + " The authors use an empty one for text-to-image."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", display_name="positive"),
-                io.Conditioning.Output("negative", display_name="negative"),
+                io.Conditioning.Output("positive", display_name="positive", tooltip=_OUT_TIPS["positive"]),
+                io.Conditioning.Output("negative", display_name="negative", tooltip=_OUT_TIPS["negative"]),
             ],
         )
 
@@ -147,9 +154,11 @@ class DeepGenEditEncode(io.ComfyNode):
                 io.Image.Input("image4", optional=True, tooltip="Optional fourth reference image."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", display_name="positive"),
-                io.Conditioning.Output("negative", display_name="negative"),
-                io.Latent.Output("latent", display_name="latent"),
+                io.Conditioning.Output("positive", display_name="positive", tooltip=_OUT_TIPS["positive"]),
+                io.Conditioning.Output("negative", display_name="negative", tooltip=_OUT_TIPS["negative"]),
+                io.Latent.Output("latent", display_name="latent",
+                                 tooltip="Empty SD3 latent of the output size (the resized image1 with one reference, "
+                                         "else width x height): connect it to the sampler."),
             ],
         )
 
