@@ -338,6 +338,14 @@ try {
     check(`example workflow ${name}: prompt previews rendered`, rendered);
     const overlaps = await page.evaluate(overlapsInGraph);
     check(`example workflow ${name}: no node overlaps another after load`, overlaps.length === 0, overlaps.join("; "));
+    const note = await page.evaluate(() => {
+      const n = window.app.graph.nodes.find((x) => x.type === "MarkdownNote");
+      const ds = window.app.canvas.ds, c = window.app.canvas.canvas, T = window.LiteGraph.NODE_TITLE_HEIGHT;
+      const [x, y] = [(n.pos[0] + ds.offset[0]) * ds.scale, (n.pos[1] - T + ds.offset[1]) * ds.scale];
+      return { x, y, right: x + n.size[0] * ds.scale, width: c.clientWidth, height: c.clientHeight };
+    });
+    check(`example workflow ${name}: the read-me note is on screen when it opens`,
+      note.x >= 0 && note.y >= 0 && note.right <= note.width && note.y < note.height / 2, JSON.stringify(note));
     if (name === "text_to_image") await shot("web-extension-example-layout.png");
     if (name === "multi_reference_edit") {
       // the Load Image previews finish loading after the graph: the preview picks their sizes up
