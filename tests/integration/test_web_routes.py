@@ -191,3 +191,12 @@ def test_long_prompts_are_previewed_with_the_engines_warning(comfy_server, relea
     assert len(r["warnings"]) == 1 and r["warnings"][0].startswith(f"prompt is {len(prompt)} characters")
     status, r = post(comfy_server, {"mode": "t2i", "prompt": "a cat", "negative_prompt": "", "model": MODEL})
     assert r["warnings"] == [] and r["retry"] is False
+
+
+def test_template_cards_get_titles_and_descriptions(comfy_server):
+    """ComfyUI merges the pack's locales/en/main.json into /i18n: the template browser shows these
+    instead of the raw file names."""
+    messages = comfy_server.get("/i18n")["en"]["templateWorkflows"]
+    assert messages["template"]["ComfyUI-DeepGen"]["text_to_image"] == "1 · Text to image"
+    assert messages["templateDescription"]["ComfyUI-DeepGen"]["image_edit"].startswith("Change one picture")
+    assert set(comfy_server.get("/workflow_templates")["ComfyUI-DeepGen"]) == set(messages["template"]["ComfyUI-DeepGen"])
