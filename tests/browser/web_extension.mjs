@@ -346,7 +346,17 @@ try {
     });
     check(`example workflow ${name}: the read-me note is on screen when it opens`,
       note.x >= 0 && note.y >= 0 && note.right <= note.width && note.y < note.height / 2, JSON.stringify(note));
-    if (name === "text_to_image") await shot("web-extension-example-layout.png");
+    if (name === "text_to_image") {
+      await shot("web-extension-example-layout.png");
+      const tips = await page.evaluate(() => {
+        const n = window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode");
+        const w = n.widgets.find((x) => x.name === "prompt");
+        return { prompt: (w.inputEl ?? w.element)?.title ?? null, outputs: n.constructor.nodeData?.output_tooltips ?? [] };
+      });
+      check("the prompt box and the output slots have tooltips",
+        tips.prompt?.startsWith("The prompt (plain text") && tips.outputs.length === 2 && tips.outputs.every((t) => t?.length > 20),
+        JSON.stringify(tips));
+    }
     if (name === "multi_reference_edit") {
       // the Load Image previews finish loading after the graph: the preview picks their sizes up
       const sized = await page.waitForFunction(() => window.app.graph.nodes.filter((n) => n.type === "DeepGenEditEncode")
