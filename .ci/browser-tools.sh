@@ -41,7 +41,7 @@ install_chromium() {  # on failure prints the cause (one line) on stdout
 problem=""
 if [ -z "$(find_chromium)" ]; then
   problem="$(install_chromium)" || true
-  [ -z "$problem" ] && [ -z "$(find_chromium)" ] && problem="apt-get installed chromium but it is not on PATH"
+  [ -z "$problem" ] && [ -z "$(find_chromium)" ] && problem="apt-get installed chromium, but ${DEEPGEN_CHROMIUM:-chromium on PATH} is still not found"
 fi
 if [ -z "$problem" ] && ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null; then
   problem="the browser leg needs Node.js >= 20 and npm (found: $(node --version 2>/dev/null || echo none))"
