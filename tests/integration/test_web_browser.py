@@ -45,7 +45,7 @@ def _tools() -> tuple[str | None, str | None]:
     return chromium, None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: checked before the (session) server starts
 def chromium() -> str:
     path, problem = _tools()
     if problem:
