@@ -98,8 +98,8 @@ function addPreview(node) {
   addTooltips(node);
 }
 
-/** Hover help on the parts the canvas does not explain: the prompt boxes (DOM textareas) get their
- * input's tooltip, output slots get theirs from the node definition (frontends show slot tooltips). */
+/** The prompt boxes are DOM textareas, which the canvas's tooltips do not cover: give them their input's
+ * tooltip as a title. (Output slots show the node definition's output tooltips by themselves.) */
 function addTooltips(node) {
   const tips = node.constructor?.nodeData?.input?.required ?? {};
   for (const w of node.widgets ?? []) {
@@ -109,7 +109,8 @@ function addTooltips(node) {
   }
 }
 
-/** The encode node's run-time notes (e.g. a prompt longer than DeepGen was trained on), from /history. */
+/** The encode node's run-time notes (e.g. a prompt longer than DeepGen was trained on): its UI output,
+ * sent with the "executed" event (and kept in /history). */
 function onExecuted({ detail }) {
   const warnings = detail?.output?.deepgen_warnings;
   if (!Array.isArray(warnings)) return;
