@@ -19,6 +19,7 @@ H_VENV=$(cat "$REPO/.ci/comfy-requirements.txt" "$REPO/requirements.txt" "$REPO/
 if ! stamp_ok venv "$H_VENV"; then
   rm -rf "$DEEPGEN_HOME/venv"
   "$PYBIN" -m venv "$DEEPGEN_HOME/venv"
+  "$DEEPGEN_HOME/venv/bin/python" "$REPO/.ci/install-torch.py"   # the CPU build first: PyPI's torch is the CUDA one
   PIP_NO_CACHE_DIR=1 "$DEEPGEN_HOME/venv/bin/python" -m pip install -q \
       -r "$REPO/.ci/comfy-requirements.txt" -r "$REPO/requirements.txt" -r "$REPO/.ci/test-requirements.txt" 2>&1 \
       | grep -v "is ignored: it is neither a file nor a directory" || true
@@ -59,20 +60,7 @@ if ! stamp_ok tf4 "$H_TF4"; then
   PYTHONPATH="$DEEPGEN_HOME/tf4" "$PY" -c 'import transformers, diffusers; print("tf4 overlay: transformers", transformers.__version__, "diffusers", diffusers.__version__)'
   echo "$H_TF4" > "$DEEPGEN_HOME/tf4.stamp"
 fi
-# 4. browser leg only: Debian's chromium (apt, only when missing) + playwright-core (npm ci, pinned by
-#    tests/browser/package-lock.json into tests/browser/node_modules, gitignored)
-case " ${DEEPGEN_LEGS:-browser} " in *" browser "*)
-  if ! command -v chromium >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
-      || { echo "could not install chromium (apt-get install chromium needs root)" >&2; exit 1; }
-  fi
-  command -v node >/dev/null 2>&1 || { echo "the browser leg needs node >= 20 and npm" >&2; exit 1; }
-  H_NPM=$(sha256sum "$REPO/tests/browser/package-lock.json" | cut -c1-16)
-  if ! stamp_ok npm "$H_NPM" || [ ! -d "$REPO/tests/browser/node_modules/playwright-core" ]; then
-    (cd "$REPO/tests/browser" && npm ci --no-audit --no-fund --loglevel=error)
-    echo "$H_NPM" > "$DEEPGEN_HOME/npm.stamp"
-  fi
-  echo "browser: $(chromium --version 2>/dev/null | head -1), node $(node --version), playwright-core $(node -p "require('$REPO/tests/browser/node_modules/playwright-core/package.json').version")"
-esac
+# 4. browser leg only: Chromium + playwright-core; when they cannot be had, the leg skips with the
+#    reason (.ci/browser-tools.sh) and the other legs still run
+case " ${DEEPGEN_LEGS:-browser} " in *" browser "*) bash "$REPO/.ci/browser-tools.sh" || true ;; esac
 echo "environment ready in $DEEPGEN_HOME ($((SECONDS-t0))s)"

@@ -29,6 +29,7 @@ class DeepGenConditioning:
     pooled: torch.Tensor
     references: list[torch.Tensor] = field(default_factory=list)  # resized refs [3, h, w] in [-1, 1], fp32
     prompt_text: list[str] = field(default_factory=list)  # the exact 2b strings fed to the tokenizer
+    warnings: list[str] = field(default_factory=list)  # for the user (e.g. prompts longer than trained on)
 
     @property
     def batch_size(self) -> int:
@@ -59,7 +60,17 @@ def _as_list(prompts, what: str) -> list[str]:
 TRAINED_PROMPT_TOKENS = 1024  # the release trained with max_length=1024 (spec §2.1); longer prompts still work
 
 
-def _check_length(vlm, mask: torch.Tensor, think_tokens: int, b: int, image_tokens: int) -> None:
+def long_prompt_warning(what: str, tokens: int) -> str | None:
+    """The user-facing note for a prompt of `tokens` text tokens (None when within what DeepGen was trained on)."""
+    if tokens <= TRAINED_PROMPT_TOKENS:
+        return None
+    return (f"{what} is {tokens} tokens; DeepGen was trained on prompts of at most {TRAINED_PROMPT_TOKENS} tokens, "
+            "so it may be followed less closely (nothing is truncated)")
+
+
+def _check_length(vlm, mask: torch.Tensor, think_tokens: int, b: int, image_tokens: int) -> list[str]:
+    """Refuses sequences beyond the VLM's positions; returns (and logs) the warnings for long prompts."""
+    warnings = []
     limit = getattr(text_config(vlm), "max_position_embeddings", None)
     lengths = mask.sum(dim=1).tolist()
     for i, n in enumerate(lengths):
@@ -69,21 +80,22 @@ def _check_length(vlm, mask: torch.Tensor, think_tokens: int, b: int, image_toke
                 f"{what} is {n} tokens (template and image tokens included) + {think_tokens} think tokens, longer "
                 f"than the VLM's context of {limit} positions; shorten it (it is refused, not truncated, so that "
                 "nothing you wrote is silently dropped), or use smaller/fewer reference images.")
-        if n - image_tokens > TRAINED_PROMPT_TOKENS:
-            log.warning("%s is %d tokens; DeepGen was trained on prompts of at most %d tokens, so very long "
-                        "prompts may be followed less closely (nothing is truncated)", what, n - image_tokens,
-                        TRAINED_PROMPT_TOKENS)
+        note = long_prompt_warning(what, n - image_tokens)
+        if note:
+            log.warning(note)
+            warnings.append(note)
+    return warnings
 
 
 def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: list[str] | str,
            images: list[torch.Tensor] | None = None, max_side: int = 512, *,
-           layer_callback=None) -> DeepGenConditioning:
+           layer_callback=None, progress=None) -> DeepGenConditioning:
     """Text-to-image when `images` is None; editing with every tensor of `images` (ComfyUI IMAGE
     rows [H, W, 3], 0..1) as a reference shared by all b prompts and by the negative branch.
 
     A single negative string is used for every prompt. References are resized by the CLI rule
-    (`reference_size`, long side at most `max_side`). layer_callback: see stacked_hidden_states
-    (ComfyUI passes its interrupt check).
+    (`reference_size`, long side at most `max_side`). layer_callback, progress: see stacked_hidden_states
+    (ComfyUI passes its interrupt check and its progress bar).
 
     Prompts are never truncated (the release does not truncate at inference); a sequence longer than
     the VLM's position range (max_position_embeddings, think tokens included) is refused, naming the
@@ -120,11 +132,11 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
 
     b = len(positives)
     ids, mask = tokenize_pair(tokenizer, texts[:b], texts[b:])
-    _check_length(vlm, mask, bridge.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
+    warnings = _check_length(vlm, mask, bridge.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
     occurrences = pixel_values * (2 * b) if images is not None else None  # same objects: ViT runs once per ref
     grid_thw = torch.cat(grids * (2 * b)) if images is not None else None
     stacked = stacked_hidden_states(vlm, tokenizer, bridge.meta_queries, ids, mask, occurrences, grid_thw,
-                                    layer_callback=layer_callback)
+                                    layer_callback=layer_callback, progress=progress)
     with torch.no_grad():
         seq, pooled = bridge(stacked.to(*_device_and_dtype(bridge.projector_1)))
-    return DeepGenConditioning(seq=seq, pooled=pooled, references=references, prompt_text=texts)
+    return DeepGenConditioning(seq=seq, pooled=pooled, references=references, prompt_text=texts, warnings=warnings)

@@ -19,6 +19,7 @@ import argparse
 import fnmatch
 import hashlib
 import json
+import os
 import struct
 import sys
 import zipfile
@@ -339,7 +340,10 @@ def download(to, layout: str = "diffusers", include=None, revision: str | None =
     items = plan(to, layout, include)
 
     def list_files(repo, rev):
-        return [e for e in api.list_repo_tree(repo, recursive=True, revision=rev) if hasattr(e, "size")]
+        try:
+            return [e for e in api.list_repo_tree(repo, recursive=True, revision=rev) if hasattr(e, "size")]
+        except Exception as e:  # requests, httpx or hub errors, by hub version: one readable line, no traceback
+            raise SystemExit(_unreachable(repo, e)) from None
 
     todo = remote_plan(items, list_files, revision)
     total = sum(i.size or 0 for i, _ in todo)
@@ -352,7 +356,10 @@ def download(to, layout: str = "diffusers", include=None, revision: str | None =
             print(f"{label}: already complete, skipped")
             continue
         print(f"{label} -> {item.dest}" + ("" if problem == "missing" else f"  (re-fetching: {problem})"))
-        hub.hf_hub_download(item.part.repo, item.spec.path, revision=revision, local_dir=item.root)
+        try:
+            hub.hf_hub_download(item.part.repo, item.spec.path, revision=revision, local_dir=item.root)
+        except Exception as e:
+            raise SystemExit(_unreachable(f"{item.part.repo}/{item.spec.path}", e)) from None
         after = state(item, verify_sha256, sha)
         if after is not None:
             raise SystemExit(f"{item.dest}: {after} after downloading; delete it and run again")
@@ -361,13 +368,29 @@ def download(to, layout: str = "diffusers", include=None, revision: str | None =
     return written
 
 
+def _unreachable(what: str, e: Exception) -> str:
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return (f"download failed: could not fetch {what} from {os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'} "
+            f"({type(e).__name__}: {first}). Check the network (or HF_ENDPOINT / HTTPS_PROXY) and run the same command "
+            "again: it resumes. Or fetch the files by hand (their URLs: --check).")
+
+
 # ---------------------------------------------------------------------------------------- CLI
 
 def default_to() -> Path | None:
-    """<ComfyUI>/models/deepgen when this pack sits in <ComfyUI>/custom_nodes/ (not through a symlink)."""
-    comfy = PACK_ROOT.parent.parent
-    if PACK_ROOT.parent.name == "custom_nodes" and (comfy / "main.py").is_file():
-        return comfy / "models" / "deepgen"
+    """<X>/models/deepgen when this pack is <X>/custom_nodes/<pack>, X a ComfyUI (main.py) or a ComfyUI
+    --base-directory (models/): as found, as reached through a link from the shell's directory ($PWD),
+    or as linked by scripts/run_example.sh into its workspace ($DEEPGEN_HOME/workspace)."""
+    home = Path(os.environ.get("DEEPGEN_HOME") or Path.home() / ".cache" / "comfyui-deepgen")
+    candidates = [PACK_ROOT, Path(os.environ.get("PWD") or PACK_ROOT), home / "workspace" / "custom_nodes" / "ComfyUI-DeepGen"]
+    for pack in candidates:
+        root = pack.parent.parent
+        try:
+            ours = pack.resolve() == PACK_ROOT.resolve()
+        except OSError:
+            continue
+        if ours and pack.parent.name == "custom_nodes" and ((root / "main.py").is_file() or (root / "models").is_dir()):
+            return root / "models" / "deepgen"
     return None
 
 
@@ -392,9 +415,10 @@ def main(argv=None) -> int:
     if a.markdown:
         print(markdown_table())
         return 0
-    if a.to is None:
-        ap.error("--to is required: pass the models/deepgen folder of your ComfyUI, e.g. --to ~/ComfyUI/models/deepgen")
-    to = a.to.expanduser().absolute()
+    if a.to is None and not a.dry_run:  # the table needs no destination; the rest does
+        ap.error("--to is required: this checkout is not in (or linked into) a ComfyUI's custom_nodes folder; pass "
+                 "the models/deepgen folder of your ComfyUI, e.g. --to ~/ComfyUI/models/deepgen")
+    to = a.to.expanduser().absolute() if a.to else Path("<ComfyUI>", "models", "deepgen")
     layout = (detect(to) if a.check else "diffusers") if a.layout == "auto" else a.layout
     if a.check:
         ok, lines = check_report(to, layout, a.include, a.verify_sha256, python=_q(sys.executable))
@@ -402,16 +426,16 @@ def main(argv=None) -> int:
         return 0 if ok else 1
     if a.dry_run:
         items = plan(to, layout, a.include)
-        print(f"DeepGen 1.0, layout {layout!r}: would fetch into {to} (sizes approximate; "
+        where = f"would fetch into {to}" if a.to else "goes into your ComfyUI's models/deepgen (--to also shows what is there)"
+        print(f"DeepGen 1.0, layout {layout!r}: {where} (sizes approximate; "
               "other small files matching each part's patterns come along):")
-        print("\n".join(table_lines(items, with_state=True)))
+        print("\n".join(table_lines(items, with_state=a.to is not None)))
         print(f"total ≈{human(sum(i.spec.approx_bytes or 0 for i in items))}")
         return 0
     try:
         download(to, layout, a.include, a.revision, a.verify_sha256)
-    except Exception as e:  # network/hub errors come from requests or httpx, depending on the hub version
-        print(f"download failed: {type(e).__name__}: {e}\nRun the same command again to resume it, or fetch the "
-              "files by hand (the URLs: --check).", file=sys.stderr)
+    except SystemExit as e:  # unreachable hub, a corrupt arrival: one readable line already
+        print(e, file=sys.stderr)
         return 1
     ok, lines = check_report(to, layout, a.include)
     print("\n".join(lines))

@@ -63,14 +63,15 @@ def _image_embeddings(visual, pixel_values, grid_thw: torch.Tensor, layer_callba
 
 def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids: torch.Tensor,
                           attention_mask: torch.Tensor, pixel_values=None, grid_thw=None,
-                          layer_callback=None) -> torch.Tensor:
+                          layer_callback=None, progress=None) -> torch.Tensor:
     """[B, T] prompt ids/mask (+ images) -> stacked residual streams [B, T+Q, 6*H], deepest layer first.
 
     pixel_values: None, a [sum N_i, 1176] tensor, or a list with one [N_i, 1176] tensor per image
     occurrence in row-major order (positive rows first, then the same images for the negative rows);
     grid_thw: [n_occurrences, 3]. meta_queries [Q, H] are appended as embeddings (never as ids).
     layer_callback: called with no arguments before every ViT block and decoder layer; whatever it
-    raises (e.g. ComfyUI's interrupt) ends the forward there."""
+    raises (e.g. ComfyUI's interrupt) ends the forward there. progress: called as progress(done, total)
+    after each decoder layer that runs (total: up to the deepest selected layer), for progress bars."""
     visual, text_model = vlm_parts(vlm)
     embed = text_model.get_input_embeddings()
     device = embed.weight.device
@@ -102,7 +103,7 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
         ext_mask = torch.cat([mask, mask.new_ones(b, q)], dim=1)
         positions = rope_index(vlm, ext_ids, grid, ext_mask, image_id)
         inputs = torch.cat([embeds, meta_queries.to(device, dtype)[None].expand(b, q, -1)], dim=1)
-        return _run_selected(text_model, inputs, ext_mask, positions, layer_callback)
+        return _run_selected(text_model, inputs, ext_mask, positions, layer_callback, progress)
 
 
 @contextmanager
@@ -139,7 +140,7 @@ def _calling_per_layer(layers, callback):
             h.remove()
 
 
-def _run_selected(text_model, inputs_embeds, mask, position_ids, layer_callback=None) -> torch.Tensor:
+def _run_selected(text_model, inputs_embeds, mask, position_ids, layer_callback=None, progress=None) -> torch.Tensor:
     layers = text_model.layers
     chosen = selected_layers(len(layers))  # hidden-state indices: index k = output of layers[k-1]
     deepest = max(chosen)
@@ -147,12 +148,16 @@ def _run_selected(text_model, inputs_embeds, mask, position_ids, layer_callback=
 
     def recorder(k):
         def hook(module, args, output):
-            captured[k] = output[0] if isinstance(output, (tuple, list)) else output  # tuple in 4.x, tensor in 5.x
+            if k in chosen:
+                captured[k] = output[0] if isinstance(output, (tuple, list)) else output  # tuple in 4.x, tensor in 5.x
+            if progress is not None:
+                progress(k, deepest)
             if k == deepest:
                 raise _StopForward
         return hook
 
-    handles = [layers[k - 1].register_forward_hook(recorder(k)) for k in chosen]
+    watched = range(1, deepest + 1) if progress is not None else chosen
+    handles = [layers[k - 1].register_forward_hook(recorder(k)) for k in watched]
     try:
         with fa2_pad_emulation(text_model, mask), _calling_per_layer(layers, layer_callback):
             text_model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)

@@ -12,6 +12,7 @@ conditionings (the key core's ReferenceLatent node appends to).
 from __future__ import annotations
 
 import comfy.model_management as mm
+import comfy.utils
 import torch
 from comfy_api.latest import io
 
@@ -27,14 +28,17 @@ from .memory import memory_guard, unload
 def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int):
     """Load VLM + bridge through ComfyUI's model management, encode, then move the VLM off the GPU.
 
-    ComfyUI's interrupt is checked before every ViT block and decoder layer; an out-of-memory error
-    becomes a clear one (memory_guard); nothing else is caught."""
+    ComfyUI's interrupt is checked before every ViT block and decoder layer, and its progress bar moves
+    after every decoder layer; an out-of-memory error becomes a clear one (memory_guard); nothing else
+    is caught."""
+    bar = comfy.utils.ProgressBar(1)
     with memory_guard("encoding the prompt with the VLM"):
         mm.load_models_gpu([vlm, scb], force_full_load=True)
         try:
             model, tokenizer = vlm_parts_of(vlm)
             cond = joint_encode(model, tokenizer, scb_module(scb), prompt, negative, images, max_side,
-                                layer_callback=mm.throw_exception_if_processing_interrupted)
+                                layer_callback=mm.throw_exception_if_processing_interrupted,
+                                progress=bar.update_absolute)
         finally:
             unload(vlm)  # the DiT needs the room more than the (3B) VLM does
     if not (torch.isfinite(cond.seq).all() and torch.isfinite(cond.pooled).all()):
@@ -53,6 +57,18 @@ def _conditioning(cond, extra: dict) -> tuple[list, list]:
         return [[cond.seq[i:i + 1].to(dev), info]]
 
     return entry(0), entry(1)  # separate lists: a node that mutates one branch must not change the other
+
+
+def _ui(cond) -> dict:
+    """Shown on the node by the web extension (and kept in /history): e.g. a prompt longer than trained on."""
+    return {"deepgen_warnings": list(cond.warnings)}
+
+
+_OUT_TIPS = {
+    "positive": "Conditioning of the prompt (the DiT's context from VLM + SCB): the sampler's positive.",
+    "negative": "Conditioning of the negative prompt, encoded together with the positive (same length): the "
+                "sampler's negative.",
+}
 
 
 def _tooltip_prompt(kind: str) -> str:
@@ -77,15 +93,15 @@ class DeepGenTextEncode(io.ComfyNode):
                                 tooltip=_tooltip_prompt("negative prompt") + " The authors use an empty one for text-to-image."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", display_name="positive"),
-                io.Conditioning.Output("negative", display_name="negative"),
+                io.Conditioning.Output("positive", display_name="positive", tooltip=_OUT_TIPS["positive"]),
+                io.Conditioning.Output("negative", display_name="negative", tooltip=_OUT_TIPS["negative"]),
             ],
         )
 
     @classmethod
     def execute(cls, vlm, scb, prompt: str, negative_prompt: str) -> io.NodeOutput:
         cond = _encode(vlm, scb, prompt, negative_prompt, None, DEFAULT_SIZE)
-        return io.NodeOutput(*_conditioning(cond, {}))
+        return io.NodeOutput(*_conditioning(cond, {}), ui=_ui(cond))
 
 
 def _references(images: dict) -> list[torch.Tensor]:
@@ -137,9 +153,11 @@ class DeepGenEditEncode(io.ComfyNode):
                 io.Image.Input("image4", optional=True, tooltip="Optional fourth reference image."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", display_name="positive"),
-                io.Conditioning.Output("negative", display_name="negative"),
-                io.Latent.Output("latent", display_name="latent"),
+                io.Conditioning.Output("positive", display_name="positive", tooltip=_OUT_TIPS["positive"]),
+                io.Conditioning.Output("negative", display_name="negative", tooltip=_OUT_TIPS["negative"]),
+                io.Latent.Output("latent", display_name="latent",
+                                 tooltip="Empty SD3 latent of the output size (the resized image1 with one reference, "
+                                         "else width x height): connect it to the sampler."),
             ],
         )
 
@@ -160,7 +178,7 @@ class DeepGenEditEncode(io.ComfyNode):
                 latents.append(vae.encode(pixels))
         positive, negative = _conditioning(cond, {"reference_latents": latents})
         empty = torch.zeros([1, 16, out_h // 8, out_w // 8], device=mm.intermediate_device())
-        return io.NodeOutput(positive, negative, {"samples": empty})
+        return io.NodeOutput(positive, negative, {"samples": empty}, ui=_ui(cond))
 
 
 NODES = [DeepGenTextEncode, DeepGenEditEncode]

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 
+from ..deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, long_prompt_warning
 from ..deepgen_model.constants import (DEFAULT_SIZE, IMAGE_PAD_TOKEN, MAX_REFERENCES, MAX_SIDE, NUM_THINK_TOKENS,
                                        REFERENCE_UNIT, SIZE_MULTIPLE)
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
@@ -28,9 +29,9 @@ from . import paths
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 256 * 1024  # bytes of JSON; prompts are limited separately
-MAX_TEXT = 20000  # characters per prompt
+MAX_BODY = 256 * 1024  # bytes of JSON: also bounds every prompt (long ones are previewed with a warning)
 MAX_NESTING = 8  # the request schema nests 3 levels; deeper JSON is refused before it is parsed
+CHARS_PER_TOKEN = 4  # rough, for a long-prompt warning before a tokenizer is connected
 MAX_IMAGE_SIDE = 1 << 16
 LOADERS = {"DeepGenVLMLoader": ("vlm_name", SOURCES["vlm"]), "DeepGenCheckpointLoader": ("ckpt_name", SOURCES["checkpoint"])}
 # Output-size presets: the training "fix_pixels" rule (sqrt(w*h) = 512, sides rounded up to multiples of 32)
@@ -59,6 +60,10 @@ def parse_body(raw: bytes):
     raise BadRequest(f"the request body nests deeper than {MAX_NESTING} levels")
 
 
+class ModelNotListed(DeepGenLoadError):
+    """The selected model is not (yet) in the model folders: the prompt preview still works, tokens wait."""
+
+
 # ------------------------------------------------------------------ validation
 
 def _int(body: dict, key: str, lo: int, hi: int, default: int | None = None, multiple: int = 1) -> int:
@@ -73,10 +78,8 @@ def _text(body: dict, key: str) -> str:
     value = body.get(key, "")
     if not isinstance(value, str):
         raise BadRequest(f"{key} must be a string, got {type(value).__name__}")
-    if len(value) > MAX_TEXT:
-        raise BadRequest(f"{key} is too long to preview ({len(value)} characters, at most {MAX_TEXT})")
     check_prompt(value, key)
-    return value
+    return value  # any length (MAX_BODY bounds the request): a long prompt gets a warning, not a refusal
 
 
 def _references(body: dict) -> list[tuple[int, int] | None]:
@@ -114,7 +117,8 @@ def _listed(name: str, kinds, what: str) -> paths.Entry:
     """Only names the pack lists resolve: a path, "..", or an unlisted name is refused."""
     entry = paths.entries(*kinds).get(name)
     if entry is None:
-        raise BadRequest(f"{what} {name!r} is not one of the DeepGen models listed by the pack")
+        raise ModelNotListed(f"{what} {name!r} is not in the model folders (yet): token counts appear once its "
+                             "weights are there")
     return entry
 
 
@@ -192,6 +196,7 @@ def preview(body) -> dict:
             w, h = output_size(width, height, [r and r["resized"] for r in out["references"]])
             out["output"] = {"width": w, "height": h, "from": "image1" if len(refs) == 1 else "widgets"}
     out["placeholder"] = IMAGE_PAD_TOKEN if placeholders else None
+    out["retry"] = False  # true: ask again later (the model's files may appear)
     if model is None:
         out["tokens_note"] = "connect a DeepGen VLM or checkpoint loader to count tokens"
     else:
@@ -201,7 +206,22 @@ def preview(body) -> dict:
             if isinstance(e, BadRequest):
                 raise
             out["tokens_note"] = f"no token count: {e}"
+            out["retry"] = isinstance(e, ModelNotListed)
+    out["warnings"] = _length_warnings(out, prompt, negative)
     return out
+
+
+def _length_warnings(out: dict, prompt: str, negative: str) -> list[str]:
+    """The engine's long-prompt note, from the token counts (text tokens: image tokens excluded), or
+    estimated from the length while no tokenizer is connected."""
+    if out["tokens"]:
+        image = sum(r["tokens"] for r in out["references"] if r)
+        counts = (("prompt", out["tokens"]["positive"] - image), ("negative_prompt", out["tokens"]["negative"] - image))
+        return [w for w in (long_prompt_warning(what, n) for what, n in counts) if w]
+    return [f"{what} is {len(text)} characters, probably more than the {TRAINED_PROMPT_TOKENS} tokens DeepGen was "
+            "trained on (connect a loader for the exact count); it is encoded in full, but may be followed less "
+            "closely and takes longer" for what, text in (("prompt", prompt), ("negative_prompt", negative))
+            if len(text) > CHARS_PER_TOKEN * TRAINED_PROMPT_TOKENS]
 
 
 def size_presets() -> list[dict]:

@@ -1,8 +1,10 @@
 """Run the text-to-image example on a real ComfyUI with this pack (called by scripts/run_example.sh).
 
 Checks the weights, starts ComfyUI on 127.0.0.1, queues the API-format text-to-image workflow, waits
-for it over /history, prints the saved image's path and always stops the server. Standard library
-only (plus this pack's deepgen_model.download, which needs nothing else for --check).
+for it over /history, prints the saved image's path and always stops the server. It talks to ComfyUI
+through the project's one HTTP client (deepgen_batch.api) and checks weights with
+deepgen_model.download: standard library only, unless --demo (which builds the tiny random model of
+tests/deepgen_tiny.py with torch).
 
 Exit status: 0 image saved; 3 weights missing (the list of files is printed); 1 anything else.
 """
@@ -16,18 +18,24 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from deepgen_batch.api import ComfyClient, ItemError, TransientError  # noqa: E402  (stdlib only)
+from deepgen_batch.api import describe_failure, new_prompt_id, output_images  # noqa: E402
 from deepgen_model import download as dl  # noqa: E402  (stdlib-only module; torch is not imported)
 
 WORKFLOW = REPO / "example_workflows" / "api" / "text_to_image.json"
 EXIT_NO_WEIGHTS = 3
+DEMO_FOLDER = "DeepGen-1.0-demo-random-weights"  # never the real release's name: both may be listed at once
+DEMO_PREFIX = "DeepGen/demo_random_weights"
+DEMO_STEPS, DEMO_SIZE = 8, (256, 256)  # unless --steps/--size say otherwise
+DEMO_NOTE = ("DEMO: a tiny DeepGen look-alike with RANDOM weights (tests/deepgen_tiny.py), so the picture is noise. "
+             "This checks the install (ComfyUI, this pack, the engine and the example workflow), not the model.")
 PROMPT = "a racoon holding a shiny red apple over its head"
 # Checkpoint-loader settings per layout: widget values are paths relative to models/deepgen.
 CHECKPOINTS = {
@@ -115,7 +123,7 @@ class Server:
             cfg = log_path.with_name("run_example_model_paths.yaml")
             cfg.write_text(json.dumps({"deepgen_run_example": {"deepgen": str(models)}}), encoding="utf-8")
             cmd += ["--extra-model-paths-config", str(cfg)]
-        self.url = f"http://127.0.0.1:{port}"
+        self.client = ComfyClient(f"http://127.0.0.1:{port}")
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT,
@@ -128,20 +136,6 @@ class Server:
         for f in self.pid_files:
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(str(self.proc.pid))
-
-    def request(self, method: str, path: str, payload=None, timeout: float = 30):
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            body = e.read()
-            try:
-                return e.code, json.loads(body)
-            except ValueError:
-                return e.code, body.decode(errors="replace")
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -161,9 +155,9 @@ class Server:
                 fail(f"ComfyUI exited ({self.proc.returncode}) while starting. Its log ({self.log_path}) ends:\n"
                      f"{self.log_tail()}")
             try:
-                if self.request("GET", "/system_stats", timeout=2)[0] == 200:
+                if self.client.request("GET", "/system_stats", timeout=2)[0] == 200:
                     return
-            except OSError:
+            except TransientError:
                 pass
             if time.monotonic() > deadline:
                 fail(f"ComfyUI did not answer within {timeout:.0f}s; its log ({self.log_path}) ends:\n{self.log_tail()}")
@@ -201,27 +195,26 @@ def has_accelerator(python: str) -> bool:
 
 def run(server: Server, prompt: dict, timeout: float) -> dict:
     """Queue the prompt and wait for its /history entry; returns it, or exits with the server's error."""
-    status, body = server.request("POST", "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
-    if status != 200:
-        errors = body.get("node_errors") if isinstance(body, dict) else None
-        detail = "\n".join(f"  node {nid} ({e.get('class_type')}): {err.get('details') or ''}: {err.get('message')}"
-                           for nid, e in (errors or {}).items() for err in e.get("errors", []))
-        detail = detail or json.dumps(body, indent=2)[:4000]
-        fail(f"ComfyUI rejected the workflow (HTTP {status}):\n{detail}")
-    prompt_id = body["prompt_id"]
+    client, prompt_id = server.client, new_prompt_id()
+    try:
+        client.queue_prompt(prompt, prompt_id, uuid.uuid4().hex)
+    except (ItemError, TransientError) as e:
+        fail(f"ComfyUI did not accept the workflow: {e}")
     print(f"queued prompt {prompt_id}; waiting (server log: {server.log_path})", flush=True)
     t0 = last = time.monotonic()
     while True:
         if server.proc.poll() is not None:
             fail(f"ComfyUI exited ({server.proc.returncode}) while running the workflow:\n{server.log_tail()}")
-        status, hist = server.request("GET", f"/history/{prompt_id}")
-        entry = hist.get(prompt_id) if status == 200 and isinstance(hist, dict) else None
-        if entry and entry.get("status", {}).get("completed") or entry and entry.get("status", {}).get(
-                "status_str") == "error":
+        try:
+            entry = client.history(prompt_id)
+        except TransientError:  # a busy server may miss one poll; a dead one is caught above
+            entry = None
+        status = (entry or {}).get("status") or {}
+        if status.get("completed") or status.get("status_str") == "error":
             return entry
         now = time.monotonic()
         if now - t0 > timeout:
-            server.request("POST", "/interrupt")
+            client.cancel(prompt_id)
             fail(f"the workflow did not finish within {timeout:.0f}s (raise --timeout; CPU runs are slow)")
         if now - last >= 15:
             print(f"  ... {now - t0:.0f}s  {server.progress()}", flush=True)
@@ -230,17 +223,26 @@ def run(server: Server, prompt: dict, timeout: float) -> dict:
 
 
 def images_of(entry: dict, output_dir: Path) -> list[Path]:
-    return [output_dir / img.get("subfolder", "") / img["filename"]
-            for out in entry.get("outputs", {}).values() for img in out.get("images", [])
-            if img.get("type", "output") == "output"]
+    return [output_dir / img.get("subfolder", "") / img["filename"] for img in output_images(entry)]
 
 
-def error_text(entry: dict) -> str:
-    for kind, data in entry.get("status", {}).get("messages", []):
-        if kind == "execution_error":
-            return (f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_type')}: "
-                    f"{data.get('exception_message')}")
-    return json.dumps(entry.get("status"), indent=2)
+def build_demo_release(root: Path) -> Path:
+    """The tests' tiny random DeepGen (tests/deepgen_tiny.py, seed 0) as a diffusers release under `root`.
+
+    The builder stays test code in tests/: the demo is a check of the install, and it must exercise the
+    very models the test suite runs, not a second copy of them."""
+    tests = REPO / "tests"
+    if not (tests / "deepgen_tiny.py").is_file():
+        fail(f"--demo needs {tests / 'deepgen_tiny.py'} (part of a git checkout of the pack)")
+    sys.path.append(str(tests))
+    try:
+        import deepgen_tiny
+    except ImportError as e:
+        fail(f"--demo needs torch, transformers, diffusers and tokenizers in this Python ({sys.executable}): {e}")
+    t0 = time.monotonic()
+    release = deepgen_tiny.write_diffusers_release(root / DEMO_FOLDER, deepgen_tiny.build_tiny_components(0))
+    print(f"built the tiny random-weight DeepGen in {time.monotonic() - t0:.1f}s: {release}", flush=True)
+    return release
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -268,6 +270,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workflow", type=Path, help=f"API-format workflow (default: {WORKFLOW.relative_to(REPO)})")
     ap.add_argument("--out", type=Path, help="also copy the image here")
     ap.add_argument("--download", action="store_true", help="download missing weights first (huggingface_hub)")
+    ap.add_argument("--demo", action="store_true",
+                    help="no weights needed: build a tiny random-weight DeepGen (seconds) and run the same workflow "
+                         "with it; the picture is noise; this checks the install, not the model")
     ap.add_argument("--layout", choices=(*dl.LAYOUTS, "auto"), default="auto",
                     help="which release to use/download (auto: whichever is present, else diffusers)")
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
@@ -285,44 +290,64 @@ def main(argv=None) -> int:
     models = a.models.expanduser().resolve() if a.models else home / "models" / "deepgen"
     models.mkdir(parents=True, exist_ok=True)
 
-    layout = dl.detect(models) if a.layout == "auto" else a.layout
-    if a.download:
-        dl.download(models, layout)
-    ok, lines = dl.check_report(models, layout, python=dl._q(sys.executable))
-    print("\n".join(lines), flush=True)
-    if not ok:
-        again = os.environ.get("DEEPGEN_EXAMPLE_CMD") or " ".join(
-            dl._q(x) for x in ["python", "scripts/run_example.py", *sys.argv[1:]])
-        print(f"\nDeepGen's weights are not in place, so the example cannot run yet. Put the files listed above "
-              f"where shown (or add --download), then run again:\n  cd {dl._q(REPO)} && {again.strip()}", file=sys.stderr)
-        return EXIT_NO_WEIGHTS
+    demo_dir = None
+    if a.demo:
+        print(DEMO_NOTE, flush=True)
+        demo_dir = Path(tempfile.mkdtemp(prefix="deepgen-demo-"))
+        build_demo_release(demo_dir)
+        layout, extra_models = "diffusers", demo_dir
+    else:
+        layout = dl.detect(models) if a.layout == "auto" else a.layout
+        if a.download:
+            dl.download(models, layout)  # a network failure exits with one line (SystemExit)
+        ok, lines = dl.check_report(models, layout, python=dl._q(sys.executable))
+        print("\n".join(lines), flush=True)
+        if not ok:
+            again = os.environ.get("DEEPGEN_EXAMPLE_CMD") or " ".join(
+                dl._q(x) for x in ["python", "scripts/run_example.py", *sys.argv[1:]])
+            print(f"\nDeepGen's weights are not in place, so the example cannot run yet. Put the files listed above "
+                  f"where shown (or add --download), then run again:\n  cd {dl._q(REPO)} && {again.strip()}\n"
+                  f"(To check the install without weights: bash scripts/run_example.sh --demo)", file=sys.stderr)
+            return EXIT_NO_WEIGHTS
+        extra_models = a.models and models
 
     prompt, source = load_workflow(a.workflow)
+    if a.demo:  # noise needs no 50 steps at 512x512: keep the check of the install well under two minutes
+        a.steps, a.size = a.steps or DEMO_STEPS, a.size or DEMO_SIZE
     customise(prompt, layout, a.steps, a.size, a.seed, a.prompt, a.weight_dtype)
+    if a.demo:
+        for n in _nodes(prompt, "DeepGenCheckpointLoader"):
+            n["inputs"]["ckpt_name"] = DEMO_FOLDER
+        for n in _nodes(prompt, "SaveImage"):
+            n["inputs"]["filename_prefix"] = DEMO_PREFIX
     cpu = a.device == "cpu" or a.device == "auto" and not has_accelerator(sys.executable)
     log_path = home / "user" / "run_example-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = a.port or free_port()
     print(f"workflow: {source}\nstarting ComfyUI ({comfyui}{', CPU only' if cpu else ''}) on http://127.0.0.1:{port}",
           flush=True)
-    if cpu:
-        print("note: no GPU; DeepGen (5B) on the CPU needs ~30 GB RAM and takes long at 512x512/50 steps "
-              "(try --steps 8 --size 256 for a first look)", flush=True)
+    if cpu and not a.demo:
+        print("note: no GPU; DeepGen (5B) on the CPU needs about 18 GB of RAM (17.9 GB peak measured at 512x512) "
+              "and takes tens of minutes at 512x512/50 steps (try --steps 8 --size 256 for a first look)", flush=True)
 
     def on_term(signum, _frame):
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    server = Server(sys.executable, comfyui, base, a.models and models, port, cpu, log_path)
+    server = Server(sys.executable, comfyui, base, extra_models, port, cpu, log_path)
     try:
         server.wait_ready(a.start_timeout)
-        if server.request("GET", "/object_info/DeepGenCheckpointLoader")[1] in (None, {}):
+        try:
+            loader = server.client.object_info("DeepGenCheckpointLoader")
+        except (ItemError, TransientError):
+            loader = None
+        if not loader:
             fail(f"ComfyUI started but the DeepGen nodes are missing (did the pack fail to import?). "
                  f"Log ({log_path}):\n{server.log_tail(60)}")
         t0 = time.monotonic()
         entry = run(server, prompt, a.timeout)
-        if entry.get("status", {}).get("status_str") == "error":
-            fail(f"the workflow failed: {error_text(entry)}\n(server log: {log_path})")
+        if (entry.get("status") or {}).get("status_str") == "error":
+            fail(f"the workflow failed: {describe_failure(entry)}\n(server log: {log_path})")
         images = [p for p in images_of(entry, home / "output") if p.is_file()]
         if not images:
             fail(f"the workflow finished but saved no image; outputs: {json.dumps(entry.get('outputs'))[:2000]}")
@@ -333,9 +358,14 @@ def main(argv=None) -> int:
             a.out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(images[0], a.out)
             print(f"copied to: {a.out}")
+        if a.demo:
+            print("The install works. The picture is noise because the weights are random; for real pictures get "
+                  "the weights: bash scripts/run_example.sh (it lists every file and where it goes).")
         return 0
     finally:
         server.stop()
+        if demo_dir is not None:
+            shutil.rmtree(demo_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

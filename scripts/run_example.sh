@@ -2,8 +2,8 @@
 # The main command: run DeepGen's text-to-image example end to end in a real ComfyUI and save the image.
 #
 #   bash scripts/run_example.sh [--comfyui PATH] [--python PY] [--port N] [--models DIR] [--steps N]
-#                               [--size WxH] [--seed N] [--prompt TEXT] [--download] [--out FILE] ...
-#
+#                               [--size WxH] [--seed N] [--prompt TEXT] [--download] [--demo] [--out FILE] ...
+# (--demo: no weights needed; a tiny random-weight DeepGen runs the same workflow: a check of the install)
 # Without --comfyui it sets up (once, then reuses) a CPU-only ComfyUI 0.3.75 + this pack OUTSIDE the
 # repository, in $DEEPGEN_HOME (default ~/.cache/comfyui-deepgen; the same environment as the tests), with
 # its own ComfyUI folders (custom_nodes/, models/, output/) in $DEEPGEN_HOME/workspace (--base-dir).

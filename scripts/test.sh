@@ -41,7 +41,9 @@ run_leg() {  # run_leg NAME PATH [env assignments...]
     last="NO TESTS COLLECTED (a leg must run tests)"
   fi
   [ "$rc" -eq 0 ] || FAILED=1
-  SUMMARY+=("$(printf '%-12s %-4s %4ss  %s' "$name" "$([ "$rc" -eq 0 ] && echo ok || echo FAIL)" "$((SECONDS - t))" "${last:-pytest exit $rc}")")
+  local status; status="$([ "$rc" -eq 0 ] && echo ok || echo FAIL)"
+  [[ "$rc" -eq 0 && "$last" =~ ^[0-9]+\ skipped\ in ]] && status=SKIP   # e.g. no browser could be installed
+  SUMMARY+=("$(printf '%-12s %-4s %4ss  %s' "$name" "$status" "$((SECONDS - t))" "${last:-pytest exit $rc}")")
 }
 
 PYTEST_ARGS=("$@")

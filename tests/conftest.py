@@ -26,3 +26,18 @@ def tiny_layouts(tiny, tmp_path_factory):
     import deepgen_tiny
 
     return deepgen_tiny.build_all_layouts(tmp_path_factory.mktemp("tiny"), tiny)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_default_dtype(request):
+    """Fail the test that leaves torch's process-wide default dtype changed (diffusers' and transformers
+    4.x's from_pretrained set it and restore it only on success): every later module build would
+    silently change dtype. Reported here, at the leaking test, not at a later flaky one."""
+    torch = sys.modules.get("torch")
+    before = torch.get_default_dtype() if torch else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_default_dtype() != before:
+        leaked = torch.get_default_dtype()
+        torch.set_default_dtype(before)
+        pytest.fail(f"{request.node.nodeid} left torch's default dtype at {leaked} (was {before})", pytrace=False)

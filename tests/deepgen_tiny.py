@@ -7,6 +7,7 @@ changes outputs. Nothing here imports `deepgen_model`: the fixtures are an indep
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import tempfile
@@ -194,7 +195,25 @@ def _gen(seed: int, stream: int) -> torch.Generator:
 
 
 def _rand(shape, g, std=1.0, mean=0.0) -> torch.Tensor:
-    return torch.randn(shape, generator=g) * std + mean
+    return torch.randn(shape, generator=g, dtype=torch.float32) * std + mean
+
+
+@contextlib.contextmanager
+def _fixed_torch_state():
+    """Build under fixed process-wide torch state and leave that state as found.
+
+    Module constructors create their tensors in the *default dtype*, which is process-wide and which
+    diffusers' (and transformers 4.x's) from_pretrained(torch_dtype=...) sets and restores only when
+    loading succeeds: a default dtype left at bf16/fp64 by anything else silently changed the tiny
+    weights (the flaky digest test). The constructors' throw-away init also draws from the global RNG,
+    which a fixture must not consume on behalf of later tests."""
+    dtype = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.set_default_dtype(torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
 
 
 def _loud_tensor(name: str, shape, g) -> torch.Tensor:
@@ -223,9 +242,10 @@ def _randomize(module: torch.nn.Module, g: torch.Generator) -> torch.nn.Module:
 def build_vlm(seed: int = 0):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    cfg = Qwen2_5_VLConfig.from_dict(json.loads(json.dumps(TINY_VLM_CONFIG)))
-    vlm = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    return _randomize(vlm, _gen(seed, 1))
+    with _fixed_torch_state():
+        cfg = Qwen2_5_VLConfig.from_dict(json.loads(json.dumps(TINY_VLM_CONFIG)))
+        vlm = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+        return _randomize(vlm, _gen(seed, 1))
 
 
 def legacy_vlm_key(key: str) -> str:
@@ -320,13 +340,15 @@ def build_bridge_state(seed: int = 0) -> dict[str, torch.Tensor]:
 def build_dit(seed: int = 0, stream: int = 4):
     from diffusers import SD3Transformer2DModel
 
-    return _randomize(SD3Transformer2DModel(**TINY_DIT).eval(), _gen(seed, stream))
+    with _fixed_torch_state():
+        return _randomize(SD3Transformer2DModel(**TINY_DIT).eval(), _gen(seed, stream))
 
 
 def build_vae(seed: int = 0):
     from diffusers import AutoencoderKL
 
-    return _randomize(AutoencoderKL(**TINY_VAE).eval(), _gen(seed, 6))
+    with _fixed_torch_state():
+        return _randomize(AutoencoderKL(**TINY_VAE).eval(), _gen(seed, 6))
 
 
 @dataclass

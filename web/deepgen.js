@@ -15,6 +15,11 @@ const SETTING_COLORS = "DeepGen.Appearance.NodeColors";
 const SETTING_PREVIEW = "DeepGen.PromptPreview.Enabled";
 const DEBOUNCE_MS = 250;
 const POLL_MS = 700; // image previews load asynchronously; re-check the inputs this often
+const RETRY_MS = 3000; // the selected model's files were missing: ask again this often (they may appear)
+// The panel's minimum height is small, so a saved node keeps its saved size (a node that grows on load
+// covers the node below it); a NEW node gets a roomier panel once, at creation.
+const PANEL_MIN = 64;
+const PANEL_NEW = { DeepGenTextEncode: 150, DeepGenEditEncode: 240 };
 let presets = [];
 
 function setting(id, fallback) {
@@ -51,14 +56,17 @@ function refresh(node, now = false) {
     const count = REFERENCE_INPUTS.filter((n) => isConnected(node, n)).length;
     syncSizeWidgets(node, count, presets);
   }
-  if (signature === state.signature && !now) return;
+  const retry = state.answer?.retry && Date.now() - state.fetchedAt > RETRY_MS;
+  if (signature === state.signature && !now && !retry) return;
+  if (signature !== state.signature) state.runWarnings = []; // they were about the text of the last run
   state.signature = signature;
+  state.fetchedAt = Date.now();
   clearTimeout(state.timer);
   state.timer = setTimeout(async () => {
     const answer = await fetchPreview(body);
     if (state.signature !== signature) return; // a newer request is under way
-    state.answer = answer;
-    render(state.element, answer, names, notes);
+    Object.assign(state, { answer, names, notes, fetchedAt: Date.now() });
+    render(state.element, answer, names, notes, state.runWarnings);
     state.element.dataset.signature = signature;
     node.setDirtyCanvas?.(true, false);
   }, now ? 0 : DEBOUNCE_MS);
@@ -71,10 +79,10 @@ function addPreview(node) {
     hideOnZoom: true,
     getValue: () => "",
     setValue: () => {},
-    getMinHeight: () => (node.type === "DeepGenEditEncode" ? 240 : 150),
+    getMinHeight: () => PANEL_MIN,
   });
   w.serialize = false; // not in widgets_values: saved workflows keep their positional values
-  node.__deepgen = { element, signature: null, timer: null, answer: null };
+  node.__deepgen = { element, signature: null, timer: null, answer: null, fetchedAt: 0, runWarnings: [] };
   for (const name of ["prompt", "negative_prompt", "max_side", "width", "height"]) {
     const target = node.widgets?.find((x) => x.name === name);
     if (!target) continue;
@@ -85,8 +93,33 @@ function addPreview(node) {
       return r;
     };
   }
-  const size = node.computeSize?.();
-  if (size) node.setSize([Math.max(node.size[0], 380), Math.max(node.size[1], size[1])]);
+  const size = node.computeSize?.(); // a loaded workflow then sets its saved size, which this minimum fits
+  if (size) node.setSize([Math.max(node.size[0], 380), Math.max(node.size[1], size[1] + PANEL_NEW[node.type] - PANEL_MIN)]);
+  addTooltips(node);
+}
+
+/** The prompt boxes are DOM textareas, which the canvas's tooltips do not cover: give them their input's
+ * tooltip as a title. (Output slots show the node definition's output tooltips by themselves.) */
+function addTooltips(node) {
+  const tips = node.constructor?.nodeData?.input?.required ?? {};
+  for (const w of node.widgets ?? []) {
+    const el = w.inputEl ?? w.element;
+    const tip = tips[w.name]?.[1]?.tooltip;
+    if (el && tip && !el.title) el.title = tip;
+  }
+}
+
+/** The encode node's run-time notes (e.g. a prompt longer than DeepGen was trained on): its UI output,
+ * sent with the "executed" event (and kept in /history). */
+function onExecuted({ detail }) {
+  const warnings = detail?.output?.deepgen_warnings;
+  if (!Array.isArray(warnings)) return;
+  const node = app.graph?.getNodeById?.(Number(detail.display_node ?? detail.node));
+  const state = node?.__deepgen;
+  if (!state) return;
+  state.runWarnings = warnings.map(String);
+  if (state.answer) render(state.element, state.answer, state.names, state.notes, state.runWarnings);
+  node.setDirtyCanvas?.(true, false);
 }
 
 function image1Size(node) {
@@ -157,6 +190,7 @@ app.registerExtension({
 
   setup() {
     setInterval(pollAll, POLL_MS);
+    api.addEventListener("executed", onExecuted);
     window.__deepgenWeb = { version: VERSION, refresh: (node) => refresh(node, true), presets: () => presets };
   },
 });

@@ -5,7 +5,7 @@
 // spec: {url, chromium, artifacts, model, images: {load: name, empty: {width, height}},
 //        prompts: {t2i: {prompt, negative, positive_text, negative_text, tokens}, edit: {...}}, presets}
 // Exit 0 = every check passed; the last stdout line is a JSON summary.
-import { readFileSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, rmSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
@@ -45,11 +45,30 @@ page.on("pageerror", (err) => {
 });
 
 const shot = (name) => page.screenshot({ path: path.join(spec.artifacts, name) });
+
+// In the page: pairs of nodes whose boxes (title bar included) intersect.
+function overlapsInGraph() {
+  const T = window.LiteGraph.NODE_TITLE_HEIGHT;
+  const nodes = window.app.graph.nodes;
+  const box = (n) => [n.pos[0], n.pos[1] - T, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
+  const out = [];
+  for (let i = 0; i < nodes.length; i++) {
+    for (let j = i + 1; j < nodes.length; j++) {
+      const [a0, a1, a2, a3] = box(nodes[i]), [b0, b1, b2, b3] = box(nodes[j]);
+      if (a0 < b2 && b0 < a2 && a1 < b3 && b1 < a3) {
+        out.push(`${nodes[i].type}#${nodes[i].id} ${JSON.stringify(box(nodes[i]))} x ${nodes[j].type}#${nodes[j].id} ${JSON.stringify(box(nodes[j]))}`);
+      }
+    }
+  }
+  return out;
+}
 rmSync(path.join(spec.artifacts, "web-extension-failure.png"), { force: true }); // only this run's failure
 
 try {
   // first-run dialog off (harness doc §7), then load the real UI
   await fetch(`${spec.url}/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
+  // the tiny release is a folder the missing-models dialog cannot see into; it would cover the screenshots
+  await fetch(`${spec.url}/settings/Comfy.Workflow.ShowMissingModelsWarning`, { method: "POST", body: "false" });
   await page.goto(spec.url, { waitUntil: "domcontentloaded" });
   await page.waitForFunction(() => window.__deepgenWeb && window.app?.graph && window.LiteGraph, null, { timeout: 60000 });
   await page.keyboard.press("Escape");
@@ -317,6 +336,27 @@ try {
         && n.__deepgen.element.dataset.state === (n.__deepgen.answer.complete ? "complete" : "partial")),
     null, { timeout: 8000 }).then(() => true, () => false);
     check(`example workflow ${name}: prompt previews rendered`, rendered);
+    const overlaps = await page.evaluate(overlapsInGraph);
+    check(`example workflow ${name}: no node overlaps another after load`, overlaps.length === 0, overlaps.join("; "));
+    const note = await page.evaluate(() => {
+      const n = window.app.graph.nodes.find((x) => x.type === "MarkdownNote");
+      const ds = window.app.canvas.ds, c = window.app.canvas.canvas, T = window.LiteGraph.NODE_TITLE_HEIGHT;
+      const [x, y] = [(n.pos[0] + ds.offset[0]) * ds.scale, (n.pos[1] - T + ds.offset[1]) * ds.scale];
+      return { x, y, right: x + n.size[0] * ds.scale, width: c.clientWidth, height: c.clientHeight };
+    });
+    check(`example workflow ${name}: the read-me note is on screen when it opens`,
+      note.x >= 0 && note.y >= 0 && note.right <= note.width && note.y < note.height / 2, JSON.stringify(note));
+    if (name === "text_to_image") {
+      await shot("web-extension-example-layout.png");
+      const tips = await page.evaluate(() => {
+        const n = window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode");
+        const w = n.widgets.find((x) => x.name === "prompt");
+        return { prompt: (w.inputEl ?? w.element)?.title ?? null, outputs: n.constructor.nodeData?.output_tooltips ?? [] };
+      });
+      check("the prompt box and the output slots have tooltips",
+        tips.prompt?.startsWith("The prompt (plain text") && tips.outputs.length === 2 && tips.outputs.every((t) => t?.length > 20),
+        JSON.stringify(tips));
+    }
     if (name === "multi_reference_edit") {
       // the Load Image previews finish loading after the graph: the preview picks their sizes up
       const sized = await page.waitForFunction(() => window.app.graph.nodes.filter((n) => n.type === "DeepGenEditEncode")
@@ -326,6 +366,79 @@ try {
       await shot("web-extension-multi-reference.png");
     }
   }
+
+  // ---- without the model's files the panel still shows the prompt text; it recovers once they are back
+  const t2iWorkflow = spec.workflows.find((w) => w.name === "text_to_image").workflow;
+  const panelOf = () => page.evaluate(() => {
+    const n = window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode");
+    const el = n.__deepgen.element, q = (s) => el.querySelector(s).textContent;
+    return { id: n.id, pos: q(".dg-pos"), tokens: q(".dg-tokens"), note: q(".dg-note"), warn: q(".dg-warn"), state: el.dataset.state };
+  });
+  renameSync(spec.release_dir, spec.hidden_release_dir);
+  try {
+    await page.evaluate(async (wf) => {
+      await window.app.loadGraphData(structuredClone(wf), true, true, "deepgen-test");
+      const n = window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode");
+      const w = n.widgets.find((x) => x.name === "prompt");
+      w.value = "a red fox reading a newspaper"; // the saved prompt, edited once more: no stale answer
+      w.callback?.(w.value);
+    }, t2iWorkflow);
+    await page.waitForFunction(() => window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode")
+      ?.__deepgen?.answer?.positive?.includes("a red fox reading a newspaper"), null, { timeout: 10000 }).catch(() => {});
+    const missing = await panelOf();
+    check("no weights: the panel shows the prompt text and why tokens wait, not an error",
+      missing.pos === spec.prompts.t2i.positive_text && missing.state === "complete"
+      && missing.tokens.includes("is not in the model folders (yet)"), JSON.stringify(missing));
+    await shot("web-extension-no-weights.png");
+  } finally {
+    if (existsSync(spec.hidden_release_dir)) renameSync(spec.hidden_release_dir, spec.release_dir);
+  }
+  const recovered = await page.waitForFunction((line) => window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode")
+    ?.__deepgen?.element.querySelector(".dg-tokens").textContent === line, spec.prompts.t2i.tokens_line, { timeout: 15000 })
+    .then(() => true, () => false);
+  const back = await panelOf();
+  check("weights back: the panel counts tokens again without any edit", recovered, JSON.stringify(back));
+  await shot("web-extension-weights-back.png");
+
+  // ---- a run: the encode node reports progress per decoder layer, and the long-prompt warning shows
+  const run = await page.evaluate(async ([wf, prompt]) => {
+    await window.app.loadGraphData(structuredClone(wf), true, true, "deepgen-test");
+    const g = window.app.graph, byType = (t) => g.nodes.find((x) => x.type === t);
+    const enc = byType("DeepGenTextEncode"), setW = (n, k, v) => { n.widgets.find((x) => x.name === k).value = v; };
+    setW(enc, "prompt", prompt);
+    setW(byType("DeepGenSampler"), "steps", 1);
+    setW(byType("EmptySD3LatentImage"), "width", 64);
+    setW(byType("EmptySD3LatentImage"), "height", 64);
+    setW(byType("DeepGenCheckpointLoader"), "weight_dtype", "fp32");
+    const events = [];
+    const onProgress = ({ detail }) => events.push([String(detail.node), detail.value, detail.max]);
+    window.__deepgenTestProgress = events;
+    const { api } = await import("/scripts/api.js");
+    api.addEventListener("progress", onProgress);
+    const done = new Promise((resolve) => {
+      const finish = (what) => ({ detail }) => resolve({ what, detail: JSON.stringify(detail ?? null).slice(0, 500) });
+      api.addEventListener("execution_success", finish("success"), { once: true });
+      api.addEventListener("execution_error", finish("error"), { once: true });
+    });
+    await window.app.queuePrompt(0, 1);
+    const end = await Promise.race([done, new Promise((r) => setTimeout(() => r({ what: "timeout" }), 240000))]);
+    api.removeEventListener("progress", onProgress);
+    return { end, encodeId: String(enc.id), events };
+  }, [t2iWorkflow, spec.prompts.long]);
+  check("the example workflow runs in the UI", run.end.what === "success", JSON.stringify(run.end));
+  const mine = run.events.filter((e) => e[0] === run.encodeId);
+  const want = Array.from({ length: spec.vlm_progress_total }, (_, i) => i + 1);
+  check("encode progress reaches the UI: one step per VLM decoder layer",
+    JSON.stringify(mine.map((e) => e[1])) === JSON.stringify(want) && mine.every((e) => e[2] === spec.vlm_progress_total),
+    JSON.stringify(mine));
+  await page.waitForFunction(() => window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode")
+    ?.__deepgen?.element.querySelector(".dg-warn").textContent.includes("trained on prompts of at most 1024 tokens"),
+  null, { timeout: 10000 }).catch(() => {});
+  const warned = await panelOf();
+  check("the long-prompt warning shows on the node (before and after the run)",
+    warned.warn.split("\n").length === 1 && warned.warn.startsWith("⚠ prompt is ")
+    && warned.warn.includes("trained on prompts of at most 1024 tokens"), JSON.stringify(warned.warn));
+  await shot("web-extension-encode-progress.png");
 } catch (e) {
   check("no exception in the test script", false, e?.stack ?? e);
   await shot("web-extension-failure.png").catch(() => {});

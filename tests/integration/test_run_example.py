@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,12 @@ PYTHON = os.environ.get("DEEPGEN_COMFY_PYTHON", sys.executable)
 STEPS, SEED, WIDTH, HEIGHT = 2, 7, 64, 48
 
 
-def run_example(comfy_dir: Path, base: Path, *args: str, setup: bool = False, timeout: float = 300):
+def run_example(comfy_dir: Path, base: Path, *args: str, setup: bool = False, timeout: float = 300, env=None):
     """The script against the test ComfyUI tree; setup=True takes the no---comfyui path (.ci/setup.sh)."""
     where = [] if setup else ["--comfyui", str(comfy_dir), "--python", PYTHON]
     return subprocess.run(["bash", str(SCRIPT), *where, "--base-dir", str(base), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
 
 
 def saved_image(proc) -> Path:
@@ -124,3 +127,37 @@ def test_runs_with_the_native_layout(comfy_dir, tmp_path, tiny_layouts):
     assert "layout 'native'" in proc.stdout
     assert Image.open(image).size == (32, 32)
     no_server_left(base)
+
+
+def test_demo_needs_no_weights_and_says_the_picture_is_noise(comfy_dir, tmp_path):
+    """--demo: the tests' tiny random DeepGen through the same workflow and ComfyUI, in under two minutes."""
+    base = tmp_path / "base"
+    t0 = time.monotonic()
+    proc = run_example(comfy_dir, base, "--demo")
+    took = time.monotonic() - t0
+    image = saved_image(proc)
+    assert image.parent == base / "output" / "DeepGen" and image.name.startswith("demo_random_weights_")
+    assert "RANDOM weights" in proc.stdout and "picture is noise" in proc.stdout
+    assert "checks the install" in proc.stdout and str(WORKFLOW) in proc.stdout
+    assert "RAM" not in proc.stdout  # the real model's memory warning is not the demo's
+    pixels = np.asarray(Image.open(image).convert("RGB")).astype(int)
+    assert pixels.shape == (256, 256, 3) and pixels.std() > 5  # a picture, not a black frame
+    release = Path(re.search(r"^built the tiny random-weight DeepGen in [0-9.]+s: (.+)$", proc.stdout, re.M)[1])
+    assert release.name == "DeepGen-1.0-demo-random-weights" and not release.exists()  # built for the run, removed
+    assert not any((base / "models" / "deepgen").iterdir())  # nothing left among the user's models
+    no_server_left(base)
+    assert took < 120, f"the demo took {took:.0f}s"
+
+
+def test_download_without_network_is_one_clear_line(comfy_dir, tmp_path):
+    with socket.socket() as s:  # a port nobody listens on: connection refused, no DNS, no real network
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    proc = run_example(comfy_dir, tmp_path / "base", "--models", str(tmp_path / "models"), "--download",
+                       env={"HF_ENDPOINT": endpoint})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("download failed: could not fetch deepgenteam/DeepGen-1.0-diffusers from " + endpoint)
+    assert "Connection refused" in last and "run the same command again" in last
+    assert not (tmp_path / "base" / "user" / "run_example-server.log").exists()  # no ComfyUI was started

@@ -83,7 +83,6 @@ def test_edit_one_reference_sets_output_size_and_unknown_sizes_are_marked(comfy_
     ([], "JSON object"),
     ({"mode": "video"}, "mode"),
     ({"mode": "t2i", "prompt": 3}, "prompt must be a string"),
-    ({"mode": "t2i", "prompt": "x" * 20001}, "too long"),
     ({"mode": "t2i", "negative_prompt": ["a"]}, "negative_prompt"),
     ({"mode": "edit"}, "references"),
     ({"mode": "edit", "references": [None] * 5}, "references"),
@@ -107,10 +106,13 @@ def test_invalid_input_is_refused(comfy_server, release, body, fragment):
 @pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", f"{RELEASE}/../{RELEASE}",
                                   f"{RELEASE}/tokenizer", "..", "", "C:\\Windows\\win.ini"])
 def test_names_must_be_listed_models(comfy_server, release, name):
+    """An unlisted name reads nothing; the prompt preview still answers (200: no console error in the UI)
+    and says the token count waits for the model's files (retry: the panel asks again)."""
     for loader in ("DeepGenVLMLoader", "DeepGenCheckpointLoader"):
-        status, r = post(comfy_server, {"mode": "t2i", "model": {"loader": loader, "name": name}})
-        assert status == 400, (loader, name, r)
-        assert "not one of the DeepGen models listed" in r["error"]
+        status, r = post(comfy_server, {"mode": "t2i", "prompt": "a cat", "model": {"loader": loader, "name": name}})
+        assert status == 200, (loader, name, r)
+        assert r["positive"] == t2i_prompt("a cat") and r["tokens"] is None and r["retry"] is True
+        assert "is not in the model folders (yet)" in r["tokens_note"]
         assert "root:" not in json.dumps(r)
     status, r = post(comfy_server, {"mode": "t2i", "model": {"loader": "DeepGenCheckpointLoader", "name": RELEASE,
                                                               "vlm_base": "../../etc"}})
@@ -172,3 +174,29 @@ def test_tokenizer_of_every_layout_without_loading_the_vlm(comfy_server, release
     status, r = post(comfy_server, {"mode": "t2i", "model": {"loader": "DeepGenCheckpointLoader",
                                                               "name": "DeepGen-1.0/model.pt"}})
     assert status == 200 and r["tokens"] is None and "vlm_base" in r["tokens_note"]
+
+
+def test_long_prompts_are_previewed_with_the_engines_warning(comfy_server, release, tokenizer):
+    from deepgen_model.conditioning import long_prompt_warning
+
+    prompt = "a lighthouse on a cliff at dusk, " * 800  # ≈ 26,000 characters
+    status, r = post(comfy_server, {"mode": "t2i", "prompt": prompt, "negative_prompt": "", "model": MODEL})
+    assert status == 200, r
+    assert r["positive"] == t2i_prompt(prompt)
+    n = r["tokens"]["positive"]
+    assert n == expected_tokens(tokenizer, r["positive"], r["negative"])["positive"] and n > 1024
+    assert r["warnings"] == [long_prompt_warning("prompt", n)]  # the very text the encode node reports
+    status, r = post(comfy_server, {"mode": "t2i", "prompt": prompt, "negative_prompt": ""})  # no tokenizer yet
+    assert status == 200 and r["tokens"] is None
+    assert len(r["warnings"]) == 1 and r["warnings"][0].startswith(f"prompt is {len(prompt)} characters")
+    status, r = post(comfy_server, {"mode": "t2i", "prompt": "a cat", "negative_prompt": "", "model": MODEL})
+    assert r["warnings"] == [] and r["retry"] is False
+
+
+def test_template_cards_get_titles_and_descriptions(comfy_server):
+    """ComfyUI merges the pack's locales/en/main.json into /i18n: the template browser shows these
+    instead of the raw file names."""
+    messages = comfy_server.get("/i18n")["en"]["templateWorkflows"]
+    assert messages["template"]["ComfyUI-DeepGen"]["text_to_image"] == "1 · Text to image"
+    assert messages["templateDescription"]["ComfyUI-DeepGen"]["image_edit"].startswith("Change one picture")
+    assert set(comfy_server.get("/workflow_templates")["ComfyUI-DeepGen"]) == set(messages["template"]["ComfyUI-DeepGen"])

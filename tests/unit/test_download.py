@@ -319,9 +319,46 @@ def test_default_destination_only_inside_comfyui(monkeypatch, tmp_path):
     pack = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-DeepGen"
     pack.mkdir(parents=True)
     monkeypatch.setattr(dl, "PACK_ROOT", pack)
+    monkeypatch.setenv("DEEPGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PWD", raising=False)
     assert dl.default_to() is None  # no main.py: not a ComfyUI folder
     (tmp_path / "ComfyUI" / "main.py").write_text("")
     assert dl.default_to() == tmp_path / "ComfyUI" / "models" / "deepgen"
+
+
+@pytest.mark.parametrize("how", ["run_example workspace", "shell in the link"])
+def test_default_destination_of_a_standalone_clone_through_its_link(monkeypatch, tmp_path, how):
+    """A clone outside ComfyUI, linked into a custom_nodes folder (as scripts/run_example.sh does)."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    monkeypatch.setattr(dl, "PACK_ROOT", clone)
+    monkeypatch.setenv("DEEPGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PWD", str(clone))
+    assert dl.default_to() is None
+    if how == "run_example workspace":
+        base = tmp_path / "home" / "workspace"
+        (base / "models").mkdir(parents=True)
+    else:
+        base = tmp_path / "ComfyUI"
+        base.mkdir()
+        (base / "main.py").write_text("")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "ComfyUI-DeepGen").symlink_to(clone)
+    if how == "shell in the link":
+        assert dl.default_to() is None  # the shell is still in the clone itself
+        monkeypatch.setenv("PWD", str(base / "custom_nodes" / "ComfyUI-DeepGen"))
+    assert dl.default_to() == base / "models" / "deepgen"
+
+
+def test_dry_run_needs_no_destination(monkeypatch, capsys):
+    monkeypatch.setattr(dl, "default_to", lambda: None)
+    assert dl.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "goes into your ComfyUI's models/deepgen" in out and "vlm/model.safetensors.index.json" in out
+    assert "missing" not in out  # nothing to compare against
+    with pytest.raises(SystemExit) as e:
+        dl.main(["--check"])
+    assert e.value.code == 2
 
 
 def test_docs_reproduce_the_table():
@@ -343,4 +380,18 @@ def test_cli_download_failure_is_reported_not_raised(monkeypatch, tmp_path, caps
     monkeypatch.setattr(dl, "_hub", Offline)
     assert dl.main(["--to", str(tmp_path), "--include", "unipic2"]) == 1
     err = capsys.readouterr().err
-    assert "download failed: ConnectionError: Name or service not known" in err and "again to resume" in err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert "download failed: could not fetch Skywork/UniPic2-SD3.5M-Kontext-2B" in err
+    assert "(ConnectionError: Name or service not known)" in err and "run the same command again" in err
+
+
+def test_unreachable_file_is_one_line(tmp_path):
+    class Refused(FakeHub):
+        def hf_hub_download(self, *a, **k):
+            raise OSError("[Errno 111] Connection refused\n  more detail that is not needed\n")
+
+    with pytest.raises(SystemExit) as e:
+        dl.download(tmp_path, "native", include=["unipic2"], hub=Refused(UNIPIC2_LISTING))
+    msg = str(e.value)
+    assert "\n" not in msg and "OSError: [Errno 111] Connection refused)" in msg
+    assert "Skywork/UniPic2-SD3.5M-Kontext-2B/" in msg

@@ -313,6 +313,32 @@ def test_builds_are_deterministic_and_seeded(tiny, tmp_path):
         assert (ra / f).read_bytes() == (rb / f).read_bytes(), f
 
 
+@pytest.mark.parametrize("state", ["default dtype bfloat16", "default dtype float64", "global RNG reseeded",
+                                   "1 thread", "3 threads"])
+def test_build_ignores_process_wide_torch_state(tiny, state):
+    """The flaky digest: the builders read the process-wide default dtype (which from_pretrained sets and
+    restores only on success). Any such state must neither change the weights nor be changed by a build."""
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    torch.manual_seed(12345)
+    if state.startswith("default dtype"):
+        torch.set_default_dtype(getattr(torch, state.split()[-1]))
+    elif state.endswith("threads") or state.endswith("thread"):
+        torch.set_num_threads(int(state.split()[0]))
+    try:
+        before = torch.random.get_rng_state()
+        dit, vae, vlm = dt.build_dit(0), dt.build_vae(0), dt.build_vlm(0)
+        assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is not consumed
+        assert torch.get_default_dtype() == (getattr(torch, state.split()[-1]) if state.startswith("default")
+                                             else torch.float32)  # and the default dtype is left as found
+    finally:
+        torch.set_default_dtype(torch.float32)
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng)
+    for got, want in ((dit, tiny.dit), (vae, tiny.vae), (vlm, tiny.vlm_base)):
+        assert all(p.dtype == torch.float32 for p in got.parameters())
+        assert _digest(got.state_dict()) == _digest(want.state_dict())
+
+
 def test_whole_build_is_fast(tmp_path):
     t0 = time.perf_counter()
     dt.build_all_layouts(tmp_path, dt.build_tiny_components(3))

@@ -83,6 +83,21 @@ def test_prompt_beyond_the_vlm_context_is_refused_and_long_ones_are_kept(tiny, b
     assert "trained on prompts of at most 1024 tokens" in caplog.text
     n = len(tok(cond.prompt_text[0])["input_ids"])
     assert cond.seq.shape[1] == n + think  # nothing truncated
+    # the same note travels with the conditioning, for the UI (the log alone reaches nobody)
+    assert len(cond.warnings) == 1 and cond.warnings[0] in caplog.text
+    assert cond.warnings[0].startswith(f"prompt is {n} tokens; DeepGen was trained on prompts of at most 1024")
+    assert encode(vlm, tok, bridge, "a cat", "").warnings == []
+
+
+def test_progress_reports_every_decoder_layer_in_order(tiny, bridge):
+    vlm = tiny.vlm_base
+    hooks, seen = _hooks(vlm), []
+    plain = encode(vlm, tiny.tokenizer, bridge, "a cat", "")
+    cond = encode(vlm, tiny.tokenizer, bridge, "a cat", "", progress=lambda done, total: seen.append((done, total)))
+    torch.testing.assert_close(cond.seq, plain.seq, rtol=0, atol=0)  # observing changes nothing
+    deepest = max(selected_layers(len(vlm_parts(vlm)[1].layers)))
+    assert seen == [(k, deepest) for k in range(1, deepest + 1)]
+    assert _hooks(vlm) == hooks
 
 
 # ------------------------------------------------------------------ loading errors name the file and the key

@@ -57,7 +57,8 @@ export function createPreviewElement() {
   toggle.title = "Show every <|image_pad|> token instead of <|image_pad|>×N";
   head.append(toggle);
   // the summary first (it stays visible in a small node), then the strings (scrollable)
-  root.append(head, el("div", "dg-note", ""), el("div", "dg-refs", ""), el("div", "dg-output", ""));
+  root.append(head, el("div", "dg-warn", ""), el("div", "dg-note", ""), el("div", "dg-refs", ""),
+    el("div", "dg-output", ""));
   root.append(el("div", "dg-label", "positive"), el("pre", "dg-pos", "…"));
   root.append(el("div", "dg-label", "negative"), el("pre", "dg-neg", "…"));
   for (const type of ["pointerdown", "mousedown", "wheel"]) root.addEventListener(type, (e) => e.stopPropagation());
@@ -89,11 +90,13 @@ function outputLine(r) {
   return `output: ${o.width}×${o.height} from width/height`;
 }
 
-/** Fill the element with a server answer (or an error text). */
-export function render(root, answer, names, notes) {
+/** Fill the element with a server answer (or an error text) and the last run's warnings. */
+export function render(root, answer, names, notes, runWarnings = []) {
   const show = () => {
     const exact = root.querySelector(".dg-exact-box").checked;
     const q = (s) => root.querySelector(s);
+    const warnings = [...new Set([...(answer.warnings ?? []), ...runWarnings])];
+    q(".dg-warn").textContent = warnings.map((w) => `⚠ ${w}`).join("\n");
     if (answer.error) {
       q(".dg-pos").textContent = q(".dg-neg").textContent = "";
       q(".dg-tokens").textContent = "";
@@ -127,5 +130,7 @@ export const STYLE = `
   background: #0005; padding: 2px 4px; border-radius: 3px; }
 .deepgen-preview .dg-refs, .deepgen-preview .dg-output { white-space: pre-wrap; color: #bbb; margin-top: 3px; }
 .deepgen-preview .dg-note { color: #f9c66b; }
+.deepgen-preview .dg-warn { color: #ffb74d; white-space: pre-wrap; font-family: sans-serif; }
+.deepgen-preview .dg-warn:empty { display: none; }
 .deepgen-preview[data-state="error"] .dg-note { color: #ff8a80; }
 `;
