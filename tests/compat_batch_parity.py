@@ -97,14 +97,15 @@ def main() -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="deepgen-parity-"))
     work.mkdir(parents=True, exist_ok=True)
     models, images = work / "models", work / "in"
-    deepgen_tiny.write_diffusers_release(models / "deepgen" / "DeepGen-1.0-diffusers", deepgen_tiny.build_tiny_components())
+    release = models / "deepgen" / "DeepGen-1.0-diffusers"
+    deepgen_tiny.write_diffusers_release(release, deepgen_tiny.build_tiny_components())
     make_images(images)
     names = sorted(q.name for q in images.iterdir())
     runs = []
     for spec in args.comfy:
         tree, _, python = spec.partition("=")
-        version, out, seconds = run_on(Path(os.path.expanduser(tree)).resolve(), os.path.expanduser(python or sys.executable),
-                                       work, models, images)
+        tree, python = Path(os.path.expanduser(tree)).resolve(), os.path.expanduser(python or sys.executable)
+        version, out, seconds = run_on(tree, python, work, models, images)
         got = sorted(q.name for q in out.glob("*.png"))
         print(f"ComfyUI {version}: {len(got)}/{len(names)} edited in {seconds:.1f}s -> {out}")
         if got != names:
