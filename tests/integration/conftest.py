@@ -3,8 +3,8 @@ as an HTTP server and in-process.
 
 Needs DEEPGEN_COMFY_DIR (the ComfyUI tree that .ci/setup.sh extracts). Without it every test here
 is skipped, or ERRORs when DEEPGEN_REQUIRE_INTEGRATION=1 (CI). scripts/test.sh sets both up.
-Version differences between ComfyUI releases are handled here, in InProcessComfy (the only place that
-touches the executor), never in the tests; the server is used through its HTTP API and /ws only.
+Differences between ComfyUI releases are handled here, never in the tests: ComfyServer.log_text (log format)
+and InProcessComfy (the only code that touches the executor); the server is used through HTTP and /ws only.
 
 Session fixtures:
   comfy_dir        Path   the ComfyUI tree (never modified)
