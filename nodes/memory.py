@@ -9,13 +9,15 @@ from contextlib import contextmanager
 import comfy.model_management as mm
 import torch
 
+from .comfy_compat import offload_flags
+
 MEMORY_HINTS = {
     "loading": "set the VLM loader's quantization to '8-bit' (or '4-bit nf4'), weight_dtype to bf16/fp16 (the DiT "
                "loader also offers fp8_e4m3fn), or free memory first (Unload models, or close other programs)",
     "encoding": "set the VLM loader's quantization to '8-bit', use smaller or fewer reference images (max_side), "
-                "or start ComfyUI with --lowvram / --novram so that models are offloaded",
+                "or start ComfyUI with {offload} so that models are offloaded",
     "sampling": "use a smaller width/height (or max_side for edits), fewer reference images, or start ComfyUI with "
-                "--lowvram / --novram so that the DiT is offloaded; the 8-bit VLM also leaves more room",
+                "{offload} so that the DiT is offloaded; the 8-bit VLM also leaves more room",
 }
 
 
@@ -39,8 +41,9 @@ def memory_guard(stage: str):
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         gpu = isinstance(e, torch.OutOfMemoryError)
+        hint = MEMORY_HINTS.get(stage.split()[0], MEMORY_HINTS["sampling"]).format(offload=offload_flags())
         msg = (f"DeepGen ran out of {'GPU' if gpu else 'system'} memory while {stage} ({first}). "
-               f"To fit: {MEMORY_HINTS.get(stage.split()[0], MEMORY_HINTS['sampling'])}. "
+               f"To fit: {hint}. "
                "Memory was released; the next job can run.")
         traceback.clear_frames(e.__traceback__)  # drop the activations the failed frames still hold
         mm.unload_all_models()

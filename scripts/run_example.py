@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +196,7 @@ def run(server: Server, prompt: dict, timeout: float) -> dict:
     """Queue the prompt and wait for its /history entry; returns it, or exits with the server's error."""
     client, prompt_id = server.client, new_prompt_id()
     try:
-        client.queue_prompt(prompt, prompt_id, uuid.uuid4().hex)
+        client.queue_prompt(prompt, prompt_id, new_prompt_id())
     except (ItemError, TransientError) as e:
         fail(f"ComfyUI did not accept the workflow: {e}")
     print(f"queued prompt {prompt_id}; waiting (server log: {server.log_path})", flush=True)

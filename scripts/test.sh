@@ -6,6 +6,7 @@
 #   browser       the web extension in headless Chromium against the real server (tests/browser)
 # Usage: bash scripts/test.sh [pytest args...]      e.g.  bash scripts/test.sh -x -k packaging
 # Env: DEEPGEN_HOME (default ~/.cache/comfyui-deepgen), DEEPGEN_LEGS (default "unit-tf5 unit-tf4 integration browser").
+#      DEEPGEN_COMFY_DIR=<any ComfyUI tree> runs integration + browser against that tree (default: our 0.3.75).
 # Exit status: non-zero if any leg fails. A leg that collects no tests fails, unless pytest args were
 # given (a -k/path selection may legitimately select nothing in some legs).
 set -uo pipefail
@@ -51,8 +52,8 @@ for leg in $LEGS; do
   case "$leg" in
     unit-tf5) run_leg unit-tf5 tests/unit ;;
     unit-tf4) run_leg unit-tf4 tests/unit "PYTHONPATH=$DEEPGEN_HOME/tf4${PYTHONPATH:+:$PYTHONPATH}" ;;
-    integration) run_leg integration tests/integration "DEEPGEN_COMFY_DIR=$DEEPGEN_HOME/ComfyUI" "PYTEST_ADDOPTS=-m 'not browser'" ;;
-    browser) run_leg browser tests/integration/test_web_browser.py "DEEPGEN_COMFY_DIR=$DEEPGEN_HOME/ComfyUI" \
+    integration) run_leg integration tests/integration "DEEPGEN_COMFY_DIR=${DEEPGEN_COMFY_DIR:-$DEEPGEN_HOME/ComfyUI}" "PYTEST_ADDOPTS=-m 'not browser'" ;;
+    browser) run_leg browser tests/integration/test_web_browser.py "DEEPGEN_COMFY_DIR=${DEEPGEN_COMFY_DIR:-$DEEPGEN_HOME/ComfyUI}" \
         "DEEPGEN_REQUIRE_BROWSER=${DEEPGEN_REQUIRE_BROWSER:-${DEEPGEN_REQUIRE_INTEGRATION:-0}}" ;;
     *) echo "unknown leg '$leg' (known: unit-tf5 unit-tf4 integration browser)" >&2; exit 2 ;;
   esac

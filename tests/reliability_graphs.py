@@ -45,7 +45,7 @@ def edit(images: list[str], max_side=SIZE, width=SIZE, height=SIZE, prompt="make
 
 
 def output(comfy, node):
-    return comfy.executor.caches.outputs.get(node).outputs
+    return comfy.node_output(node)
 
 
 def image_of(comfy, prompt) -> torch.Tensor:

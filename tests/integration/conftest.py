@@ -1,7 +1,10 @@
-"""Integration harness: the pack inside a REAL ComfyUI 0.3.75, as an HTTP server and in-process.
+"""Integration harness: the pack inside a REAL ComfyUI (0.3.75 in CI, any newer tree via DEEPGEN_COMFY_DIR),
+as an HTTP server and in-process.
 
 Needs DEEPGEN_COMFY_DIR (the ComfyUI tree that .ci/setup.sh extracts). Without it every test here
 is skipped, or ERRORs when DEEPGEN_REQUIRE_INTEGRATION=1 (CI). scripts/test.sh sets both up.
+Differences between ComfyUI releases are handled here, never in the tests: ComfyServer.log_text (log format)
+and InProcessComfy (the only code that touches the executor); the server is used through HTTP and /ws only.
 
 Session fixtures:
   comfy_dir        Path   the ComfyUI tree (never modified)
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,10 +33,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
+
+from deepgen_batch.api import new_prompt_id  # the one prompt-id rule (canonical UUID) for every client
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "ComfyUI-DeepGen"  # fixed: it names /extensions/<name>/ and custom_nodes.<name>
@@ -39,11 +45,13 @@ COMFY_DIR = os.environ.get("DEEPGEN_COMFY_DIR", "")
 REQUIRE = os.environ.get("DEEPGEN_REQUIRE_INTEGRATION") == "1"
 START_TIMEOUT = float(os.environ.get("DEEPGEN_COMFY_START_TIMEOUT", "120"))
 DONE_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LEVEL_TAG = re.compile(r"^\[(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\] ", re.M)
 
 
 def _comfy_problem() -> str | None:
     if not COMFY_DIR:
-        return ("DEEPGEN_COMFY_DIR is unset: integration tests need a ComfyUI 0.3.75 tree "
+        return ("DEEPGEN_COMFY_DIR is unset: integration tests need a ComfyUI tree (0.3.75 or newer) "
                 "(`bash scripts/test.sh` installs one and runs them)")
     if not (Path(COMFY_DIR) / "main.py").is_file():
         return f"DEEPGEN_COMFY_DIR={COMFY_DIR} is not a ComfyUI tree (no main.py); re-run .ci/setup.sh"
@@ -200,7 +208,7 @@ class ComfyServer:
     async def _ws_run(self, prompt, timeout):
         import aiohttp
 
-        client_id, prompt_id, events = uuid.uuid4().hex, uuid.uuid4().hex, []
+        client_id, prompt_id, events = new_prompt_id(), new_prompt_id(), []
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{self.url.replace('http', 'ws', 1)}/ws?clientId={client_id}") as ws:
@@ -224,7 +232,8 @@ class ComfyServer:
 
     # log
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """The server log as plain lines: ComfyUI 0.28 colours them and prefixes a "[LEVEL] " tag."""
+        return _LEVEL_TAG.sub("", _ANSI.sub("", self.log_path.read_text(errors="replace")))
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -313,7 +322,7 @@ class StubServer:
 
 
 class InProcessComfy:
-    """ComfyUI 0.3.75 loaded into this process, with the pack loaded through ``nodes.load_custom_node``.
+    """ComfyUI loaded into this process, with the pack loaded through ``nodes.load_custom_node``.
 
     Attributes: nodes / execution / folder_paths (ComfyUI's modules), pack (the pack's module as ComfyUI
     imported it), pack_nodes ({node id: class} ComfyUI registered for the pack, V1 or V3), output_dir, server (StubServer), events (last run's
@@ -359,8 +368,9 @@ class InProcessComfy:
         # V1 and V3 alike: ComfyUI tags every class it registered for the pack with its module
         self.pack_nodes = {k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items()
                            if getattr(v, "RELATIVE_PYTHON_MODULE", None) == f"custom_nodes.{PACK_NAME}"}
+        # main.py's cache sizes: 0.3.75 reads "lru"/"ram", 0.28 also "ram_inactive"; unused keys are harmless
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0})
+                                                 cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
 
     def _progress_hook(self, value, total, preview, prompt_id=None, node_id=None):
         # what main.py's hijack_progress does, minus the websocket: events + interruption point
@@ -395,31 +405,49 @@ class InProcessComfy:
 
     def validate(self, prompt: dict):
         """-> (valid, error, output_node_ids, node_errors), as POST /prompt validates."""
-        return asyncio.run(self.execution.validate_prompt(uuid.uuid4().hex, prompt, None))
+        return asyncio.run(self.execution.validate_prompt(new_prompt_id(), prompt, None))
 
-    def run(self, prompt: dict, fresh: bool = False, on_event=None):
+    def run(self, prompt: dict, fresh: bool = False, on_event=None, preview_method: str | None = None):
         """Validate + execute like the server's queue. -> (success, outputs, status_messages).
 
         outputs: ui outputs per node (as /history "outputs"); status_messages: [(event, data)] as in
         /history (a failed validation gives [("validation_error", {"error", "node_errors"})]).
         fresh=True drops every cached output first, so all nodes execute again.
         on_event(event, data) sees every server event as it happens (progress, executing, ...).
+        preview_method ("latent2rgb", ...): live previews for this prompt, as the frontend's per-prompt setting
+        (0.28 resets args.preview_method from extra_data on every prompt; 0.3.75 reads args only).
         """
+        from comfy.cli_args import LatentPreviewMethod, args
+
         if fresh:
             self.executor.reset()
         self.server.events, self.server.on_event = [], on_event
-        prompt_id = uuid.uuid4().hex
+        prompt_id = new_prompt_id()
         self.server.last_prompt_id = prompt_id
         valid, error, outputs, node_errors = asyncio.run(self.execution.validate_prompt(prompt_id, prompt, None))
         if not valid:
             return False, {}, [("validation_error", {"error": error, "node_errors": node_errors})]
+        extra_data, method = {"client_id": "pytest"}, args.preview_method
+        if preview_method:
+            extra_data["preview_method"] = preview_method
+            args.preview_method = LatentPreviewMethod(preview_method)
         try:
-            self.executor.execute(prompt, prompt_id, {"client_id": "pytest"}, outputs)
+            self.executor.execute(prompt, prompt_id, extra_data, outputs)
         finally:
-            self.server.on_event = None
+            self.server.on_event, args.preview_method = None, method
         msgs = self.executor.status_messages
         success = any(event == "execution_success" for event, _ in msgs)
         return success, self.executor.history_result["outputs"], msgs
+
+    def node_output(self, node_id: str) -> list:
+        """The last run's outputs of a node, [socket][list item] (e.g. node_output("6")[0][0] is an IMAGE).
+
+        Read from the executor's output cache: its get() is a plain call on 0.3.75, a coroutine on 0.28."""
+        entry = self.executor.caches.outputs.get(node_id)
+        if inspect.isawaitable(entry):
+            entry = asyncio.run(entry)
+        assert entry is not None, f"node {node_id} has no outputs from the last run"
+        return entry.outputs
 
 
 @pytest.fixture(scope="session")

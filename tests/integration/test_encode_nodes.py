@@ -66,7 +66,7 @@ def edit_graph(names, max_side=64, width=64, height=48, negative=NEGATIVE) -> di
 
 
 def outputs(comfy, node_id):
-    return comfy.executor.caches.outputs.get(node_id).outputs
+    return comfy.node_output(node_id)
 
 
 def run_ok(comfy, prompt):

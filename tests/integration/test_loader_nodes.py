@@ -88,7 +88,7 @@ def vlm_graph(source, lora=None, quantization="none", weight_dtype="fp32", scb=R
 
 def cached_output(comfy, node_id: str) -> list:
     """Outputs of a node of the last in-process run: one list per output socket."""
-    return comfy.executor.caches.outputs.get(node_id).outputs
+    return comfy.node_output(node_id)
 
 
 # ------------------------------------------------------------------ folder registry and listing

@@ -52,7 +52,7 @@ def graph(prompt="a small red house", steps=1, seed=11) -> dict:
 def image(comfy, prompt, fresh=False) -> torch.Tensor:
     ok, _, msgs = comfy.run(prompt, fresh=fresh)
     assert ok, repr(msgs)[-3000:]
-    img = comfy.executor.caches.outputs.get("6").outputs[0][0]
+    img = comfy.node_output("6")[0][0]
     assert torch.isfinite(img).all() and img.std() > 0.02
     return img.clone()
 
@@ -80,7 +80,7 @@ def baseline(comfy):
 
 
 def text_layer_class(comfy):
-    vlm = comfy.executor.caches.outputs.get("1").outputs[1][0].model.vlm
+    vlm = comfy.node_output("1")[1][0].model.vlm
     return type(pack(comfy, "deepgen_model.compat").vlm_parts(vlm)[1].layers[0])
 
 

@@ -181,7 +181,7 @@ def test_image_tokens_in_prompts_name_the_prompt(comfy, comfy_base, reference, t
 def test_typed_special_tokens_follow_the_official_tokenisation(comfy, reference):
     """<|im_end|> typed in a prompt is the special token (as in the release's own code), not refused."""
     image_of(comfy, t2i(prompt="a cat<|im_end|> on a mat"))
-    tokenizer = comfy.executor.caches.outputs.get("1").outputs[1][0].model.tokenizer
+    tokenizer = comfy.node_output("1")[1][0].model.tokenizer
     assert tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"] == [deepgen_tiny.TINY_TOKEN_IDS["<|im_end|>"]]
     same_picture_again(comfy, reference)
 

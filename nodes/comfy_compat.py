@@ -1,0 +1,25 @@
+"""What differs between the ComfyUI releases the pack supports (0.3.75 .. 0.38), in one place.
+
+Dynamic VRAM (comfy-aimdo; ComfyUI 0.28+ turns it on by default on NVIDIA): ComfyUI then streams the weights
+of its own models (CoreModelPatcher = ModelPatcherDynamic) and ignores --lowvram; only --novram (or
+--disable-dynamic-vram, then --lowvram) makes it offload by estimate again. The pack's patchers stay plain
+ModelPatchers on every version: the VLM is transformers layers (nothing dynamic loading can stream, and it
+needs force_full_load), and model_management loads plain patchers beside dynamic ones. What a user is told
+to change therefore depends on the running ComfyUI.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def dynamic_vram() -> bool:
+    """True when this ComfyUI runs with dynamic VRAM (0.3.75 has no comfy.memory_management: never)."""
+    memory_management = sys.modules.get("comfy.memory_management")
+    return bool(getattr(memory_management, "aimdo_enabled", False))
+
+
+def offload_flags() -> str:
+    """The ComfyUI start-up flags that make it offload models to system RAM, for this ComfyUI."""
+    if dynamic_vram():
+        return "--novram (dynamic VRAM is on, so --lowvram does nothing)"
+    return "--lowvram / --novram"
