@@ -96,8 +96,9 @@ class Stages:
             finally:
                 if self.memory.cuda:
                     torch.cuda.synchronize()
-                rec = self.records.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_bytes": 0})
-                rec["seconds"] += time.perf_counter() - t
+                rec = self.records.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_bytes": 0, "each": []})
+                rec["each"].append(time.perf_counter() - t)
+                rec["seconds"] += rec["each"][-1]
                 rec["calls"] += 1
                 rec["peak_bytes"] = max(rec["peak_bytes"], self.memory.close(key))
 
@@ -260,6 +261,24 @@ def environment() -> dict:
     for mod in ("transformers", "diffusers"):
         info[mod] = __import__(mod).__version__
     return info
+
+
+@contextlib.contextmanager
+def machine_load(out: dict):
+    """with machine_load(row): ... -> row["load_avg_1m"] (at the start) and, over the window, the cores
+    busy with OTHER processes (machine busy CPU time minus this process's, per wall second) and the
+    cores the hypervisor stole: a shared box's noise, recorded next to each timing."""
+    proc = psutil.Process()
+    busy = lambda c: c.user + c.nice + c.system + c.irq + c.softirq  # noqa: E731
+    own = lambda: sum(proc.cpu_times()[:4])  # noqa: E731  user, system, children
+    c0, o0, t0 = psutil.cpu_times(), own(), time.perf_counter()
+    out["load_avg_1m"] = round(psutil.getloadavg()[0], 2)
+    try:
+        yield out
+    finally:
+        c1, o1, wall = psutil.cpu_times(), own(), max(time.perf_counter() - t0, 1e-9)
+        out["other_cpu_cores"] = round(max(0.0, (busy(c1) - busy(c0)) - (o1 - o0)) / wall, 2)
+        out["steal_cores"] = round((getattr(c1, "steal", 0.0) - getattr(c0, "steal", 0.0)) / wall, 2)
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]], title: str = "") -> str:

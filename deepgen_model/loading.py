@@ -445,7 +445,7 @@ def load_vlm(source, *, base_vlm_path=None, dtype=None, device="cpu", attn_imple
     weights, with a warning, when model.pt has none). converted: deepgen_vlm.safetensors."""
     dtype = parse_dtype(dtype)
     attn = check_attn_implementation(attn_implementation)
-    default_storage, default_compute = resolve_dtypes(device)
+    default_storage, default_compute = resolve_dtypes(device, stage="vlm")
     quant = quantization_config(quantization, default_compute if dtype in (None, default_storage) else dtype)
     opts = dict(dtype=dtype, device=device, attn=attn, quant=quant)
     layout = _layout(source)

@@ -1,8 +1,10 @@
-"""Storage vs compute dtypes (engine-feasibility §3).
+"""Storage vs compute dtypes, and the CPU compute-dtype policy (docs/performance.md, "CPU compute dtype").
 
-CPUs without native bf16 (no AVX512-BF16/AMX) run bf16 matmuls ~7x slower than fp32, so there the
-weights are stored in bf16 (half the RAM) and every layer computes in fp32 ("manual cast": weights
-are cast per call, the stored tensors never change).
+Weights are stored in bf16 on a CPU (half the RAM of fp32). Which dtype each stage COMPUTES in depends
+on the CPU, from measurement (bench/dtypes.py): without native bf16 (no AVX512-BF16/AMX) bf16 matmuls
+are ~7x slower than fp32, so every layer computes in fp32 ("manual cast": weights are cast per call,
+the stored tensors never change); with native bf16 they are several times faster than fp32, and the
+stages in CPU_BF16_STAGES compute in bf16, the released model's own precision.
 """
 from __future__ import annotations
 
@@ -40,8 +42,24 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_dtypes(device, dtype=None) -> tuple[torch.dtype, torch.dtype]:
-    """-> (storage dtype, compute dtype) for `device`. An explicit dtype is used for both."""
+# Stages that compute in bf16 on a CPU with native bf16: each was measured faster in bf16 than in fp32
+# with a difference to fp32 within CPU_BF16_MAX_REL_RMS on its own output (bench/dtypes.py).
+STAGES = ("vlm", "bridge", "dit", "vae")
+CPU_BF16_STAGES = frozenset(STAGES)
+CPU_BF16_MAX_REL_RMS = 0.02
+
+
+def cpu_compute_dtype(stage: str | None = None) -> torch.dtype:
+    """The dtype `stage` ("vlm", "bridge", "dit", "vae"; None: any) computes in on this CPU."""
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
+    if cpu_has_native_bf16() and (stage is None or stage in CPU_BF16_STAGES):
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtypes(device, dtype=None, stage: str | None = None) -> tuple[torch.dtype, torch.dtype]:
+    """-> (storage dtype, compute dtype) of `stage` on `device`. An explicit dtype is used for both."""
     explicit = parse_dtype(dtype)
     if explicit is not None:
         return explicit, explicit
@@ -50,7 +68,7 @@ def resolve_dtypes(device, dtype=None) -> tuple[torch.dtype, torch.dtype]:
         half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return half, half
     if kind == "cpu":
-        return torch.bfloat16, (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+        return torch.bfloat16, cpu_compute_dtype(stage)
     if kind == "mps":
         return torch.float16, torch.float16
     return torch.float32, torch.float32

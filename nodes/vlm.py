@@ -109,12 +109,12 @@ def memory_guard(stage: str):
         raise (torch.OutOfMemoryError if gpu else MemoryError)(msg) from e
 
 
-def weight_dtypes(choice: str, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
-    """Widget value -> (storage, compute) dtypes for `device`, as DeepGenPipeline picks them: auto is bf16
-    on CUDA (the release's precision) and bf16 storage computed in fp32 on CPUs without native bf16."""
+def weight_dtypes(choice: str, device: torch.device, stage: str) -> tuple[torch.dtype, torch.dtype]:
+    """Widget value -> (storage, compute) dtypes of `stage` on `device`, as DeepGenPipeline picks them: auto is
+    bf16 on CUDA (the release's precision); on a CPU bf16 storage computed per precision.cpu_compute_dtype."""
     if choice not in PRECISIONS:
         raise DeepGenLoadError(f"weight_dtype {choice!r} is not one of {PRECISIONS}.")
-    return resolve_dtypes(device, None if choice == "auto" else choice)
+    return resolve_dtypes(device, None if choice == "auto" else choice, stage)
 
 
 def quantization_arg(choice: str, device: torch.device) -> str | None:
@@ -199,7 +199,7 @@ def load_vlm_patcher(source: str, base_vlm_path: str | None, description: str, w
     from ..deepgen_model.loading import load_vlm
 
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    storage, compute = weight_dtypes(weight_dtype, load_device)
+    storage, compute = weight_dtypes(weight_dtype, load_device, "vlm")
     quant = quantization_arg(quantization, load_device)
     if quant is not None:  # bitsandbytes weights are quantized for, and stay on, one device
         offload_device = load_device
@@ -250,7 +250,7 @@ def load_scb_patcher(path: str, weight_dtype: str = "auto"):
     from ..deepgen_model.loading import load_bridge
 
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    storage, compute = weight_dtypes(weight_dtype, load_device)
+    storage, compute = weight_dtypes(weight_dtype, load_device, "bridge")
     with memory_guard(f"loading the SCB bridge from {path}"):
         bridge = load_bridge(path, dtype=storage, device=offload_device)
     if compute != storage:
