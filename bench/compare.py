@@ -85,6 +85,7 @@ def summarise(mode: str, size: int, steps: int, runs: dict) -> tuple[dict, list[
     row = {"mode": mode, "size": size, "steps": steps, "repeats": len(ref),
            "reference_s": _spread([r["seconds"] for r in ref]), "pack_s": _spread([r["seconds"] for r in pack]),
            "ratio": _spread(ratios), "ratios": ratios,
+           "cpu_ratio": _spread([p["cpu_s"] / r["cpu_s"] for r, p in zip(ref, pack)]),
            "reference_peak_gib": max(r["peak_gib"] for r in ref), "pack_peak_gib": max(r["peak_gib"] for r in pack),
            "load_avg_1m": _spread([r["load_avg_1m"] for r in ref + pack]),
            "other_cpu_cores": _spread([r["other_cpu_cores"] for r in ref + pack]),
@@ -189,11 +190,13 @@ def run(argv=None) -> dict:
     fmt = lambda d: f"{d['median']:.3f} [{d['min']:.3f}-{d['max']:.3f}]"  # noqa: E731
     printable = [{**r, "ref": fmt(r["reference_s"]), "pack": fmt(r["pack_s"]), "pr": fmt(r["ratio"]),
                   "load": f"{r['load_avg_1m']['min']:.1f}-{r['load_avg_1m']['max']:.1f}",
-                  "others": f"{r['other_cpu_cores']['median']:.2f}"} for r in rows]
+                  "others": f"{r['other_cpu_cores']['median']:.2f}", "cpr": f"{r['cpu_ratio']['median']:.3f}"}
+                 for r in rows]
     memory_kind = "CUDA allocated" if mem.cuda else "process RSS"
     print(table(printable, [("mode", "mode", ""), ("size", "px", ""), ("steps", "steps", ""),
                             ("ref", "reference s median [min-max]", ""), ("pack", "pack s median [min-max]", ""),
-                            ("pr", "pack/ref median [min-max]", ""), ("load", "load avg", ""),
+                            ("pr", "pack/ref median [min-max]", ""), ("cpr", "CPU-s pack/ref", ""),
+                            ("load", "load avg", ""),
                             ("others", "other procs cores", ""),
                             ("reference_peak_gib", "ref peak GiB", "{:.2f}"), ("pack_peak_gib", "pack peak GiB", "{:.2f}"),
                             ("max_abs_latent_diff", "max |dlatent|", "{:.1e}")],
