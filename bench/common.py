@@ -223,14 +223,15 @@ def build_real(dtype: torch.dtype, parts=("vlm", "bridge", "dit", "vae")) -> dic
     return out
 
 
-def real_pipeline(compute=torch.float32):
-    """(pipe, parts): the pack over real-size random bf16 weights, computing in `compute` (manual cast)."""
+def real_pipeline(compute=None):
+    """(pipe, parts): the pack over real-size random bf16 weights, computing in `compute` (manual cast);
+    None: each stage in the dtype the engine picks for this CPU (precision.cpu_compute_dtype)."""
     from deepgen_model import DeepGenPipeline
-    from deepgen_model.precision import apply_manual_cast
+    from deepgen_model.precision import apply_manual_cast, cpu_compute_dtype
 
     parts = build_real(torch.bfloat16)
     for name in ("vlm", "bridge", "dit", "vae"):
-        apply_manual_cast(parts[name], compute)
+        apply_manual_cast(parts[name], compute or cpu_compute_dtype(name))
     pipe = DeepGenPipeline(parts["vlm"], parts["tokenizer"], parts["bridge"], parts["dit"], parts["vae"],
                            parts["scheduler_config"])
     return pipe, parts

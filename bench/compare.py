@@ -40,7 +40,7 @@ PER_STEP_ROWS = 4  # up to this many steps, each step gets its own row; beyond, 
 
 def load(model: str, device: str, quant: str | None, release: str | None = None, compute: str = "auto"):
     from deepgen_model import DeepGenPipeline
-    from deepgen_model.precision import compute_dtype_of, parse_dtype, resolve_dtypes
+    from deepgen_model.precision import compute_dtype_of, parse_dtype
 
     if model == "tiny":
         from bench.reference_loop import ReferenceDeepGen
@@ -48,9 +48,8 @@ def load(model: str, device: str, quant: str | None, release: str | None = None,
         release = tiny_release(release)
         return DeepGenPipeline.from_pretrained(release, dtype="fp32", device=device), ReferenceDeepGen(release, device)
     if model == "real":
-        dtype = parse_dtype(compute) or resolve_dtypes("cpu")[1]
-        pipe, _ = real_pipeline(dtype)
-        return pipe, reference_for(pipe, dtype)
+        pipe, _ = real_pipeline(parse_dtype(compute))
+        return pipe, reference_for(pipe, compute_dtype_of(pipe.transformer))
     pipe = DeepGenPipeline.from_pretrained(model, device=device, quantization=quant)
     return pipe, reference_for(pipe, compute_dtype_of(pipe.transformer.dit) or pipe.transformer.dit.dtype)
 
@@ -179,6 +178,8 @@ def run(argv=None) -> dict:
                             outs[side] = sides[side]()
                         rec["stages"] = st.take()
                         runs[side].append(rec)
+                        print(f"  {mode} {size}px round {round_} {side}: {rec['seconds']:.2f} s (load "
+                              f"{rec['load_avg_1m']}, others {rec['other_cpu_cores']} cores)", flush=True)
                 row, srows = summarise(mode, size, steps, runs)
                 row["max_abs_latent_diff"] = (outs["pack"].float().cpu() - outs["reference"].float().cpu()).abs().max().item()
                 rows.append(row)

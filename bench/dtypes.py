@@ -135,6 +135,8 @@ def run(argv=None) -> dict:
         rec["stages"], rec["captured"] = st.take(), cap.take()
         rec["latents"], rec["images"] = out.latents.float(), out.images.float()
         rec["reference_latent"] = pipe._ref_cache[2][0].float()
+        print(f"  bf16 stages {rec['bf16']}: {rec['seconds']:.2f} s (load {rec['load_avg_1m']}, "
+              f"others {rec['other_cpu_cores']} cores)", flush=True)
         rec["references"] = out.conditioning.references
         return rec
 
