@@ -98,12 +98,8 @@ def comfy_vae(ae) -> comfy.sd.VAE:
         if not cfg.get(f"use_{name}", True):
             sd[f"{name}.weight"] = torch.eye(n, dtype=dtype)[:, :, None, None]
             sd[f"{name}.bias"] = torch.zeros(n, dtype=dtype)
-    # ComfyUI runs a VAE in fp32 on every CPU; one with native bf16 runs it faster in bf16 (precision.py)
-    cpu_bf16 = (mm.vae_device().type == "cpu" and cpu_compute_dtype("vae") == torch.bfloat16
-                and not mm.args.fp32_vae)
     with _group_norm_groups(cfg.norm_num_groups):
-        vae = comfy.sd.VAE(sd=sd, config={"params": {"embed_dim": z, "ddconfig": ddconfig}},
-                           dtype=torch.bfloat16 if cpu_bf16 and mm.vae_dtype(mm.vae_device()) == torch.float32 else None)
+        vae = comfy.sd.VAE(sd=sd, config={"params": {"embed_dim": z, "ddconfig": ddconfig}})
     vae.latent_channels = z
     return vae
 
