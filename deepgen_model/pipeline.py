@@ -102,8 +102,9 @@ class DeepGenPipeline:
         - a folder of files written by `python -m deepgen_model.convert`.
 
         dtype: None picks bf16 on CUDA; on a CPU it stores bf16 weights and computes each stage in
-        precision.cpu_compute_dtype(stage) (bf16 on CPUs with native bf16, else fp32).
-        quantization: None, "8bit" or "nf4" (VLM only, needs bitsandbytes). offload: see __init__ (components are loaded on the CPU, then placed).
+        precision.cpu_compute_dtype(stage) (fp32 without native bf16; with it, bf16 for the measured stages).
+        quantization: None, "8bit" or "nf4" (VLM only, needs bitsandbytes).
+        offload: see __init__ (components are loaded on the CPU, then placed).
         dit_weights: None, or "fp8_e4m3fn" / "fp8_e5m2" to store the DiT's Linear weights in fp8."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dit_weights is not None and dit_weights not in FP8_DTYPES:

@@ -51,7 +51,8 @@ CPU_BF16_MAX_REL_RMS = 0.02
 
 
 def cpu_compute_dtype(stage: str | None = None) -> torch.dtype:
-    """The dtype `stage` ("vlm", "bridge", "dit", "vae"; None: any) computes in on this CPU."""
+    """The dtype `stage` ("vlm", "bridge", "dit", "vae") computes in on this CPU; None: bf16 wherever
+    the CPU has native bf16 (a caller that is no single stage)."""
     if stage is not None and stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
     if cpu_has_native_bf16() and (stage is None or stage in CPU_BF16_STAGES):
