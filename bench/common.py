@@ -96,8 +96,9 @@ class Stages:
             finally:
                 if self.memory.cuda:
                     torch.cuda.synchronize()
-                rec = self.records.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_bytes": 0})
-                rec["seconds"] += time.perf_counter() - t
+                rec = self.records.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_bytes": 0, "each": []})
+                rec["each"].append(time.perf_counter() - t)
+                rec["seconds"] += rec["each"][-1]
                 rec["calls"] += 1
                 rec["peak_bytes"] = max(rec["peak_bytes"], self.memory.close(key))
 
@@ -222,14 +223,15 @@ def build_real(dtype: torch.dtype, parts=("vlm", "bridge", "dit", "vae")) -> dic
     return out
 
 
-def real_pipeline(compute=torch.float32):
-    """(pipe, parts): the pack over real-size random bf16 weights, computing in `compute` (manual cast)."""
+def real_pipeline(compute=None):
+    """(pipe, parts): the pack over real-size random bf16 weights, computing in `compute` (manual cast);
+    None: each stage in the dtype the engine picks for this CPU (precision.cpu_compute_dtype)."""
     from deepgen_model import DeepGenPipeline
-    from deepgen_model.precision import apply_manual_cast
+    from deepgen_model.precision import apply_manual_cast, cpu_compute_dtype
 
     parts = build_real(torch.bfloat16)
     for name in ("vlm", "bridge", "dit", "vae"):
-        apply_manual_cast(parts[name], compute)
+        apply_manual_cast(parts[name], compute or cpu_compute_dtype(name))
     pipe = DeepGenPipeline(parts["vlm"], parts["tokenizer"], parts["bridge"], parts["dit"], parts["vae"],
                            parts["scheduler_config"])
     return pipe, parts
@@ -260,6 +262,25 @@ def environment() -> dict:
     for mod in ("transformers", "diffusers"):
         info[mod] = __import__(mod).__version__
     return info
+
+
+@contextlib.contextmanager
+def machine_load(out: dict):
+    """with machine_load(row): ... -> row["load_avg_1m"] (at the start) and, over the window, the cores
+    busy with OTHER processes (machine busy CPU time minus this process's, per wall second) and the
+    cores the hypervisor stole: a shared box's noise, recorded next to each timing."""
+    proc = psutil.Process()
+    busy = lambda c: c.user + c.nice + c.system + c.irq + c.softirq  # noqa: E731
+    own = lambda: sum(proc.cpu_times()[:4])  # noqa: E731  user, system, children
+    c0, o0, t0 = psutil.cpu_times(), own(), time.perf_counter()
+    out["load_avg_1m"] = round(psutil.getloadavg()[0], 2)
+    try:
+        yield out
+    finally:
+        c1, o1, wall = psutil.cpu_times(), own(), max(time.perf_counter() - t0, 1e-9)
+        out["cpu_s"] = o1 - o0  # this process's own CPU seconds: its work, less sensitive to the others
+        out["other_cpu_cores"] = round(max(0.0, (busy(c1) - busy(c0)) - (o1 - o0)) / wall, 2)
+        out["steal_cores"] = round((getattr(c1, "steal", 0.0) - getattr(c0, "steal", 0.0)) / wall, 2)
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]], title: str = "") -> str:

@@ -104,14 +104,15 @@ class DeepGenPipeline:
           `base_path` = a UniPic2-SD3.5M-Kontext-2B folder (its transformer/ is overridden by model.pt);
         - a folder of files written by `python -m deepgen_model.convert`.
 
-        dtype: None picks bf16 on CUDA, and on CPUs without native bf16 stores bf16 weights but
-        computes in fp32 (about 7x faster there). quantization: None, "8bit" or "nf4" (VLM only,
-        needs bitsandbytes). offload: see __init__ (components are loaded on the CPU, then placed).
+        dtype: None picks bf16 on CUDA; on a CPU it stores bf16 weights and computes each stage in
+        precision.cpu_compute_dtype(stage) (fp32 without native bf16; with it, bf16 for the measured stages).
+        quantization: None, "8bit" or "nf4" (VLM only, needs bitsandbytes).
+        offload: see __init__ (components are loaded on the CPU, then placed).
         dit_weights: None, or "fp8_e4m3fn" / "fp8_e5m2" to store the DiT's Linear weights in fp8."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dit_weights is not None and dit_weights not in FP8_DTYPES:
             raise DeepGenInputError(f"dit_weights must be None or one of {list(FP8_DTYPES)}, got {dit_weights!r}.")
-        storage, compute = resolve_dtypes(device, dtype)
+        storage, _ = resolve_dtypes(device, dtype)
         load_on = "cpu" if offload != "none" else device
         release = Release.open(path, vlm_base=vlm_path, dit_base=base_path).require(*COMPONENTS)
         vlm, tokenizer = load_vlm(release, dtype=storage, device=load_on, attn_implementation=attn_implementation,
@@ -120,12 +121,15 @@ class DeepGenPipeline:
                  load_dit(release, dtype=storage, device=load_on), load_vae(release, dtype=storage, device=load_on)]
         if dit_weights is not None:
             store_linear_weights(parts[2], dit_weights)
-        if compute != storage or dit_weights is not None:
-            for module in parts:
+        computes = {}
+        for stage, module in zip(("vlm", "bridge", "dit", "vae"), parts):
+            computes[stage] = compute = resolve_dtypes(device, dtype, stage)[1]
+            if compute != storage or (stage == "dit" and dit_weights is not None):
                 apply_manual_cast(module, compute)
         vlm, bridge, dit, vae = parts
         log.info("DeepGen loaded from %s on %s (weights %s%s, compute %s, offload %s)", Path(path), device, storage,
-                 f", DiT Linear {dit_weights}" if dit_weights else "", compute, offload)
+                 f", DiT Linear {dit_weights}" if dit_weights else "",
+                 ", ".join(f"{k} {str(v).removeprefix('torch.')}" for k, v in computes.items()), offload)
         return cls(vlm, tokenizer, bridge, dit, vae, load_scheduler_config(release),
                    offload=offload, device=device)
 

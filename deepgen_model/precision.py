@@ -1,8 +1,10 @@
-"""Storage vs compute dtypes (engine-feasibility §3).
+"""Storage vs compute dtypes, and the CPU compute-dtype policy (docs/performance.md, "CPU compute dtype").
 
-CPUs without native bf16 (no AVX512-BF16/AMX) run bf16 matmuls ~7x slower than fp32, so there the
-weights are stored in bf16 (half the RAM) and every layer computes in fp32 ("manual cast": weights
-are cast per call, the stored tensors never change).
+Weights are stored in bf16 on a CPU (half the RAM of fp32). Which dtype each stage COMPUTES in depends
+on the CPU, from measurement (bench/dtypes.py): without native bf16 (no AVX512-BF16/AMX) bf16 matmuls
+are ~7x slower than fp32, so every layer computes in fp32 ("manual cast": weights are cast per call,
+the stored tensors never change); with native bf16 they are several times faster than fp32, and the
+stages in CPU_BF16_STAGES compute in bf16 (the released model's own precision), the others in fp32.
 """
 from __future__ import annotations
 
@@ -43,8 +45,26 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_dtypes(device, dtype=None) -> tuple[torch.dtype, torch.dtype]:
-    """-> (storage dtype, compute dtype) for `device`. An explicit dtype is used for both."""
+# Stages that compute in bf16 on a CPU with native bf16: each was measured faster in bf16 than in fp32
+# with a difference to fp32 within CPU_BF16_MAX_REL_RMS on its own output (bench/dtypes.py,
+# docs/performance.md §2). The VLM is 2.7x faster in bf16 but its hidden states moved 6.2 %: fp32.
+STAGES = ("vlm", "bridge", "dit", "vae")
+CPU_BF16_STAGES = frozenset({"bridge", "dit", "vae"})
+CPU_BF16_MAX_REL_RMS = 0.02
+
+
+def cpu_compute_dtype(stage: str | None = None) -> torch.dtype:
+    """The dtype `stage` ("vlm", "bridge", "dit", "vae") computes in on this CPU; None: bf16 wherever
+    the CPU has native bf16 (a caller that is no single stage)."""
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
+    if cpu_has_native_bf16() and (stage is None or stage in CPU_BF16_STAGES):
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtypes(device, dtype=None, stage: str | None = None) -> tuple[torch.dtype, torch.dtype]:
+    """-> (storage dtype, compute dtype) of `stage` on `device`. An explicit dtype is used for both."""
     explicit = parse_dtype(dtype)
     if explicit is not None:
         return explicit, explicit
@@ -53,7 +73,7 @@ def resolve_dtypes(device, dtype=None) -> tuple[torch.dtype, torch.dtype]:
         half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return half, half
     if kind == "cpu":
-        return torch.bfloat16, (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+        return torch.bfloat16, cpu_compute_dtype(stage)
     if kind == "mps":
         return torch.float16, torch.float16
     return torch.float32, torch.float32

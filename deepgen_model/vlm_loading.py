@@ -36,7 +36,7 @@ def load_vlm(release, *, base_vlm_path=None, dtype=None, device="cpu", attn_impl
     weights, with a warning, when model.pt has none). converted: deepgen_vlm.safetensors."""
     dtype = parse_dtype(dtype)
     attn = check_attn_implementation(attn_implementation)
-    default_storage, default_compute = resolve_dtypes(device)
+    default_storage, default_compute = resolve_dtypes(device, stage="vlm")
     quant = quantization_config(quantization, default_compute if dtype in (None, default_storage) else dtype)
     opts = dict(dtype=dtype, device=device, attn=attn, quant=quant)
     release = Release.of(release, vlm_base=base_vlm_path)

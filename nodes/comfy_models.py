@@ -36,7 +36,7 @@ import comfy.sd
 import comfy.supported_models_base
 
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
-from ..deepgen_model.precision import apply_manual_cast, dominant_dtype
+from ..deepgen_model.precision import apply_manual_cast, cpu_compute_dtype, dominant_dtype
 from ..deepgen_model.scheduler import official_sigmas, scheduler_shift, sigmas_from_config
 from ..deepgen_model.transformer import DeepGenTransformer
 
@@ -202,6 +202,10 @@ def deepgen_model_patcher(dit_module: torch.nn.Module, scheduler_config: dict | 
     weight_dtype = storage_dtype(dit)
     config = DeepGenModelConfig(scheduler_config)
     manual_cast = mm.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
+    if manual_cast is not None and torch.device(load_device).type == "cpu" and weight_dtype != torch.float16:
+        # ComfyUI computes in fp32 on every CPU; a CPU with native bf16 runs bf16 faster (precision.py)
+        compute = cpu_compute_dtype("dit")
+        manual_cast = None if compute == weight_dtype else compute
     config.set_inference_dtype(weight_dtype, manual_cast)
     use_comfy_ops(dit, comfy.ops.disable_weight_init if manual_cast is None else comfy.ops.manual_cast)
     dit.eval().requires_grad_(False)

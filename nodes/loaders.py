@@ -13,8 +13,8 @@ from comfy_api.latest import io
 
 from ..deepgen_model import loading, vlm_loading
 from ..deepgen_model.errors import DeepGenLoadError
-from ..deepgen_model.precision import (FP8_DTYPES, PRECISIONS, dominant_dtype, parse_dtype, resolve_dtypes,
-                                      store_linear_weights)
+from ..deepgen_model.precision import (FP8_DTYPES, PRECISIONS, cpu_compute_dtype, dominant_dtype, parse_dtype,
+                                      resolve_dtypes, store_linear_weights)
 from ..deepgen_model.release import QWEN, SOURCES, UNIPIC2, MissingPart, Release
 from . import paths
 from .comfy_models import (DeepGenModelConfig, DeepGenSCB, DeepGenVLM, VLMModule, comfy_vae, deepgen_model_patcher,
@@ -28,12 +28,12 @@ DIT_PRECISIONS = [*PRECISIONS, "fp8_e4m3fn"]
 _QUANT_ARG = {"none": None, "8-bit": "8bit", "4-bit nf4": "nf4"}  # widget -> vlm_loading.load_vlm
 
 
-def weight_dtypes(choice: str, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
-    """Widget value -> (storage, compute) dtypes for `device`, as DeepGenPipeline picks them: auto is bf16
-    on CUDA (the release's precision) and bf16 storage computed in fp32 on CPUs without native bf16."""
+def weight_dtypes(choice: str, device: torch.device, stage: str) -> tuple[torch.dtype, torch.dtype]:
+    """Widget value -> (storage, compute) dtypes of `stage` on `device`, as DeepGenPipeline picks them: auto is
+    bf16 on CUDA (the release's precision); on a CPU bf16 storage computed per precision.cpu_compute_dtype."""
     if choice not in PRECISIONS:
         raise DeepGenLoadError(f"weight_dtype {choice!r} is not one of {PRECISIONS}.")
-    return resolve_dtypes(device, choice)
+    return resolve_dtypes(device, choice, stage)
 
 
 def quantization_arg(choice: str, device: torch.device) -> str | None:
@@ -67,7 +67,7 @@ def load_vlm_patcher(release: Release, description: str, weight_dtype: str = "au
                      attention: str = "sdpa"):
     """DEEPGEN_VLM of an opened release."""
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    storage, compute = weight_dtypes(weight_dtype, load_device)
+    storage, compute = weight_dtypes(weight_dtype, load_device, "vlm")
     quant = quantization_arg(quantization, load_device)
     if quant is not None:  # bitsandbytes weights are quantized for, and stay on, one device
         offload_device = load_device
@@ -81,7 +81,7 @@ def load_vlm_patcher(release: Release, description: str, weight_dtype: str = "au
 def load_scb_patcher(release: Release, weight_dtype: str = "auto"):
     """DEEPGEN_SCB of an opened release."""
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    storage, compute = weight_dtypes(weight_dtype, load_device)
+    storage, compute = weight_dtypes(weight_dtype, load_device, "bridge")
     with memory_guard(f"loading the SCB bridge from {release}"):
         bridge = loading.load_bridge(release, dtype=storage, device=offload_device)
     return encoder_patcher(bridge, storage, compute, load_device, offload_device)
@@ -90,9 +90,10 @@ def load_scb_patcher(release: Release, weight_dtype: str = "auto"):
 def load_dit_model(release: Release, weight_dtype: str = "auto"):
     """MODEL (ModelPatcher) of an opened release.
 
-    weight_dtype "auto" keeps ComfyUI's choice for the device (bf16 on recent GPUs, fp32 on a CPU);
+    weight_dtype "auto" keeps ComfyUI's choice for the device (bf16 on recent GPUs, fp32 on a CPU), except on a
+    CPU with native bf16, where bf16 is faster (precision.cpu_compute_dtype);
     otherwise the weights are stored in that dtype and computed in it where the device supports it
-    (ComfyUI's manual cast covers the rest, e.g. bf16 storage on a CPU computes in fp32).
+    (ComfyUI's manual cast covers the rest, e.g. bf16 storage on a CPU without native bf16 computes in fp32).
     fp8_e4m3fn stores the Linear weights (~99% of the DiT) in fp8 and the rest in bf16; every layer
     computes in bf16 (fp32 on a CPU) through ComfyUI's manual cast: about half the memory of bf16,
     slightly different images (docs/performance.md).
@@ -107,8 +108,11 @@ def load_dit_model(release: Release, weight_dtype: str = "auto"):
             store_linear_weights(dit, fp8)
         elif dtype is None:
             params = sum(p.numel() for p in dit.parameters())
-            dit.to(mm.unet_dtype(model_params=params, supported_dtypes=DeepGenModelConfig.supported_inference_dtypes,
-                                 weight_dtype=dominant_dtype(dit)))
+            auto = mm.unet_dtype(model_params=params, supported_dtypes=DeepGenModelConfig.supported_inference_dtypes,
+                                 weight_dtype=dominant_dtype(dit))
+            if mm.get_torch_device().type == "cpu" and cpu_compute_dtype("dit") == torch.bfloat16:
+                auto = torch.bfloat16  # ComfyUI picks fp32 on every CPU; one with native bf16 runs bf16 faster
+            dit.to(auto)
     return deepgen_model_patcher(dit, loading.load_scheduler_config(release))
 
 

@@ -125,13 +125,26 @@ def test_converted_file_and_folder(node, tiny, name):
     assert patcher.get_model_object("model_sampling").shift == 3.0
 
 
-def test_weight_dtypes(node, tiny):
-    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_weight_dtypes(node, tiny, comfy_inprocess, monkeypatch, native_bf16):
+    """The CPU compute dtype follows precision.cpu_compute_dtype: fp32 without native bf16 (ComfyUI's own
+    CPU choice), bf16 with it; fp16 weights always compute in fp32 on a CPU."""
+    import sys
+
+    precision = sys.modules[f"{comfy_inprocess.pack.__name__}.deepgen_model.precision"]
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
+    bf16_compute = None if native_bf16 else torch.float32  # None: computes in the stored bf16
+    for name, dtype, compute in (("bf16", torch.bfloat16, bf16_compute), ("fp16", torch.float16, torch.float32)):
         patcher = _dit(node, dtype=name)
         assert patcher.model_dtype() == dtype
-        assert patcher.model.manual_cast_dtype == torch.float32  # a CPU computes half-precision weights in fp32
+        assert patcher.model.manual_cast_dtype == compute
         _same_weights(patcher, tiny.dit, exact=False)
-    assert _dit(node, dtype="auto").model_dtype() == torch.float32  # ComfyUI's choice on a CPU
+    auto = _dit(node, dtype="auto")
+    assert auto.model_dtype() == (torch.bfloat16 if native_bf16 else torch.float32)  # ComfyUI's is fp32 on a CPU
+    assert auto.model.manual_cast_dtype is None
+    x, sigma, conds = _inputs(auto.model, seed=3)
+    with torch.no_grad():
+        assert torch.isfinite(auto.model.apply_model(x, sigma, **conds)).all()
 
 
 def test_fp8_weight_storage_computes_through_manual_cast(node, tiny):
@@ -141,7 +154,7 @@ def test_fp8_weight_storage_computes_through_manual_cast(node, tiny):
     linears = [m for m in dit.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
     assert dit.pos_embed.proj.weight.dtype == torch.bfloat16
-    assert fp8.model.manual_cast_dtype == torch.float32  # nothing computes in fp8
+    assert fp8.model.manual_cast_dtype in (torch.float32, torch.bfloat16)  # nothing computes in fp8
     assert fp8.model_size() < 0.8 * bf16.model_size()  # tiny: the position table weighs in; real size ~0.55
     x, sigma, conds = _inputs(fp8.model, seed=2)
     with torch.no_grad():
@@ -223,8 +236,9 @@ def test_lowvram_partial_load_matches_full_load(node, dtype):
         try:
             assert patcher.model.model_lowvram
             casting = [m for m in patcher.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+            cast_ops = patcher.model.manual_cast_dtype is not None  # bf16 on a CPU without native bf16
             assert {type(m).__name__ for m in casting} >= {"Linear", "Conv2d", "_RMSNorm", "_RMSNormCast"} - (
-                {"_RMSNorm"} if dtype == "bf16" else {"_RMSNormCast"})
+                {"_RMSNorm"} if cast_ops else {"_RMSNormCast"})
             partial = patcher.model.apply_model(x, sigma, **conds)
         finally:
             patcher.unpatch_model(device_to=torch.device("cpu"))

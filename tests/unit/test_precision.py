@@ -17,6 +17,34 @@ def test_resolve_cpu(monkeypatch):
     assert resolve_dtypes(torch.device("cpu")) == (torch.bfloat16, torch.bfloat16)
 
 
+def test_cpu_policy_per_stage(monkeypatch):
+    """Without native bf16 every stage computes in fp32; with it, the stages in CPU_BF16_STAGES compute in bf16."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert {precision.cpu_compute_dtype(s) for s in precision.STAGES} == {torch.float32}
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "CPU_BF16_STAGES", frozenset({"vlm", "dit"}))
+    assert [resolve_dtypes("cpu", stage=s)[1] for s in precision.STAGES] == [
+        torch.bfloat16, torch.float32, torch.bfloat16, torch.float32]
+    assert resolve_dtypes("cpu", "fp32", stage="dit") == (torch.float32, torch.float32)  # explicit wins
+    with pytest.raises(ValueError, match="stage"):
+        precision.cpu_compute_dtype("unet")
+
+
+def test_pipeline_computes_each_stage_as_the_policy_says(monkeypatch, tiny_layouts):
+    from deepgen_model import DeepGenPipeline
+    from deepgen_model.precision import compute_dtype_of, storage_dtype_of
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "CPU_BF16_STAGES", frozenset({"vlm", "dit"}))
+    pipe = DeepGenPipeline.from_pretrained(tiny_layouts["diffusers"], device="cpu")
+    parts = {"vlm": pipe.vlm, "bridge": pipe.bridge, "dit": pipe.transformer, "vae": pipe.vae}
+    assert {k: storage_dtype_of(m) for k, m in parts.items()} == dict.fromkeys(parts, torch.bfloat16)
+    assert {k: compute_dtype_of(m) for k, m in parts.items()} == {
+        "vlm": torch.bfloat16, "bridge": torch.float32, "dit": torch.bfloat16, "vae": torch.float32}
+    out = pipe("a red cube", width=32, height=32, steps=1)
+    assert torch.isfinite(out.images).all()
+
+
 def test_resolve_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_dtypes("cuda:0") == (torch.bfloat16, torch.bfloat16)
