@@ -32,13 +32,13 @@ def test_cpu_policy_per_stage(monkeypatch):
 
 def test_pipeline_computes_each_stage_as_the_policy_says(monkeypatch, tiny_layouts):
     from deepgen_model import DeepGenPipeline
-    from deepgen_model.precision import compute_dtype_of, storage_dtype_of
+    from deepgen_model.precision import compute_dtype_of, dominant_dtype
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(precision, "CPU_BF16_STAGES", frozenset({"vlm", "dit"}))
     pipe = DeepGenPipeline.from_pretrained(tiny_layouts["diffusers"], device="cpu")
     parts = {"vlm": pipe.vlm, "bridge": pipe.bridge, "dit": pipe.transformer, "vae": pipe.vae}
-    assert {k: storage_dtype_of(m) for k, m in parts.items()} == dict.fromkeys(parts, torch.bfloat16)
+    assert {k: dominant_dtype(m) for k, m in parts.items()} == dict.fromkeys(parts, torch.bfloat16)
     assert {k: compute_dtype_of(m) for k, m in parts.items()} == {
         "vlm": torch.bfloat16, "bridge": torch.float32, "dit": torch.bfloat16, "vae": torch.float32}
     out = pipe("a red cube", width=32, height=32, steps=1)
