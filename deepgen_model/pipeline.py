@@ -46,6 +46,13 @@ class DeepGenOutput:
     cfg_scale: float
 
 
+def _move(module: torch.nn.Module, device: torch.device) -> None:
+    """Offloading moves a module, except a bitsandbytes-quantized VLM: its weights are quantized for the device
+    it was loaded on and cannot move (transformers refuses .to()), so it is loaded on the execution device."""
+    if not getattr(module, "is_quantized", False):
+        module.to(device)
+
+
 class DeepGenPipeline:
     """VLM + SCB bridge -> DiT with reference latents -> VAE, with the official schedule and CFG."""
 
@@ -67,7 +74,7 @@ class DeepGenPipeline:
         self._ref_cache: tuple[list, object, list] | None = None  # (references, vae, latents) of the last call
         if offload != "none":
             for m in (self.vlm, self.bridge) + ((self.transformer, self.vae) if offload == "all" else ()):
-                m.to(self.offload_device)
+                _move(m, self.offload_device)
             if offload == "encoder":
                 self.transformer.to(self.device)
                 self.vae.to(self.device)
@@ -79,12 +86,12 @@ class DeepGenPipeline:
             yield
             return
         for m in modules:
-            m.to(self.device)
+            _move(m, self.device)
         try:
             yield
         finally:
             for m in modules:
-                m.to(self.offload_device)
+                _move(m, self.offload_device)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -115,7 +122,8 @@ class DeepGenPipeline:
         storage, _ = resolve_dtypes(device, dtype)
         load_on = "cpu" if offload != "none" else device
         release = Release.open(path, vlm_base=vlm_path, dit_base=base_path).require(*COMPONENTS)
-        vlm, tokenizer = load_vlm(release, dtype=storage, device=load_on, attn_implementation=attn_implementation,
+        vlm, tokenizer = load_vlm(release, dtype=storage, device=device if quantization else load_on,
+                                  attn_implementation=attn_implementation,
                                   quantization=quantization)
         parts = [vlm, load_bridge(release, dtype=storage, device=load_on),
                  load_dit(release, dtype=storage, device=load_on), load_vae(release, dtype=storage, device=load_on)]
