@@ -77,12 +77,16 @@ def _loads(text, component, where, what: str, fix: str | None = None):
         _fail(component, where, f"{what} is not valid JSON ({e})", fix)
 
 
+def _refuse_folder(path: Path, component, expected: str) -> None:
+    if path.is_dir():
+        _fail(component, path, f"is a folder where {expected} should be",
+              f"remove the folder and download {path.name} again")
+
+
 def read_json(path, component) -> object:
     """Parsed JSON of a small file; missing, a folder, too big, not UTF-8 or not JSON -> DeepGenLoadError."""
     path = Path(path)
-    if path.is_dir():
-        _fail(component, path, "is a folder where a JSON file should be",
-              f"remove the folder and download {path.name} again")
+    _refuse_folder(path, component, "a JSON file")
     try:
         size = path.stat().st_size
         if size > MAX_JSON:
@@ -104,9 +108,7 @@ def check_safetensors(path, component) -> dict:
     after checking it against the file: header length, JSON, every entry well-formed and its bytes exactly
     inside the data section. Reads at most the header; allocates nothing of the size it claims."""
     path = Path(path)
-    if path.is_dir():
-        _fail(component, path, "is a folder where a .safetensors file should be",
-              f"remove the folder and download {path.name} again")
+    _refuse_folder(path, component, "a .safetensors file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:

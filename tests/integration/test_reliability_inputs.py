@@ -11,15 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import deepgen_tiny
 from reliability_graphs import RELEASE, SIZE, edit, error_of, image_of, output, save_png, t2i
 
 
 @pytest.fixture(scope="module")
-def comfy(comfy_inprocess, comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
+def comfy(comfy_inprocess, release):  # the session's tiny release is the RELEASE the graphs load
     return comfy_inprocess
 
 

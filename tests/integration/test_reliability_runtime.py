@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-import deepgen_tiny
 
 RELEASE = "DeepGen-1.0-diffusers"
 SIZE = 32
@@ -22,10 +21,7 @@ CPU_OOM_TEXT = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocat
 
 
 @pytest.fixture(scope="module")
-def comfy(comfy_inprocess, comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
+def comfy(comfy_inprocess, release):  # the session's tiny release is the RELEASE the graphs load
     return comfy_inprocess
 
 

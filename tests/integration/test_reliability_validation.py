@@ -26,10 +26,7 @@ SUB = "h13v"
 
 
 @pytest.fixture(scope="module")
-def comfy(comfy_inprocess, comfy_models, tiny):
-    root = comfy_models / "deepgen" / RELEASE
-    if not root.exists():
-        deepgen_tiny.write_diffusers_release(root, tiny)
+def comfy(comfy_inprocess, release):  # the session's tiny release is the RELEASE the graphs load
     return comfy_inprocess
 
 
