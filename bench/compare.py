@@ -154,7 +154,10 @@ def run(argv=None) -> dict:
 
     mem = Memory(args.device)
     pipe, ref = load(args.model, args.device, args.quant, args.release, args.compute)
-    compute = str(compute_dtype_of(pipe.transformer) or "").removeprefix("torch.")
+    # per stage: under the CPU policy the VLM computes in fp32 while the other stages compute in bf16
+    compute = {stage: str(compute_dtype_of(module) or "").removeprefix("torch.")
+               for stage, module in (("vlm", pipe.vlm), ("bridge", pipe.bridge), ("dit", pipe.transformer),
+                                     ("vae", pipe.vae))}
     st = instrument(pipe, ref, mem)
     rows, stage_rows, raw = [], [], []
     try:
@@ -201,7 +204,8 @@ def run(argv=None) -> dict:
                             ("others", "other procs cores", ""),
                             ("reference_peak_gib", "ref peak GiB", "{:.2f}"), ("pack_peak_gib", "pack peak GiB", "{:.2f}"),
                             ("max_abs_latent_diff", "max |dlatent|", "{:.1e}")],
-                f"pack vs reference loop ({args.model}, {args.device}, compute {compute}, {memory_kind}, "
+                f"pack vs reference loop ({args.model}, {args.device}, compute "
+                f"{' '.join(f'{k} {v}' for k, v in compute.items())}, {memory_kind}, "
                 f"{args.repeat} alternating rounds, threads {torch.get_num_threads()})"))
     print(table(stage_rows, [("mode", "mode", ""), ("size", "px", ""), ("stage", "stage", ""),
                              ("reference_s", "reference s (median)", "{:.3f}"), ("pack_s", "pack s (median)", "{:.3f}"),
