@@ -73,7 +73,7 @@ def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=Fa
 
 def _convert_one(component, release, path, *, dtype, connector_heads) -> int:
     from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
-    from .vlm_loading import load_vlm, vlm_assets, vlm_legacy_state
+    from .vlm_loading import load_vlm, vlm_legacy_state
 
     if component == "dit":
         dit = load_dit(release, dtype=dtype)
@@ -86,7 +86,8 @@ def _convert_one(component, release, path, *, dtype, connector_heads) -> int:
         vae = load_vae(release, dtype=dtype)
         return _save(path, vae.state_dict(), "vae", _diffusers_config_json(vae), dtype)
     if component == "vlm":
-        config, tokenizer_files = vlm_assets(release)
+        # copied verbatim, so that the converted file loads in transformers 4.x and 5.x alike
+        config, tokenizer_files = release.vlm_config(), release.tokenizer_files()
         vlm, _ = load_vlm(release, dtype=dtype)
         if dtype is not None:
             config = {**config, "torch_dtype": str(dtype).removeprefix("torch.")}

@@ -1,25 +1,19 @@
-"""What a DeepGen 1.0 release is, and the one place its files are opened (spec §3).
+"""A DeepGen 1.0 release, opened once, and the one place its files are opened (spec §3).
 
-Layouts:
-  diffusers  deepgenteam/DeepGen-1.0-diffusers folder: model_index.json, transformer/, connector/,
-             vlm/ (LoRA already merged), vae/, scheduler/, tokenizer/
-  native     deepgenteam/DeepGen-1.0 model.pt (or its folder): transformer.*, connector.*, projector_*,
-             meta_queries and maybe the VLM LoRA; the Qwen2.5-VL base (vlm_base) and the UniPic2
-             folder (dit_base: VAE, scheduler, DiT config) come from elsewhere (pitfall 22)
-  converted  our deepgen_{dit,scb,vlm,vae}.safetensors (deepgen_model.convert), configs in metadata
-
-`Release.open(path, vlm_base=None, dit_base=None)` detects the layout once and reads a native model.pt
-at most once; the builders (loading.py, vlm_loading.py) take the Release. Every file of a release is
-opened here (`_torch_load`, `read_safetensors`, `safetensors_metadata`, `safetensors_header`,
-`json_file`), so checks on what a file holds belong here too: each safetensors header and JSON config is
-checked by deepgen_model/validation.py before anything is read or built from it. The kinds below are the one vocabulary
-for what a path is, shared by the loaders and the ComfyUI model lists (nodes/paths.py).
+`Release.open(path, vlm_base=None, dit_base=None)` detects the layout once (the kinds of paths are in
+deepgen_model/kinds.py, re-exported here) and reads a native model.pt at most once. It owns the rules of
+each layout: which file, folder, key family and config make each component, what may be combined
+(`require`), where the tokenizer is. It hands each component out as a `Part` (`bridge_part`, `dit_part`,
+`vae_part`, `vlm_part`; `scheduler_config`, `tokenizer_sources`), so the builders (loading.py,
+vlm_loading.py) never ask which layout they read. Every file of a release is opened here (`_torch_load`,
+`read_safetensors`, `safetensors_metadata`, `safetensors_header`, `json_file`, `read_tokenizer_files`), so
+checks on what a file holds belong here too: each safetensors header and JSON config is checked by
+deepgen_model/validation.py before anything is read or built from it.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,145 +21,18 @@ from pathlib import Path
 
 import torch
 
-from . import validation
+from . import configs, validation
 from .errors import DeepGenLoadError
-from .keys import describe_families
+from .keys import describe_families, family
+# the kinds of paths, re-exported: the loaders, nodes and tests import the one vocabulary from here
+from .kinds import (BRIDGE_FAMILIES, COMPONENTS, CONVERTED, CONVERTED_FILES, DIFFUSERS, DOWNLOAD_HINT,  # noqa: F401
+                    FILE_KINDS, FORMAT, LAYOUTS, NATIVE, PART_HINT, QWEN, QWEN_HINT, RELEASE_PARTS, SOURCES,
+                    TOKENIZER_FILES, UNIPIC2, UNIPIC2_HINT, converted_file, detect_layout, file_kind, folder_kind,
+                    native_file)
+from .lora import merge_lora_into_state, split_lora
 from .precision import dominant_dtype
 
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------------------------
-# Kinds of paths (layouts of a release, plus the bases and single converted files)
-
-DIFFUSERS = "diffusers"  # DeepGen-1.0-diffusers folder: model_index.json or transformer/ + connector/
-NATIVE = "native"  # native checkpoint file (model.pt / *.pth), or a folder holding exactly one
-CONVERTED = "converted"  # deepgen_*.safetensors (a file, or a folder holding them)
-QWEN = "qwen"  # a Qwen2.5-VL folder (config.json model_type qwen2_5_vl + weights)
-UNIPIC2 = "unipic2"  # UniPic2-SD3.5M-Kontext-2B style folder: transformer/ + vae/ (no connector/)
-COMPONENTS = ("dit", "scb", "vlm", "vae")
-FILE_KINDS = {c: f"{c}_file" for c in COMPONENTS}  # one converted component file: "vlm_file", ...
-LAYOUTS = (DIFFUSERS, NATIVE, CONVERTED)
-
-# What each loader accepts, by kind.
-SOURCES = {
-    "checkpoint": (DIFFUSERS, NATIVE, CONVERTED),
-    "dit": (DIFFUSERS, CONVERTED, FILE_KINDS["dit"], NATIVE),
-    "scb": (DIFFUSERS, NATIVE, FILE_KINDS["scb"]),
-    "vlm": (DIFFUSERS, QWEN, FILE_KINDS["vlm"]),
-    "vae": (DIFFUSERS, UNIPIC2, CONVERTED, FILE_KINDS["vae"]),
-    "vlm_base": (QWEN,),
-    "dit_base": (UNIPIC2, DIFFUSERS),
-    "lora": (NATIVE,),
-}
-
-FORMAT = "deepgen-1.0"
-CONVERTED_FILES = {c: f"deepgen_{c}.safetensors" for c in COMPONENTS}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja")
-NATIVE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-# the diffusers release's folder (and file) that holds each component
-RELEASE_PARTS = {"dit": "transformer", "scb": "connector/model.safetensors", "vlm": "vlm/config.json",
-                 "vae": "vae", "tokenizer": "tokenizer"}
-
-QWEN_HINT = "a Qwen2.5-VL-3B-Instruct folder (huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct)"
-UNIPIC2_HINT = "the UniPic2-SD3.5M-Kontext-2B folder (huggingface.co/Skywork/UniPic2-SD3.5M-Kontext-2B)"
-_CONVERT = "(made by `python -m deepgen_model.convert`)"
-DOWNLOAD_HINT = {
-    DIFFUSERS: "the diffusers release deepgenteam/DeepGen-1.0-diffusers (a folder with model_index.json, "
-               "transformer/, connector/, vlm/, vae/, scheduler/, tokenizer/)",
-    NATIVE: "model.pt of deepgenteam/DeepGen-1.0",
-    QWEN: "Qwen/Qwen2.5-VL-3B-Instruct (the whole folder)",
-    UNIPIC2: "Skywork/UniPic2-SD3.5M-Kontext-2B (the whole folder)",
-    CONVERTED: "the output folder of `python -m deepgen_model.convert`",
-    **{FILE_KINDS[c]: f"{CONVERTED_FILES[c]} {_CONVERT}" for c in COMPONENTS},
-}
-_PART_HINT = {"vlm": "the release's vlm/ folder (LoRA merged), or use a Qwen2.5-VL-3B-Instruct folder with the "
-                     "VLM LoRA of the native model.pt",
-              "tokenizer": "the release's tokenizer/ folder"}
-
-
-def _is_qwen(folder: Path, names: set[str]) -> bool:
-    if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
-        return False
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "qwen2_5_vl"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def folder_kind(folder, names: set[str] | None = None) -> str | None:
-    """The kind of a folder (None: none of ours). `names`: its entries, when the caller listed them."""
-    folder = Path(folder)
-    names = set(os.listdir(folder)) if names is None else names
-    if "connector" in names and ("model_index.json" in names or "transformer" in names):
-        return DIFFUSERS
-    if {"transformer", "vae"} <= names:
-        return UNIPIC2
-    if _is_qwen(folder, names):
-        return QWEN
-    if "model.pt" in names or len(_native_candidates(folder, names)) == 1:
-        return NATIVE
-    if any(f in names for f in CONVERTED_FILES.values()):
-        return CONVERTED
-    return None
-
-
-def file_kind(filename: str) -> str | None:
-    """The kind of a file, by its name: a native checkpoint or one of our converted files."""
-    stem, ext = os.path.splitext(filename)
-    if ext == ".safetensors":
-        return next((FILE_KINDS[c] for c in COMPONENTS if stem.startswith(f"deepgen_{c}")), None)
-    if ext in (".pt", ".pth"):
-        return NATIVE
-    return None
-
-
-def detect_layout(path) -> str:
-    """'diffusers' | 'native' | 'converted' for a release folder or file."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DeepGenLoadError(f"{p} does not exist")
-    if p.is_file():
-        if p.suffix == ".safetensors":
-            return CONVERTED
-        if p.suffix in NATIVE_SUFFIXES:
-            return NATIVE
-        raise DeepGenLoadError(f"{p} is not a DeepGen checkpoint: expected model.pt or deepgen_*.safetensors")
-    kind = folder_kind(p)
-    if kind in LAYOUTS:
-        return kind
-    raise DeepGenLoadError(
-        f"{p} is not a DeepGen 1.0 folder: expected the DeepGen-1.0-diffusers layout (model_index.json, "
-        "transformer/, connector/, vlm/ ...), the native model.pt, or deepgen_*.safetensors from deepgen_model.convert"
-        + {QWEN: f"; it is {QWEN_HINT}, the vlm_base of the native model.pt",
-           UNIPIC2: f"; it is {UNIPIC2_HINT}, the dit_base of the native model.pt"}.get(kind, ""))
-
-
-def _native_candidates(folder: Path, names=None) -> list[Path]:
-    names = os.listdir(folder) if names is None else names
-    return sorted(folder / n for n in names if Path(n).suffix in NATIVE_SUFFIXES and (folder / n).is_file())
-
-
-def native_file(source) -> Path:
-    p = Path(source).expanduser()
-    if p.is_file():
-        return p
-    if (p / "model.pt").is_file():
-        return p / "model.pt"
-    found = _native_candidates(p)
-    if len(found) != 1:
-        raise DeepGenLoadError(f"{p}: expected one model.pt checkpoint, found {[f.name for f in found]}")
-    return found[0]
-
-
-def converted_file(source, component: str) -> Path:
-    p = Path(source).expanduser()
-    if p.is_dir():
-        p = p / CONVERTED_FILES[component]
-        if not p.is_file():
-            raise DeepGenLoadError(f"{p} is missing; run `python -m deepgen_model.convert` to create it")
-    return p
-
 
 # ---------------------------------------------------------------------------------------------------
 # Raw readers: every file of a release is opened by one of these
@@ -244,9 +111,9 @@ def stored_dtype(files) -> torch.dtype | None:
                           if k != "__metadata__" and v["dtype"] in _ST_DTYPES)
 
 
-def read_converted(source, component: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of one converted file, checking that it holds `component` and that its embedded
-    configs (and tokenizer files) are sound."""
+def converted_metadata(source, component: str) -> dict[str, str]:
+    """The metadata of one converted file, checked: it holds `component`, and its embedded configs (and
+    tokenizer files) are sound. No tensor is read."""
     path = converted_file(source, component)
     meta = safetensors_metadata(path, component)
     if meta.get("format") != FORMAT:
@@ -256,7 +123,34 @@ def read_converted(source, component: str) -> tuple[dict[str, torch.Tensor], dic
         raise DeepGenLoadError(f"{path} holds the DeepGen {meta.get('component')!r} component, not {component!r}; "
                                f"pass {CONVERTED_FILES[component]} (or the folder holding it)")
     validation.check_metadata(meta, component, path)
-    return _load_safetensors(path), meta  # the header was checked by safetensors_metadata
+    return meta
+
+
+def read_converted(source, component: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, checked metadata) of one converted file of `component`."""
+    meta = converted_metadata(source, component)
+    return _load_safetensors(converted_file(source, component)), meta  # the header was checked with the metadata
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a Qwen2.5-VL folder's *.safetensors (the vlm_base the native LoRA is merged into)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise DeepGenLoadError(f"{folder} has no *.safetensors weights: it must be {QWEN_HINT}")
+    return {k: v for f in files for k, v in read_safetensors(f, "VLM").items()}
+
+
+def read_tokenizer_files(source) -> dict[str, str]:
+    """The tokenizer files of a folder verbatim, or those embedded in deepgen_vlm.safetensors (checked);
+    {} when there are none."""
+    source = Path(source)
+    if source.is_dir():
+        return {f: (source / f).read_text(encoding="utf-8") for f in TOKENIZER_FILES if (source / f).is_file()}
+    meta = safetensors_metadata(source, "VLM")
+    if "tokenizer_files" not in meta:
+        return {}
+    validation.check_metadata(meta, "vlm", source)  # the embedded JSON, before it is parsed here
+    return json.loads(meta["tokenizer_files"])
 
 
 def json_file(path: Path, component: str) -> dict:
@@ -274,6 +168,18 @@ class MissingPart(DeepGenLoadError):
     def __init__(self, message: str, kind: str):
         super().__init__(message)
         self.kind = kind
+
+
+@dataclass
+class Part:
+    """Where one component of a release is: a `folder` to load with from_pretrained, or `tensors` and the
+    `config` the release records for them, to build on the meta device. `name` (a file or folder) names it
+    in logs and errors."""
+
+    name: object
+    folder: Path | None = None
+    tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -320,21 +226,16 @@ class Release:
             self._native = load_native_state(self.path)
         return self._native
 
-    def converted_file(self, component: str) -> Path:
-        return converted_file(self.path, component)
-
-    def read_converted(self, component: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        return read_converted(self.path, component)
-
-    def roots(self) -> list[Path]:
+    def _roots(self) -> list[Path]:
         """Folders with diffusers-style vae/ and scheduler/: the release's own, then dit_base."""
         return ([self.path] if self.layout == DIFFUSERS else []) + ([self.dit_base] if self.dit_base else [])
 
-    def tokenizer_dirs(self) -> list[Path]:
-        """Folders that may hold the tokenizer, in order (a converted release embeds its own)."""
-        if self.layout == DIFFUSERS:
-            return [d for d in (self.path / "tokenizer", self.path / "vlm", self.vlm_base) if d is not None]
-        return [self.vlm_base] if self.layout == NATIVE and self.vlm_base else []
+    def tokenizer_sources(self) -> list[Path]:
+        """Where the VLM's tokenizer may be, in order: the deepgen_vlm.safetensors that embeds it, or folders."""
+        if self.layout == CONVERTED:
+            return [converted_file(self.path, "vlm")]
+        base = [self.vlm_base] if self.vlm_base else []
+        return [self.path / "tokenizer", self.path / "vlm", *base] if self.layout == DIFFUSERS else base
 
     # ------------------------------------------------------------------ what may be combined
 
@@ -365,7 +266,7 @@ class Release:
                 continue
             if not self._has(component):
                 if self.layout == DIFFUSERS:
-                    rel, hint = RELEASE_PARTS[component], _PART_HINT.get(component, DOWNLOAD_HINT[DIFFUSERS])
+                    rel, hint = RELEASE_PARTS[component], PART_HINT.get(component, DOWNLOAD_HINT[DIFFUSERS])
                 else:  # the tokenizer is embedded in deepgen_vlm.safetensors
                     rel, hint = CONVERTED_FILES.get(component, CONVERTED_FILES["vlm"]), DOWNLOAD_HINT[CONVERTED]
                 raise MissingPart(f"missing {rel} in {self.path}; download {hint} and put it there.", self.layout)
@@ -376,5 +277,119 @@ class Release:
         return self
 
 
-__all__ = ["Release", "MissingPart", "detect_layout", "folder_kind", "file_kind", "load_native_state",
+    # ------------------------------------------------------------------ where each component is
+
+    def _converted(self, component: str) -> Part:
+        tensors, meta = read_converted(self.path, component)
+        return Part(converted_file(self.path, component), tensors=tensors, config=json.loads(meta["config"]))
+
+    def bridge_part(self) -> Part:
+        """The SCB bridge's tensors and the config the release records for it: the converted file's whole
+        config; connector/config.json's head count and layer_norm_eps (the sizes come from the tensors);
+        nothing in model.pt."""
+        if self.layout == CONVERTED:
+            return self._converted("scb")
+        if self.layout == NATIVE:
+            return Part(self.native_file(), tensors={k: v for k, v in self.native_state().items()
+                                                     if family(k) in BRIDGE_FAMILIES})
+        name = self.path / RELEASE_PARTS["scb"]
+        if not name.exists():  # a folder in its place is named by the header check
+            raise DeepGenLoadError(f"{name} is missing: download the connector/ folder of DeepGen-1.0-diffusers")
+        tensors = read_safetensors(name, "SCB")
+        cfg_file = name.parent / "config.json"
+        cfg = json_file(cfg_file, "SCB") if cfg_file.exists() else {}
+        return Part(name, tensors=tensors, config={k: cfg[k] for k in ("num_attention_heads", "layer_norm_eps")
+                                                    if k in cfg})
+
+    def dit_part(self) -> Part:
+        """The DiT: the release's transformer/ folder, deepgen_dit.safetensors, or every transformer.* tensor of
+        model.pt (the DiT was fine-tuned) with the dit_base's config (else the built-in SD3.5-M Kontext one)."""
+        if self.layout == DIFFUSERS:
+            return Part(self.path / RELEASE_PARTS["dit"], folder=self.path / RELEASE_PARTS["dit"])
+        if self.layout == CONVERTED:
+            return self._converted("dit")
+        name = self.native_file()
+        tensors = {k.removeprefix("transformer."): v for k, v in self.native_state().items()
+                   if k.startswith("transformer.")}
+        if self.dit_base is None:
+            log.info("%s: no base_path; using the built-in SD3.5-M Kontext DiT config", name)
+            config = configs.get("dit")
+        else:
+            cfg_file = self.dit_base / "transformer" / "config.json"
+            if not cfg_file.is_file():
+                raise DeepGenLoadError(f"{cfg_file} is missing: base_path must be {UNIPIC2_HINT}")
+            config = json_file(cfg_file, "DiT")
+        return Part(f"{name} (transformer.*)", tensors=tensors, config=config)
+
+    def vae_part(self) -> Part:
+        """The VAE: deepgen_vae.safetensors, else the vae/ folder of the release or of its dit_base."""
+        if self.layout == CONVERTED:
+            return self._converted("vae")
+        for root in self._roots():
+            if (root / "vae" / "config.json").is_file():
+                return Part(root / "vae", folder=root / "vae")
+        raise DeepGenLoadError(f"no vae/ folder found for {self}: the native model.pt has no VAE; "
+                               f"pass base_path= {UNIPIC2_HINT}")
+
+    def scheduler_config(self) -> dict:
+        """The release's (or its dit_base's) scheduler_config.json, or the one deepgen_dit.safetensors embeds;
+        else the SD3 default (shift 3.0), logged."""
+        for root in self._roots():
+            f = root / "scheduler" / "scheduler_config.json"
+            if f.is_file():
+                return json_file(f, "scheduler")
+        if self.layout == CONVERTED:
+            name = converted_file(self.path, "dit")
+            meta = safetensors_metadata(name, "DiT")
+            if "scheduler_config" in meta:
+                return validation.parse_config(meta["scheduler_config"], "scheduler", name)
+        log.warning("%s: no scheduler_config.json; using FlowMatchEuler shift 3.0 (spec §1.7)", self)
+        return configs.get("scheduler")
+
+    def _vlm_folder(self) -> Path:
+        """The folder of the VLM's config.json: the release's vlm/, else the vlm_base (native model.pt, or an
+        early diffusers release without vlm/)."""
+        if self.layout == DIFFUSERS and (self.path / RELEASE_PARTS["vlm"]).is_file():
+            return self.path / "vlm"
+        if self.vlm_base is not None:
+            return self.vlm_base
+        if self.layout == DIFFUSERS:
+            raise DeepGenLoadError(f"{self.path} has no vlm/ folder (an early DeepGen-1.0-diffusers revision): "
+                                   f"download the release's vlm/ folder, or pass base_vlm_path= {QWEN_HINT}")
+        raise DeepGenLoadError(f"{self.native_file()} does not contain the VLM: pass base_vlm_path= {QWEN_HINT}")
+
+    def vlm_part(self) -> Part:
+        """The VLM: deepgen_vlm.safetensors; the release's vlm/ (LoRA merged); the vlm_base with model.pt's LoRA
+        merged in. Stock Qwen weights, with a warning, when model.pt has no LoRA or the release no vlm/."""
+        if self.layout == CONVERTED:
+            return self._converted("vlm")
+        folder = self._vlm_folder()
+        if self.layout == DIFFUSERS:
+            if folder == self.vlm_base:
+                log.warning("%s has no vlm/ folder; using the stock Qwen2.5-VL weights of %s WITHOUT the DeepGen "
+                            "LoRA (outputs will differ from the release)", self.path, folder)
+            return Part(folder, folder=folder)
+        name = self.native_file()
+        lora, _ = split_lora(self.native_state())
+        if not lora:
+            log.warning("%s has no VLM LoRA tensors; using stock Qwen2.5-VL weights from %s", name, folder)
+            return Part(folder, folder=folder)
+        tensors = merge_lora_into_state(read_hf_weights(folder), lora, source=str(name))
+        return Part(folder, tensors=tensors, config=json_file(folder / "config.json", "VLM"))
+
+    def vlm_config(self) -> dict:
+        """The VLM's hub-format config (no tensor is read); the converter copies it verbatim."""
+        if self.layout == CONVERTED:
+            return json.loads(converted_metadata(self.path, "vlm")["config"])
+        return json_file(self._vlm_folder() / "config.json", "VLM")
+
+    def tokenizer_files(self) -> dict[str, str]:
+        """The tokenizer files verbatim, of the first source that has them (the converter embeds them)."""
+        for source in self.tokenizer_sources():
+            if files := read_tokenizer_files(source):
+                return files
+        raise DeepGenLoadError(f"{self}: no tokenizer files found; pass base_vlm_path= {QWEN_HINT}")
+
+
+__all__ = ["Release", "Part", "MissingPart", "detect_layout", "folder_kind", "file_kind", "load_native_state",
            "read_converted", "safetensors_metadata", "FORMAT", "CONVERTED_FILES", "SOURCES"]

@@ -1,12 +1,11 @@
 """Builder of the VLM (Qwen2.5-VL-3B with DeepGen's LoRA merged) and its tokenizer, from a Release.
 
-diffusers: the release's vlm/ and tokenizer/; native: the vlm_base folder with model.pt's LoRA merged
-in (deepgen_model/lora.py); converted: deepgen_vlm.safetensors with its embedded config and tokenizer.
+The Release says where they are (Release.vlm_part: a folder, or tensors + config with model.pt's LoRA
+already merged; Release.tokenizer_sources: folders, or deepgen_vlm.safetensors that embeds the files).
 bitsandbytes (8-bit / NF4) is imported only when quantization asks for it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -17,10 +16,8 @@ from . import validation
 from .assign import READ_ERRORS, assign, check_loading_info, check_materialised, file_names, finish, preview
 from .errors import DeepGenLoadError
 from .keys import normalize_vlm_keys, to_legacy
-from .lora import merge_lora_into_state, split_lora
 from .precision import cast_floating, dominant_dtype, parse_dtype, resolve_dtypes
-from .release import (QWEN_HINT, TOKENIZER_FILES, Release, json_file, read_safetensors, safetensors_metadata,
-                      stored_dtype)
+from .release import QWEN_HINT, TOKENIZER_FILES, Release, read_tokenizer_files, stored_dtype
 
 log = logging.getLogger(__name__)
 
@@ -32,54 +29,19 @@ def load_vlm(release, *, base_vlm_path=None, dtype=None, device="cpu", attn_impl
              quantization=None):
     """(Qwen2_5_VLForConditionalGeneration, tokenizer) of a Release (or a path + base_vlm_path).
 
-    diffusers: vlm/ as-is (LoRA already merged). native: the vlm_base + the LoRA in model.pt (stock
-    weights, with a warning, when model.pt has none). converted: deepgen_vlm.safetensors."""
+    The weights are those of Release.vlm_part; the tokenizer that of load_release_tokenizer."""
     dtype = parse_dtype(dtype)
     attn = check_attn_implementation(attn_implementation)
     default_storage, default_compute = resolve_dtypes(device, stage="vlm")
     quant = quantization_config(quantization, default_compute if dtype in (None, default_storage) else dtype)
     opts = dict(dtype=dtype, device=device, attn=attn, quant=quant)
     release = Release.of(release, vlm_base=base_vlm_path)
-    layout = release.layout
-    if layout == "converted":
-        state, meta = release.read_converted("vlm")
-        name = release.converted_file("vlm")
-        model = _vlm_from_state(json.loads(meta["config"]), state, name, **opts)
-        return model, _tokenizer_from_files(json.loads(meta["tokenizer_files"]), name)
-    base = release.vlm_base
-    if layout == "diffusers":
-        root = release.path
-        if (root / "vlm" / "config.json").is_file():
-            model = _vlm_from_pretrained(root / "vlm", **opts)
-        elif base is not None:
-            log.warning("%s has no vlm/ folder; using the stock Qwen2.5-VL weights of %s WITHOUT the DeepGen "
-                        "LoRA (outputs will differ from the release)", root, base)
-            model = _vlm_from_pretrained(base, **opts)
-        else:
-            raise DeepGenLoadError(f"{root} has no vlm/ folder (an early DeepGen-1.0-diffusers revision): download "
-                                   f"the release's vlm/ folder, or pass base_vlm_path= {QWEN_HINT}")
-        return model, load_release_tokenizer(release)
-    name = release.native_file()
-    if base is None:
-        raise DeepGenLoadError(f"{name} does not contain the VLM: pass base_vlm_path= {QWEN_HINT}")
-    lora, _ = split_lora(release.native_state())
-    if lora:
-        state = merge_lora_into_state(read_hf_weights(base), lora, source=str(name))
-        model = _vlm_from_state(json_file(base / "config.json", "VLM"), state, base, **opts)
+    part = release.vlm_part()
+    if part.folder is not None:
+        model = _vlm_from_pretrained(part.folder, **opts)
     else:
-        log.warning("%s has no VLM LoRA tensors; using stock Qwen2.5-VL weights from %s", name, base)
-        model = _vlm_from_pretrained(base, **opts)
+        model = _vlm_from_state(part.config, part.tensors, part.name, **opts)
     return model, load_release_tokenizer(release)
-
-
-def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise DeepGenLoadError(f"{folder} has no *.safetensors weights: it must be {QWEN_HINT}")
-    state = {}
-    for f in files:
-        state.update(read_safetensors(f, "VLM"))
-    return state
 
 
 def check_attn_implementation(attn: str) -> str:
@@ -184,24 +146,22 @@ def _tie_lm_head(model) -> None:
         head.weight = emb.weight
 
 
-def load_tokenizer(*folders):
-    """AutoTokenizer from the first folder that has tokenizer files."""
+def load_tokenizer(*sources):
+    """AutoTokenizer of the first source that has tokenizer files: a folder, or deepgen_vlm.safetensors
+    (the files it embeds)."""
     from transformers import AutoTokenizer
 
-    for folder in folders:
-        if folder is not None and any((Path(folder) / f).exists() for f in TOKENIZER_FILES[:3]):
-            validation.check_tokenizer(folder)
+    for source in (Path(s) for s in sources if s is not None):
+        if source.is_file():
+            return _tokenizer_from_files(read_tokenizer_files(source), source)
+        if any((source / f).exists() for f in TOKENIZER_FILES[:3]):
+            validation.check_tokenizer(source)
             try:
-                return AutoTokenizer.from_pretrained(str(folder))
+                return AutoTokenizer.from_pretrained(str(source))
             except (OSError, ValueError, TypeError, AttributeError) as e:
-                raise DeepGenLoadError(f"{folder}: could not load the tokenizer: {e}") from e
-    raise DeepGenLoadError(f"no tokenizer files in {[str(f) for f in folders if f]}: need the release's tokenizer/ "
+                raise DeepGenLoadError(f"{source}: could not load the tokenizer: {e}") from e
+    raise DeepGenLoadError(f"no tokenizer files in {[str(s) for s in sources if s]}: need the release's tokenizer/ "
                            f"folder or {QWEN_HINT}")
-
-
-def tokenizer_files_of(folder) -> dict[str, str]:
-    """The tokenizer files of a folder, verbatim (embedded in deepgen_vlm.safetensors)."""
-    return {f: (Path(folder) / f).read_text(encoding="utf-8") for f in TOKENIZER_FILES if (Path(folder) / f).is_file()}
 
 
 def _tokenizer_from_files(files: dict[str, str], source):
@@ -217,37 +177,8 @@ def _tokenizer_from_files(files: dict[str, str], source):
 
 
 def load_release_tokenizer(release):
-    """The tokenizer of a release's VLM: embedded in a converted file, else in the release's folders."""
-    release = Release.of(release)
-    if release.layout == "converted":
-        name = release.converted_file("vlm")
-        meta = safetensors_metadata(name, "VLM")
-        if "tokenizer_files" not in meta:
-            return _tokenizer_from_files({}, name)  # names the file and the fix
-        validation.check_metadata(meta, "vlm", name)  # the embedded JSON, before it is parsed here
-        return _tokenizer_from_files(json.loads(meta["tokenizer_files"]), name)
-    return load_tokenizer(*release.tokenizer_dirs())
-
-
-def vlm_assets(release, base_vlm_path=None) -> tuple[dict, dict[str, str]]:
-    """(hub-format config dict, tokenizer files) of the VLM a release resolves to (used by the converter,
-    which copies them verbatim so the converted file loads in transformers 4.x and 5.x alike)."""
-    release = Release.of(release, vlm_base=base_vlm_path)
-    if release.layout == "converted":
-        meta = release.read_converted("vlm")[1]
-        return json.loads(meta["config"]), json.loads(meta["tokenizer_files"])
-    base = release.vlm_base
-    if release.layout == "diffusers":
-        root = release.path
-        cfg_dir = root / "vlm" if (root / "vlm" / "config.json").is_file() else base
-    else:
-        cfg_dir = base
-    if cfg_dir is None:
-        raise DeepGenLoadError(f"{release}: no VLM config; pass base_vlm_path= {QWEN_HINT}")
-    for d in release.tokenizer_dirs():
-        if files := tokenizer_files_of(d):
-            return json_file(cfg_dir / "config.json", "VLM"), files
-    raise DeepGenLoadError(f"{release}: no tokenizer files found; pass base_vlm_path= {QWEN_HINT}")
+    """The tokenizer of a release's VLM (Release.tokenizer_sources)."""
+    return load_tokenizer(*Release.of(release).tokenizer_sources())
 
 
 def vlm_legacy_state(vlm) -> dict[str, torch.Tensor]:
@@ -258,4 +189,4 @@ def vlm_legacy_state(vlm) -> dict[str, torch.Tensor]:
     return {to_legacy(k): v for k, v in state.items() if not (tied and k == "lm_head.weight")}
 
 
-__all__ = ["load_vlm", "load_tokenizer", "load_release_tokenizer", "vlm_assets", "vlm_legacy_state"]
+__all__ = ["load_vlm", "load_tokenizer", "load_release_tokenizer", "vlm_legacy_state"]

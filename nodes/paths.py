@@ -4,7 +4,7 @@ The "deepgen" folder key is registered with an explicit extension set and withou
 extra_model_paths.yaml already gave it. Widget values are names relative to a registered folder; a
 value resolves to a path only if it is one of the listed entries, so no widget can point outside the
 registered folders (no "../../etc/passwd"). What a folder or file is (its kind) is decided by
-deepgen_model/release.py, the same rule the loaders use.
+deepgen_model/kinds.py, the same rule the loaders use.
 """
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from dataclasses import dataclass
 import folder_paths
 
 from ..deepgen_model.errors import DeepGenLoadError
-from ..deepgen_model.release import (CONVERTED, DIFFUSERS, DOWNLOAD_HINT, FILE_KINDS, QWEN, UNIPIC2, file_kind,
-                                     folder_kind)
+from ..deepgen_model.kinds import (CONVERTED, DIFFUSERS, DOWNLOAD_HINT, FILE_KINDS, QWEN, UNIPIC2, file_kind,
+                                   folder_kind)
 
 FOLDER = "deepgen"
 EXTENSIONS = {".safetensors", ".pt", ".pth"}  # explicit: an empty set would mean "every file"
 MAX_DEPTH = 3  # release folders may sit one or two levels deep (e.g. models/deepgen/org/name)
 
 NONE = "none"  # the widget value of an unset optional model
-# Standard ComfyUI folders that may also hold DeepGen pieces (kinds: deepgen_model/release.py).
+# Standard ComfyUI folders that may also hold DeepGen pieces (kinds: deepgen_model/kinds.py).
 _EXTRA_FOLDERS = {FILE_KINDS["vlm"]: "text_encoders", QWEN: "text_encoders", FILE_KINDS["dit"]: "diffusion_models",
                   UNIPIC2: "diffusion_models", FILE_KINDS["vae"]: "vae"}
 

@@ -23,7 +23,7 @@ from ..deepgen_model.constants import (DEFAULT_SIZE, IMAGE_PAD_TOKEN, MAX_REFERE
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 from ..deepgen_model.images import image_token_count, output_size, reference_size
 from ..deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
-from ..deepgen_model.release import CONVERTED, NATIVE, QWEN, SOURCES, Release
+from ..deepgen_model.release import NATIVE, QWEN, SOURCES, Release
 from ..deepgen_model.validation import check_prompt
 from . import paths
 
@@ -130,10 +130,7 @@ def _tokenizer_source(model: dict) -> tuple[str, ...]:
         return (entry.path,)
     base = model.get("vlm_base") or paths.NONE  # native model.pt: the tokenizer is the Qwen base folder's
     base = _listed(base, (QWEN,), "vlm_base").path if entry.kind == NATIVE and base != paths.NONE else None
-    release = Release.open(entry.path, vlm_base=base).require("tokenizer")
-    if release.layout == CONVERTED:
-        return (str(release.converted_file("vlm")),)
-    return tuple(str(d) for d in release.tokenizer_dirs())
+    return tuple(map(str, Release.open(entry.path, vlm_base=base).require("tokenizer").tokenizer_sources()))
 
 
 def _stamp(where: tuple[str, ...]) -> int:
@@ -145,8 +142,6 @@ def _stamp(where: tuple[str, ...]) -> int:
 def _load_tokenizer(where: tuple[str, ...], stamp: int):
     from ..deepgen_model import vlm_loading
 
-    if where[0].endswith(".safetensors"):
-        return vlm_loading.load_release_tokenizer(where[0])
     return vlm_loading.load_tokenizer(*where)
 
 

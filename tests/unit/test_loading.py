@@ -83,7 +83,7 @@ def test_tokenizer_and_vlm_forward(tiny, vlms):
 
 
 def test_native_without_lora_is_stock_qwen_with_warning(tiny, tiny_layouts, caplog):
-    with caplog.at_level(logging.WARNING, logger="deepgen_model.vlm_loading"):
+    with caplog.at_level(logging.WARNING, logger="deepgen_model.release"):
         vlm, _ = vlm_loading.load_vlm(tiny_layouts["native"], base_vlm_path=tiny_layouts["qwen"])
     assert "no VLM LoRA" in caplog.text
     _assert_state_close(_legacy(vlm), {to_legacy(k): v for k, v in tiny.vlm_base.state_dict().items()
@@ -100,7 +100,7 @@ def test_release_without_vlm_folder(tiny_layouts, tmp_path, caplog):
     shutil.copytree(tiny_layouts["diffusers"], root, ignore=shutil.ignore_patterns("vlm"))
     with pytest.raises(DeepGenLoadError, match=r"old-release has no vlm/ folder.*base_vlm_path"):
         vlm_loading.load_vlm(root)
-    with caplog.at_level(logging.WARNING, logger="deepgen_model.vlm_loading"):
+    with caplog.at_level(logging.WARNING, logger="deepgen_model.release"):
         vlm, tok = vlm_loading.load_vlm(root, base_vlm_path=tiny_layouts["qwen"])
     assert "WITHOUT the DeepGen LoRA" in caplog.text and tok is not None
 

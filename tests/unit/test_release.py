@@ -90,3 +90,38 @@ def test_complete_releases_refuse_unused_bases_and_name_missing_parts(tiny_layou
         Release.open(tmp_path / "conv").require("dit", "scb")
     with pytest.raises(MissingPart, match=r"missing deepgen_vlm\.safetensors in .*conv"):
         Release.open(tmp_path / "conv").require("dit", "tokenizer")
+
+
+def test_each_layout_hands_out_its_components(tiny, tiny_layouts, tmp_path):
+    """The Release says where each component is (the builders never ask which layout): the same bridge tensors
+    in every layout, with only what the release records of their config; model.pt's DiT without its prefix
+    and with the dit_base's config; the base VLM with model.pt's LoRA merged; the tokenizer's sources."""
+    convert(tiny_layouts["diffusers"], tmp_path, components=("scb", "vlm"))
+    diffusers, converted = Release.open(tiny_layouts["diffusers"]), Release.open(tmp_path)
+    native = Release.open(tiny_layouts["native_lora_new"], tiny_layouts["qwen"], tiny_layouts["unipic2"])
+    bridges = {r.layout: r.bridge_part() for r in (diffusers, native, converted)}
+    for part in bridges.values():
+        assert part.folder is None and set(part.tensors) == set(tiny.bridge_state)
+        assert all(torch.equal(part.tensors[k], v) for k, v in tiny.bridge_state.items())
+    # connector/config.json: only what shapes cannot tell; model.pt records nothing; the converted file all of it
+    assert bridges[DIFFUSERS].config == {k: tiny.connector_config[k] for k in ("num_attention_heads", "layer_norm_eps")}
+    assert bridges[NATIVE].config == {} and bridges[NATIVE].name == tiny_layouts["native_lora_new"]
+    assert bridges[CONVERTED].config["hidden_size"] == tiny.connector_config["hidden_size"]
+
+    dit = native.dit_part()
+    assert set(dit.tensors) == set(tiny.dit.state_dict()) and dit.name == f"{tiny_layouts['native_lora_new']} (transformer.*)"
+    assert dit.config["num_layers"] == tiny.dit_base.config.num_layers
+    assert diffusers.dit_part().folder == tiny_layouts["diffusers"] / "transformer"
+    assert native.vae_part().folder == tiny_layouts["unipic2"] / "vae"
+    assert diffusers.vae_part().folder == tiny_layouts["diffusers"] / "vae"
+
+    vlm = native.vlm_part()
+    assert vlm.name == tiny_layouts["qwen"] and vlm.config["model_type"] == "qwen2_5_vl"
+    assert set(vlm.tensors) == set(tiny.vlm_merged_state)
+    for k, v in tiny.vlm_merged_state.items():
+        torch.testing.assert_close(vlm.tensors[k], v, rtol=0, atol=1e-6, msg=k)
+    assert diffusers.vlm_part().folder == tiny_layouts["diffusers"] / "vlm"
+    assert native.tokenizer_sources() == [tiny_layouts["qwen"]]
+    assert diffusers.tokenizer_sources()[0] == tiny_layouts["diffusers"] / "tokenizer"
+    assert converted.tokenizer_sources() == [tmp_path / "deepgen_vlm.safetensors"]
+    assert converted.tokenizer_files() == diffusers.tokenizer_files() and "tokenizer.json" in diffusers.tokenizer_files()

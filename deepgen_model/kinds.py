@@ -1,0 +1,150 @@
+"""What a path is, in one vocabulary shared by the loaders (deepgen_model/release.py) and the ComfyUI
+model lists (nodes/paths.py): the layouts of a DeepGen 1.0 release (spec §3), its bases, single converted
+files, and the names of the files each holds. Only names and folder listings are looked at here (and a
+Qwen folder's config.json); deepgen_model/release.py reads the files.
+
+Layouts:
+  diffusers  deepgenteam/DeepGen-1.0-diffusers folder: model_index.json, transformer/, connector/,
+             vlm/ (LoRA already merged), vae/, scheduler/, tokenizer/
+  native     deepgenteam/DeepGen-1.0 model.pt (or its folder): transformer.*, connector.*, projector_*,
+             meta_queries and maybe the VLM LoRA; the Qwen2.5-VL base (vlm_base) and the UniPic2
+             folder (dit_base: VAE, scheduler, DiT config) come from elsewhere (pitfall 22)
+  converted  our deepgen_{dit,scb,vlm,vae}.safetensors (deepgen_model.convert), configs in metadata
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import DeepGenLoadError
+
+DIFFUSERS = "diffusers"  # DeepGen-1.0-diffusers folder: model_index.json or transformer/ + connector/
+NATIVE = "native"  # native checkpoint file (model.pt / *.pth), or a folder holding exactly one
+CONVERTED = "converted"  # deepgen_*.safetensors (a file, or a folder holding them)
+QWEN = "qwen"  # a Qwen2.5-VL folder (config.json model_type qwen2_5_vl + weights)
+UNIPIC2 = "unipic2"  # UniPic2-SD3.5M-Kontext-2B style folder: transformer/ + vae/ (no connector/)
+COMPONENTS = ("dit", "scb", "vlm", "vae")
+FILE_KINDS = {c: f"{c}_file" for c in COMPONENTS}  # one converted component file: "vlm_file", ...
+LAYOUTS = (DIFFUSERS, NATIVE, CONVERTED)
+
+# What each loader accepts, by kind.
+SOURCES = {
+    "checkpoint": (DIFFUSERS, NATIVE, CONVERTED),
+    "dit": (DIFFUSERS, CONVERTED, FILE_KINDS["dit"], NATIVE),
+    "scb": (DIFFUSERS, NATIVE, FILE_KINDS["scb"]),
+    "vlm": (DIFFUSERS, QWEN, FILE_KINDS["vlm"]),
+    "vae": (DIFFUSERS, UNIPIC2, CONVERTED, FILE_KINDS["vae"]),
+    "vlm_base": (QWEN,),
+    "dit_base": (UNIPIC2, DIFFUSERS),
+    "lora": (NATIVE,),
+}
+
+FORMAT = "deepgen-1.0"
+CONVERTED_FILES = {c: f"deepgen_{c}.safetensors" for c in COMPONENTS}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja")
+NATIVE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+BRIDGE_FAMILIES = ("connector", "projector", "meta_queries")  # model.pt's key families of the SCB bridge
+# the diffusers release's folder (and file) that holds each component
+RELEASE_PARTS = {"dit": "transformer", "scb": "connector/model.safetensors", "vlm": "vlm/config.json",
+                 "vae": "vae", "tokenizer": "tokenizer"}
+
+QWEN_HINT = "a Qwen2.5-VL-3B-Instruct folder (huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct)"
+UNIPIC2_HINT = "the UniPic2-SD3.5M-Kontext-2B folder (huggingface.co/Skywork/UniPic2-SD3.5M-Kontext-2B)"
+_CONVERT = "(made by `python -m deepgen_model.convert`)"
+DOWNLOAD_HINT = {
+    DIFFUSERS: "the diffusers release deepgenteam/DeepGen-1.0-diffusers (a folder with model_index.json, "
+               "transformer/, connector/, vlm/, vae/, scheduler/, tokenizer/)",
+    NATIVE: "model.pt of deepgenteam/DeepGen-1.0",
+    QWEN: "Qwen/Qwen2.5-VL-3B-Instruct (the whole folder)",
+    UNIPIC2: "Skywork/UniPic2-SD3.5M-Kontext-2B (the whole folder)",
+    CONVERTED: "the output folder of `python -m deepgen_model.convert`",
+    **{FILE_KINDS[c]: f"{CONVERTED_FILES[c]} {_CONVERT}" for c in COMPONENTS},
+}
+PART_HINT = {"vlm": "the release's vlm/ folder (LoRA merged), or use a Qwen2.5-VL-3B-Instruct folder with the "
+                     "VLM LoRA of the native model.pt",
+              "tokenizer": "the release's tokenizer/ folder"}
+
+
+def _is_qwen(folder: Path, names: set[str]) -> bool:
+    if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
+        return False
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "qwen2_5_vl"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def folder_kind(folder, names: set[str] | None = None) -> str | None:
+    """The kind of a folder (None: none of ours). `names`: its entries, when the caller listed them."""
+    folder = Path(folder)
+    names = set(os.listdir(folder)) if names is None else names
+    if "connector" in names and ("model_index.json" in names or "transformer" in names):
+        return DIFFUSERS
+    if {"transformer", "vae"} <= names:
+        return UNIPIC2
+    if _is_qwen(folder, names):
+        return QWEN
+    if "model.pt" in names or len(_native_candidates(folder, names)) == 1:
+        return NATIVE
+    if any(f in names for f in CONVERTED_FILES.values()):
+        return CONVERTED
+    return None
+
+
+def file_kind(filename: str) -> str | None:
+    """The kind of a file, by its name: a native checkpoint or one of our converted files."""
+    stem, ext = os.path.splitext(filename)
+    if ext == ".safetensors":
+        return next((FILE_KINDS[c] for c in COMPONENTS if stem.startswith(f"deepgen_{c}")), None)
+    if ext in (".pt", ".pth"):
+        return NATIVE
+    return None
+
+
+def detect_layout(path) -> str:
+    """'diffusers' | 'native' | 'converted' for a release folder or file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DeepGenLoadError(f"{p} does not exist")
+    if p.is_file():
+        if p.suffix == ".safetensors":
+            return CONVERTED
+        if p.suffix in NATIVE_SUFFIXES:
+            return NATIVE
+        raise DeepGenLoadError(f"{p} is not a DeepGen checkpoint: expected model.pt or deepgen_*.safetensors")
+    kind = folder_kind(p)
+    if kind in LAYOUTS:
+        return kind
+    raise DeepGenLoadError(
+        f"{p} is not a DeepGen 1.0 folder: expected the DeepGen-1.0-diffusers layout (model_index.json, "
+        "transformer/, connector/, vlm/ ...), the native model.pt, or deepgen_*.safetensors from deepgen_model.convert"
+        + {QWEN: f"; it is {QWEN_HINT}, the vlm_base of the native model.pt",
+           UNIPIC2: f"; it is {UNIPIC2_HINT}, the dit_base of the native model.pt"}.get(kind, ""))
+
+
+def _native_candidates(folder: Path, names=None) -> list[Path]:
+    names = os.listdir(folder) if names is None else names
+    return sorted(folder / n for n in names if Path(n).suffix in NATIVE_SUFFIXES and (folder / n).is_file())
+
+
+def native_file(source) -> Path:
+    p = Path(source).expanduser()
+    if p.is_file():
+        return p
+    if (p / "model.pt").is_file():
+        return p / "model.pt"
+    found = _native_candidates(p)
+    if len(found) != 1:
+        raise DeepGenLoadError(f"{p}: expected one model.pt checkpoint, found {[f.name for f in found]}")
+    return found[0]
+
+
+def converted_file(source, component: str) -> Path:
+    p = Path(source).expanduser()
+    if p.is_dir():
+        p = p / CONVERTED_FILES[component]
+        if not p.is_file():
+            raise DeepGenLoadError(f"{p} is missing; run `python -m deepgen_model.convert` to create it")
+    return p
