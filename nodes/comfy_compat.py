@@ -3,9 +3,13 @@
 Dynamic VRAM (comfy-aimdo; ComfyUI 0.28+ turns it on by default on NVIDIA): ComfyUI then streams the weights
 of its own models (CoreModelPatcher = ModelPatcherDynamic) and ignores --lowvram; only --novram (or
 --disable-dynamic-vram, then --lowvram) makes it offload by estimate again. The pack's patchers stay plain
-ModelPatchers on every version: the VLM is transformers layers (nothing dynamic loading can stream, and it
-needs force_full_load), and model_management loads plain patchers beside dynamic ones. What a user is told
-to change therefore depends on the running ComfyUI.
+ModelPatchers on every version: the encode nodes load the VLM with force_full_load (transformers code and the
+engine take devices from its weights and buffers), which dynamic loading asserts against, and model_management
+loads plain patchers beside dynamic ones. What a user is told to change therefore depends on the running ComfyUI.
+
+comfy.ops, whose classes every pack model's layers are swapped to (nodes/comfy_models.py use_comfy_ops), has
+what the pack uses unchanged from 0.3.75 to 0.28: the Linear/Conv1d/Conv2d/Conv3d/LayerNorm/GroupNorm/Embedding
+classes (Embedding's out_dtype), CastWeightBiasOp, cast_bias_weight(offloadable=True) / uncast_bias_weight.
 """
 from __future__ import annotations
 

@@ -10,19 +10,20 @@ adapts that call to `DeepGenTransformer` (timestep = sigma * 1000, spec §1.7). 
   "pooled_output" -> `y`;
   "reference_latents" (raw VAE latents, what core ReferenceLatent appends) -> process_latent_in ->
       `ref_latents`, fed to the DiT as clean reference tokens (spec §1.5).
-Every Linear/Conv2d/LayerNorm/RMSNorm of the diffusers DiT is re-classed in place to a comfy.ops
-equivalent, so ModelPatcher's lowvram partial loading and bf16/fp16-storage manual casting work.
-
 The VLM and the bridge are plain ModelPatchers, so ComfyUI's model management loads them onto the GPU,
 and "Unload models" / POST /free release them; nothing is kept in a private cache.
+
+One cast mechanism for all three (use_comfy_ops): every layer is re-classed in place to a comfy.ops class,
+so ModelPatcher's lowvram partial loading and per-call casting of smaller stored weights work; the VLM and
+the bridge compute in a fixed dtype where it differs from the storage one (a CPU's bf16 storage).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from comfy_api.latest import io
-from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 
 import comfy.conds
 import comfy.latent_formats
@@ -36,68 +37,118 @@ import comfy.sd
 import comfy.supported_models_base
 
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
-from ..deepgen_model.precision import apply_manual_cast, cpu_compute_dtype, dominant_dtype
+from ..deepgen_model.precision import cpu_compute_dtype, dominant_dtype
 from ..deepgen_model.scheduler import official_sigmas, scheduler_shift, sigmas_from_config
 from ..deepgen_model.transformer import DeepGenTransformer
 
 
 # ------------------------------------------------------------------ comfy.ops class swapping
+#
+# Every model the pack hands to ComfyUI as a ModelPatcher (the DiT, the VLM, the SCB bridge) has its layers
+# re-classed in place (weights untouched) to comfy.ops classes, so that ModelPatcher can cast stored weights
+# per call and leave part of a model offloaded (lowvram partial loading). Three modes per layer:
+#   plain:  its own forward; ModelPatcher turns casting on for the layers it leaves offloaded;
+#   cast:   ComfyUI's manual_cast, weights cast to the INPUT's dtype (the DiT's, when its device cannot compute
+#           in the storage dtype: BaseModel casts the DiT's inputs to the compute dtype);
+#   a fixed compute dtype (the VLM and the bridge when storage != compute, e.g. bf16 stored, fp32 computed on
+#           a CPU): floating inputs are cast to that dtype as well, so each layer runs exactly the arithmetic of
+#           precision.apply_manual_cast (the engine's). Casting to the input's dtype would not do: transformers
+#           picks activation dtypes from parameter dtypes (Qwen2.5-VL's patch embedding casts the pixels to its
+#           weight's dtype, a bf16 embedding returns bf16), so the VLM would silently compute in bf16.
 
-class _RMSNorm(DiffusersRMSNorm, comfy.ops.CastWeightBiasOp):
-    """diffusers RMSNorm whose weight ComfyUI can cast/offload like its own ops."""
-
-    def forward(self, x):
-        comfy.ops.run_every_op()
-        if not (self.comfy_cast_weights or self.weight_function or self.bias_function):
-            return super().forward(x)
-        weight, bias, stream = (None, None, None)
-        if self.weight is not None:
-            weight, bias, stream = comfy.ops.cast_bias_weight(self, x, offloadable=True)
-        # diffusers' math (variance in fp32, half-precision weights multiply in their dtype)
-        y = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        if weight is None:
-            out = y.to(x.dtype)
-        else:
-            if weight.dtype in (torch.float16, torch.bfloat16):
-                y = y.to(weight.dtype)
-            out = y * weight if bias is None else y * weight + bias
-        comfy.ops.uncast_bias_weight(self, weight, bias, stream)
-        return out
+# Layers comfy.ops has a class for (the same ones in ComfyUI 0.3.75 and 0.28); matched exactly, so subclasses
+# such as bitsandbytes' quantized Linear8bitLt / Linear4bit are left as they are.
+_COMFY_OPS = {torch.nn.Linear: "Linear", torch.nn.Conv1d: "Conv1d", torch.nn.Conv2d: "Conv2d",
+              torch.nn.Conv3d: "Conv3d", torch.nn.LayerNorm: "LayerNorm", torch.nn.GroupNorm: "GroupNorm",
+              torch.nn.Embedding: "Embedding"}
 
 
-class _RMSNormCast(_RMSNorm):
-    comfy_cast_weights = True
-
-
-_KINDS = ("Linear", "Conv2d", "LayerNorm", "GroupNorm")
-_BASES = {torch.nn.Linear: "Linear", torch.nn.Conv2d: "Conv2d", torch.nn.LayerNorm: "LayerNorm",
-          torch.nn.GroupNorm: "GroupNorm", DiffusersRMSNorm: "RMSNorm"}
-
-
-def _op_classes(ops) -> dict[str, type]:
-    out = {k: getattr(ops, k) for k in _KINDS}
-    out["RMSNorm"] = _RMSNormCast if ops.Linear.comfy_cast_weights else _RMSNorm
-    return out
-
-
-def _kind(cls: type) -> str | None:
-    """Which op a (possibly already swapped) module class is; None for everything else."""
-    if cls in _BASES:
-        return _BASES[cls]
-    for ops in (comfy.ops.disable_weight_init, comfy.ops.manual_cast):
-        for kind, c in _op_classes(ops).items():
-            if cls is c:
-                return kind
+def _plain_class(cls: type) -> type | None:
+    """The torch/diffusers/transformers class a layer swaps from (also for an already swapped one); None: not swapped."""
+    cls = getattr(cls, "_deepgen_plain", cls)
+    if cls in _COMFY_OPS:
+        return cls
+    # the RMSNorms (diffusers', transformers' Qwen2RMSNorm / Qwen2_5_VLRMSNorm, torch's): no comfy.ops class fits
+    # all of them (each model has its own math), so their own forward runs with cast weights (_CastParams)
+    if "RMSNorm" in cls.__name__ and not cls.__module__.startswith(("bitsandbytes", "comfy.")):
+        return cls
     return None
 
 
-def use_comfy_ops(module: torch.nn.Module, ops) -> torch.nn.Module:
-    """Re-class every plain torch/diffusers layer in place (weights untouched) to `ops`' classes."""
-    target = _op_classes(ops)
+class _CastParams(comfy.ops.CastWeightBiasOp):
+    """A layer without a comfy.ops class: its own forward, run with its weight and bias cast by comfy.ops
+    (to the input's device and dtype, offload streams and weight patches included) when casting is on."""
+
+    def forward(self, x, *args, **kwargs):
+        comfy.ops.run_every_op()
+        if self.weight is None or not (self.comfy_cast_weights or self.weight_function or self.bias_function):
+            return super().forward(x, *args, **kwargs)
+        weight, bias, stream = comfy.ops.cast_bias_weight(self, x, offloadable=True)
+        stored = dict(self._parameters)
+        self._parameters["weight"] = weight  # per call; the Parameters themselves are untouched
+        if stored.get("bias") is not None:
+            self._parameters["bias"] = bias
+        try:
+            return super().forward(x, *args, **kwargs)
+        finally:
+            self._parameters.update(stored)
+            comfy.ops.uncast_bias_weight(self, weight, bias, stream)
+
+
+def _to_compute(x, dtype: torch.dtype):
+    return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+class _FixedCompute:
+    """Floating inputs to the class's compute dtype, then the comfy.ops forward (weights cast to that dtype)."""
+
+    compute_dtype: torch.dtype
+
+    def forward(self, *args, **kwargs):
+        args = tuple(_to_compute(a, self.compute_dtype) for a in args)
+        kwargs = {k: _to_compute(v, self.compute_dtype) for k, v in kwargs.items()}
+        return super().forward(*args, **kwargs)
+
+
+class _FixedComputeEmbedding(_FixedCompute):
+    """comfy.ops' Embedding returns its weight's dtype unless given out_dtype (a bf16 lookup cast to fp32 equals
+    the lookup of the weight cast to fp32: indexing is exact)."""
+
+    def forward(self, *args, **kwargs):
+        kwargs.setdefault("out_dtype", self.compute_dtype)
+        return super().forward(*args, **kwargs)
+
+
+@functools.cache
+def _swapped_class(plain: type, cast: bool, compute: torch.dtype | None) -> type:
+    if plain in _COMFY_OPS:
+        parents = (getattr(comfy.ops.manual_cast if cast else comfy.ops.disable_weight_init, _COMFY_OPS[plain]),)
+    else:
+        parents = (_CastParams, plain)
+    attrs = {"_deepgen_plain": plain, "comfy_cast_weights": cast or compute is not None, "__module__": __name__}
+    if compute is not None:
+        parents = (_FixedComputeEmbedding if plain is torch.nn.Embedding else _FixedCompute, *parents)
+        attrs["compute_dtype"] = compute
+    return type(plain.__name__, parents, attrs)
+
+
+def use_comfy_ops(module: torch.nn.Module, cast: bool = False, compute: torch.dtype | None = None) -> torch.nn.Module:
+    """Re-class every layer of `module` in place (weights untouched) to a comfy.ops class (see above).
+
+    cast: ComfyUI's manual cast (weights cast to the input's dtype on every call).
+    compute: a fixed compute dtype for the layers whose weights are stored in another dtype (the layers
+    precision.apply_manual_cast would cast); the others stay plain. Idempotent; a later call re-modes."""
     for m in module.modules():
-        kind = _kind(type(m))
-        if kind is not None:
-            m.__class__ = target[kind]
+        plain = _plain_class(type(m))
+        if plain is None:
+            continue
+        fixed = compute
+        if compute is not None and not any(p is not None and p.is_floating_point() and p.dtype != compute
+                                           for p in m._parameters.values()):
+            fixed = None
+        if not hasattr(m, "bias"):  # comfy.ops.cast_bias_weight reads it; torch's Embedding and
+            m.bias = None           # transformers' RMSNorms have none
+        m.__class__ = _swapped_class(plain, cast, fixed)
     return module
 
 
@@ -207,7 +258,7 @@ def deepgen_model_patcher(dit_module: torch.nn.Module, scheduler_config: dict | 
         compute = cpu_compute_dtype("dit")
         manual_cast = None if compute == weight_dtype else compute
     config.set_inference_dtype(weight_dtype, manual_cast)
-    use_comfy_ops(dit, comfy.ops.disable_weight_init if manual_cast is None else comfy.ops.manual_cast)
+    use_comfy_ops(dit, cast=manual_cast is not None)
     dit.eval().requires_grad_(False)
     model = DeepGenModel(config, DeepGenDiT(dit.to(offload_device)), device=offload_device)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
@@ -263,9 +314,9 @@ def scb_module(patcher) -> torch.nn.Module:
 
 def encoder_patcher(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype, load_device,
                     offload_device) -> comfy.model_patcher.ModelPatcher:
-    """DEEPGEN_VLM / DEEPGEN_SCB: `module` (weights stored in `storage`) computing in `compute`."""
-    if compute != storage:
-        apply_manual_cast(module, compute)
+    """DEEPGEN_VLM / DEEPGEN_SCB: `module` (weights stored in `storage`) computing in `compute`, its layers
+    swapped to comfy.ops classes like the DiT's (bitsandbytes-quantized layers excepted)."""
+    use_comfy_ops(module, compute=None if compute == storage else compute)
     module.eval().requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
 
