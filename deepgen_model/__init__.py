@@ -10,9 +10,10 @@ __version__ = "0.1.0"
 # diffusers imports bitsandbytes (when installed) as soon as any model class is imported, and on a CPU
 # with AVX512-BF16 bitsandbytes then warns, once per process, that it could not fetch an optional
 # Hub kernel for its 4-bit CPU matmul ("Failed to load CPU gemm_4bit_forward from kernels-community:
-# No module named 'kernels'. Please make sure you already `pip install kernels` ..."). The pack never
-# runs bitsandbytes on a CPU (quantization is refused there, nodes/loaders.py), so the advice is noise
-# in every log (ComfyUI's, the demo's, the benchmarks'). Exactly that record is dropped, on exactly
+# No module named 'kernels'. Please make sure you already `pip install kernels` ..."). It is printed at
+# every start, whether or not a quantized VLM is ever asked for, and even then it is only an optional
+# speed-up (a Hub kernel for NF4 matmuls on such CPUs; bitsandbytes' own CPU path works without it), so
+# it is noise in every log (ComfyUI's, the demo's, the benchmarks'). Exactly that record is dropped, on exactly
 # that logger; everything else bitsandbytes says still shows. Installed here, before anything of ours
 # imports diffusers: a Logger filter applies to records logged later, whether or not bitsandbytes is
 # imported yet. tests/unit/test_quiet_logs.py fails if the text or the logger stops matching.
