@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 for _p in (str(ROOT), str(ROOT / "tests")):
     if _p not in sys.path:
         sys.path.append(_p)
+import deepgen_model  # noqa: E402,F401  (first: its log filter must be in place before diffusers imports bitsandbytes)
 
 PROMPT = "a Delft-blue vase holding the flower that symbolises the Netherlands, studio light"
 EDIT_PROMPT = "make it night, with a full moon behind the vase"

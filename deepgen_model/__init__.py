@@ -3,7 +3,31 @@
 Heavy imports are deferred so `import deepgen_model` stays cheap (the batch client and the
 converter's --help must not pay for torch).
 """
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# diffusers imports bitsandbytes (when installed) as soon as any model class is imported, and on a CPU
+# with AVX512-BF16 bitsandbytes then warns, once per process, that it could not fetch an optional
+# Hub kernel for its 4-bit CPU matmul ("Failed to load CPU gemm_4bit_forward from kernels-community:
+# No module named 'kernels'. Please make sure you already `pip install kernels` ..."). It is printed at
+# every start, whether or not a quantized VLM is ever asked for, and even then it is only an optional
+# speed-up (a Hub kernel for NF4 matmuls on such CPUs; bitsandbytes' own CPU path works without it), so
+# it is noise in every log (ComfyUI's, the demo's, the benchmarks'). Exactly that record is dropped, on exactly
+# that logger; everything else bitsandbytes says still shows. Installed here, before anything of ours
+# imports diffusers: a Logger filter applies to records logged later, whether or not bitsandbytes is
+# imported yet. tests/unit/test_quiet_logs.py fails if the text or the logger stops matching.
+BNB_KERNELS_LOGGER = "bitsandbytes.backends.cpu.ops"
+BNB_KERNELS_NOISE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+def _not_bnb_kernels_noise(record: _logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(BNB_KERNELS_NOISE)
+
+
+_bnb_logger = _logging.getLogger(BNB_KERNELS_LOGGER)
+if not any(getattr(f, "__name__", "") == _not_bnb_kernels_noise.__name__ for f in _bnb_logger.filters):
+    _bnb_logger.addFilter(_not_bnb_kernels_noise)  # once, even if the pack is imported under two names
 
 _EXPORTS = {
     "DeepGenPipeline": ".pipeline",

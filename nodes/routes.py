@@ -5,6 +5,7 @@ nodes run), so the in-graph preview cannot drift from what is encoded. Token cou
 only the tokenizer of a model the pack LISTS is loaded (never the VLM), picked by its widget value; the
 request never names a path. Inputs are checked strictly and answered with 400 {"error": ...}.
 GET /deepgen/size_presets lists output sizes that follow the model's rules.
+GET /workflow_templates (ComfyUI's own route) gets our examples in their learning order (template_order).
 
 Registered only when a real PromptServer exists (in-process tests run a stub server without routes).
 """
@@ -37,6 +38,25 @@ LOADERS = {"DeepGenVLMLoader": ("vlm_name", SOURCES["vlm"]), "DeepGenCheckpointL
 # Output-size presets: the training "fix_pixels" rule (sqrt(w*h) = 512, sides rounded up to multiples of 32)
 ASPECTS = (("1:1", 1, 1), ("4:3", 4, 3), ("3:4", 3, 4), ("3:2", 3, 2), ("2:3", 2, 3), ("16:9", 16, 9),
            ("9:16", 9, 16), ("21:9", 21, 9), ("9:21", 9, 21))
+
+
+# The template browser's order of our example_workflows/, first to last (the thumbnails' titles carry the
+# same numbers, from locales/en/main.json). ComfyUI lists a pack's templates in directory order (an unsorted glob:
+# a hash order on ext4) and the frontend keeps that order under its default sort, so without this the
+# first card a newcomer sees may be "reasoning edit".
+EXAMPLE_ORDER = ("text_to_image", "image_edit", "multi_reference_edit", "reasoning_generation", "reasoning_edit",
+                 "text_rendering", "low_vram_8bit_vlm", "sampler_custom_advanced")
+TEMPLATE_ROUTES = ("/workflow_templates", "/api/workflow_templates")
+
+
+def ordered_templates(listing: dict) -> dict:
+    """ComfyUI's {pack folder: [workflow names]} with our list (the one holding every EXAMPLE_ORDER name,
+    whatever the pack's folder is called) sorted into EXAMPLE_ORDER; names not in it go last, by name."""
+    rank = {name: i for i, name in enumerate(EXAMPLE_ORDER)}
+    for folder, names in listing.items():
+        if isinstance(names, list) and rank.keys() <= set(names):
+            listing[folder] = sorted(names, key=lambda n: (rank.get(n, len(rank)), str(n)))
+    return listing
 
 
 class BadRequest(ValueError):
@@ -262,6 +282,24 @@ def _register() -> None:
     async def presets(request):
         return web.json_response({"presets": size_presets(), "multiple": SIZE_MULTIPLE,
                                   "reference_unit": REFERENCE_UNIT, "default": DEFAULT_SIZE})
+
+    @web.middleware
+    async def template_order(request, handler):
+        """Reorders only GET /workflow_templates' JSON; any other request or response passes as it is."""
+        response = await handler(request)
+        if request.path not in TEMPLATE_ROUTES or request.method != "GET" or response.status != 200 \
+                or getattr(response, "content_type", None) != "application/json":
+            return response
+        try:
+            return web.json_response(ordered_templates(json.loads(response.text)))
+        except (TypeError, ValueError, AttributeError) as e:  # an unexpected shape: ComfyUI's answer unchanged
+            log.debug("DeepGen: template order not applied (%s)", e)
+            return response
+
+    try:  # custom nodes load before the server starts, while the app still takes middlewares
+        PromptServer.instance.app.middlewares.append(template_order)
+    except (AttributeError, RuntimeError) as e:
+        log.warning("DeepGen: the example workflows keep ComfyUI's order in the template browser (%s)", e)
 
 
 _register()

@@ -3,7 +3,9 @@
     python scripts/make_thumbnails.py            # rewrites example_workflows/*.jpg and example_workflows/input/*.png
 
 Thumbnails are schematic cards (title + the workflow's node chain as read from its JSON), never model
-outputs. Sample inputs are simple drawings for the edit workflows. Only Pillow's built-in font is used, so
+outputs. The title is the numbered one of locales/en/main.json ("1 · Text to image"): ComfyUI's frontend
+(1.32) captions a custom node's template card with its file name, so the thumbnail is where the readable
+title and the learning order (nodes/routes.py EXAMPLE_ORDER, same numbers) show. Sample inputs are simple drawings for the edit workflows. Only Pillow's built-in font is used, so
 the files come out the same on every machine with the same Pillow.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1] / "example_workflows"
+LOCALE = ROOT.parent / "locales" / "en" / "main.json"
 SIZE = (640, 480)
 BG, FG, MUTED, LINK = (24, 26, 33), (236, 238, 243), (150, 156, 170), (120, 128, 145)
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
@@ -30,7 +33,11 @@ def font(size: int):
 
 
 def title_of(workflow: dict, stem: str) -> str:
-    """The first MarkdownNote's heading (after the dash), else the file name."""
+    """The template title of locales/en/main.json, else the first note's heading (after the dash), else the
+    file name."""
+    titles = json.loads(LOCALE.read_text(encoding="utf-8"))["templateWorkflows"]["template"]["ComfyUI-DeepGen"]
+    if stem in titles:
+        return titles[stem]
     for node in workflow["nodes"]:
         if node["type"] in FRONTEND_ONLY and node.get("widgets_values"):
             first = str(node["widgets_values"][0]).splitlines()[0].lstrip("# ").strip()

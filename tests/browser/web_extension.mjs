@@ -75,6 +75,28 @@ try {
   check("extension loaded", await page.evaluate(() => window.__deepgenWeb.version));
   check("size presets fetched from the server",
     JSON.stringify(await page.evaluate(() => window.__deepgenWeb.presets())) === JSON.stringify(spec.presets));
+
+  // ---- the template browser as a newcomer opens it: the pack's category, its cards in the learning order
+  // (the frontend's default sort keeps the server's order), each with its thumbnail
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+  const dialog = page.locator(".workflow-template-selector-dialog");
+  await dialog.getByText(spec.templates.category, { exact: true }).first().click({ timeout: 30000 });
+  const cardIds = spec.templates.order.map((n) => `template-workflow-${n}`);
+  const cards = await page.waitForFunction((ids) => {
+    const found = [...document.querySelectorAll(".workflow-template-selector-dialog [data-testid^='template-workflow-']")];
+    const thumbs = found.map((c) => c.querySelector("img"));
+    return found.length === ids.length && thumbs.every((i) => i?.complete && i.naturalWidth > 0)
+      && found.map((c, k) => [c.dataset.testid, thumbs[k].naturalWidth, thumbs[k].naturalHeight]);
+  }, cardIds, { timeout: 20000 }).then((h) => h.jsonValue()).catch(() => page.evaluate(() =>
+    [...document.querySelectorAll(".workflow-template-selector-dialog [data-testid^='template-workflow-']")]
+      .map((c) => [c.dataset.testid, c.querySelector("img")?.naturalWidth ?? 0, 0])));
+  check("template browser: the pack's cards in the learning order",
+    JSON.stringify(cards.map((c) => c[0])) === JSON.stringify(cardIds), JSON.stringify(cards.map((c) => c[0])));
+  check("template browser: every card shows its 640×480 thumbnail", cards.length === cardIds.length
+    && cards.every((c) => c[1] === 640 && c[2] === 480), JSON.stringify(cards));
+  await shot("web-extension-templates.png");
+  await dialog.locator("button:has(i.pi-times)").first().click();  // Escape does not close this dialog
+  await dialog.waitFor({ state: "hidden", timeout: 10000 });
   await page.evaluate(() => { window.app.graph.clear(); window.app.canvas.ds.offset = [0, 0]; window.app.canvas.ds.scale = 1; });
 
   // ---- add DeepGen nodes through the node search box (double-click on the empty canvas)

@@ -83,6 +83,14 @@ def _expected_reference_inputs() -> dict:
     return out
 
 
+def _template_browser() -> dict:
+    """The category label and card order a newcomer should see: locales/en/main.json's, by title number."""
+    messages = json.loads((EXAMPLES.parent / "locales" / "en" / "main.json").read_text(encoding="utf-8"))
+    titles = messages["templateWorkflows"]["template"]["ComfyUI-DeepGen"]
+    return {"category": messages["templateWorkflows"]["category"]["ComfyUI-DeepGen"],
+            "order": sorted(titles, key=lambda stem: int(titles[stem].split(" ", 1)[0]))}
+
+
 def _spec(server, release, chromium, artifacts) -> dict:
     import deepgen_tiny
     from deepgen_model.constants import selected_layers
@@ -131,6 +139,7 @@ def _spec(server, release, chromium, artifacts) -> dict:
         "workflows": [{"name": f.stem, "workflow": json.loads(f.read_text())}
                       for f in sorted(EXAMPLES.glob("*.json"))],
         "workflow_refs": _expected_reference_inputs(),
+        "templates": _template_browser(),
         "edit_api_keys": sorted(["vlm", "prompt", "negative_prompt", "image1", "image2", "max_side", "width", "height"]),
     }
 
@@ -149,6 +158,6 @@ def test_web_extension_in_chromium(chromium, comfy_server, release, artifacts_di
         moved.rename(release)
     failed = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
     assert proc.returncode == 0 and not failed, "\n".join(failed) or log[-4000:]
-    for shot in ("web-extension.png", "web-extension-example-layout.png", "web-extension-no-weights.png",
-                 "web-extension-weights-back.png", "web-extension-encode-progress.png"):
+    for shot in ("web-extension-templates.png", "web-extension.png", "web-extension-example-layout.png",
+                 "web-extension-no-weights.png", "web-extension-weights-back.png", "web-extension-encode-progress.png"):
         assert (artifacts_dir / shot).stat().st_size > 10_000, shot
