@@ -14,16 +14,12 @@ from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.conditioning import DeepGenConditioning, encode
 from deepgen_model.constants import EDIT_NEGATIVE
 from deepgen_model.errors import DeepGenInputError
-from deepgen_model.images import resized_uint8, to_signed, vit_inputs
+from deepgen_model.images import vit_inputs
 from deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
 from deepgen_model.vlm import stacked_hidden_states
+from reference_images import resize_reference
 
 REPO = Path(__file__).resolve().parents[2]
-
-def resize_reference(image: torch.Tensor, max_side: int) -> torch.Tensor:
-    """A reference as the encode prepares it for the VAE: resized uint8, then [3, h, w] in [-1, 1]."""
-    return to_signed(resized_uint8(image, max_side))
-
 
 
 def _bridge(state, heads):
