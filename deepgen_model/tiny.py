@@ -1,9 +1,11 @@
-"""Tiny, offline, seeded DeepGen 1.0 look-alike: every component and both release layouts.
+"""A tiny random-weight DeepGen 1.0 look-alike in every release layout: for the demo, benchmarks and tests;
+its images are noise.
 
 Shapes follow spec §1 at toy sizes, key names and folder layouts follow spec §3 exactly, so loaders
 and the engine are exercised on the real naming rules in a few seconds on a CPU. Weights are random
 but deliberately "loud" (no zero-initialised heads, norms away from 1) so that swapping any component
-changes outputs. Nothing here imports `deepgen_model`: the fixtures are an independent reference.
+changes outputs. Nothing here imports the rest of `deepgen_model` (tests/unit/test_fixtures.py checks
+it): the tests use these models and files as an independent reference for the engine's loaders.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """DeepGenDiTLoader / DeepGenVAELoader and the DeepGen MODEL's ComfyUI integration (real ComfyUI 0.3.75).
 
-Every loaded model is compared with the tiny fixture's own weights/modules (tests/deepgen_tiny.py),
+Every loaded model is compared with the tiny fixture's own weights/modules (deepgen_model/tiny.py),
 and every VAE result with diffusers' AutoencoderKL run directly.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ SCALE, SHIFT = 1.5305, 0.0609
 
 @pytest.fixture(scope="module")
 def layouts(tiny, comfy_models):
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
     from deepgen_model.convert import convert
 
     root = comfy_models / "deepgen"
