@@ -91,9 +91,11 @@ TINY_CONNECTOR = {"hidden_size": 64, "intermediate_size": 94, "num_hidden_layers
 TINY_NUM_QUERIES = 128
 TINY_NUM_STACKED = 6  # hidden states 35, 29, 23, 17, 11, 5
 
+# The SD3 VAE's architecture at the narrowest width ComfyUI builds natively: its VAE blocks hard-code
+# GroupNorm(32, C), so every width is a multiple of 32 and norm_num_groups is 32, as in the release.
 TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=16,
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
+                block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=32,
                 scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
 
 TINY_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False, "base_shift": 0.5,
