@@ -157,7 +157,7 @@ def test_transformers_4_and_5_agree(tiny_layouts, tmp_path):
     code = ("import importlib.util, sys; sys.path.insert(0, sys.argv[1]);"
             "s = importlib.util.spec_from_file_location('tc', sys.argv[2]); m = importlib.util.module_from_spec(s);"
             "s.loader.exec_module(m); m._run_conditioning(sys.argv[3], sys.argv[4])")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tf4), str(REPO)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tf4), str(REPO), str(REPO / "tests")]))  # + shared test code
     proc = subprocess.run([sys.executable, "-c", code, str(REPO), __file__, root, str(theirs)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
