@@ -16,9 +16,8 @@ import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT), str(ROOT / "tests")):
-    if _p not in sys.path:
-        sys.path.append(_p)
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
 import deepgen_model  # noqa: E402,F401  (first: its log filter must be in place before diffusers imports bitsandbytes)
 
 PROMPT = "a Delft-blue vase holding the flower that symbolises the Netherlands, studio light"
@@ -168,7 +167,7 @@ def tiny_release(path: str | Path | None = None) -> Path:
     """The fixture's diffusers release folder (written to a temp folder unless `path` exists)."""
     if path and (Path(path) / "model_index.json").is_file():
         return Path(path)
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
 
     root = Path(path) if path else Path(tempfile.mkdtemp(prefix="deepgen_bench_"))
     return deepgen_tiny.write_diffusers_release(root / "DeepGen-1.0-diffusers", deepgen_tiny.build_tiny_components(0))
@@ -193,7 +192,7 @@ def materialise(model: torch.nn.Module, dtype: torch.dtype, seed: int = 0) -> to
 
 def real_tokenizer_and_vlm_config():
     """The tiny offline tokenizer (no Qwen vocabulary offline) with the VLM config's special ids set to it."""
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
     from deepgen_model import configs
 
     tokenizer = deepgen_tiny.load_tokenizer()

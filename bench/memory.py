@@ -48,7 +48,7 @@ def _meta(name: str):
 
 
 def _tiny(name: str):
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
     from deepgen_model import BridgeConfig, SCBBridge
 
     comps = deepgen_tiny.build_tiny_components(0)

@@ -7,7 +7,7 @@ Builds Qwen2.5-VL-3B, the SCB bridge, the SD3.5-M Kontext DiT and the SD3 VAE at
 text-to-image and a one-reference edit through DeepGenPipeline on the CPU with bf16 storage and
 fp32 compute, and prints time and peak RSS per stage. No weights are downloaded; outputs are noise.
 
-Tokenizer: the tiny offline test tokenizer (tests/deepgen_tiny.py) with the VLM's special-token ids
+Tokenizer: the tiny offline test tokenizer (deepgen_model/tiny.py) with the VLM's special-token ids
 set to its own, so prompt token counts are not Qwen's; the image-token counts are exact.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 from bench.common import build_real  # noqa: E402
 from deepgen_model import DeepGenPipeline  # noqa: E402

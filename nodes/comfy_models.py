@@ -19,7 +19,6 @@ the bridge compute in a fixed dtype where it differs from the storage one (a CPU
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -323,39 +322,23 @@ def encoder_patcher(module: torch.nn.Module, storage: torch.dtype, compute: torc
 
 # ------------------------------------------------------------------ the VAE
 
-@contextlib.contextmanager
-def _group_norm_groups(groups: int):
-    """ComfyUI's VAE blocks build GroupNorm(32, C) (the SD3 VAE's count); build `groups` instead.
-
-    Only VAEs with another group count (test-size ones) take this path; the swap of ComfyUI's
-    GroupNorm class lasts for the construction only (ComfyUI builds models on one thread).
-    """
-    ops = comfy.ops.disable_weight_init
-    original = ops.GroupNorm
-    if groups != 32:
-        class GroupNorm(original):
-            def __init__(self, num_groups, num_channels, *args, **kwargs):
-                super().__init__(groups, num_channels, *args, **kwargs)
-
-        ops.GroupNorm = GroupNorm
-    try:
-        yield
-    finally:
-        ops.GroupNorm = original
-
-
 def comfy_vae(ae) -> comfy.sd.VAE:
-    """comfy.sd.VAE with the weights of a diffusers AutoencoderKL of any SD-family size.
+    """comfy.sd.VAE with the weights of a diffusers AutoencoderKL of any SD-family width.
 
     The ComfyUI architecture is derived from ae.config (not guessed from the 128-channel SD3 layout);
-    absent quant convs (SD3: use_quant_conv False) become exact 1x1 identities.
+    absent quant convs (SD3: use_quant_conv False) become exact 1x1 identities. ComfyUI builds its VAE
+    blocks natively, so a config it cannot build (another GroupNorm count) is refused, not patched in.
     """
     cfg = ae.config
     widths = list(cfg.block_out_channels)
     ch, z = widths[0], cfg.latent_channels
+    where = f"VAE config of {cfg['_name_or_path']}" if cfg.get("_name_or_path") else "VAE config"
     if len(widths) != 4 or any(w % ch for w in widths) or not cfg.get("mid_block_add_attention", True):
-        raise DeepGenLoadError(f"VAE config (block_out_channels {widths}) is not an SD/SD3-family AutoencoderKL; "
+        raise DeepGenLoadError(f"{where} (block_out_channels {widths}) is not an SD/SD3-family AutoencoderKL; "
                                "use the release's vae/ folder.")
+    if cfg.norm_num_groups != 32:  # ComfyUI's VAE blocks build GroupNorm(32, C), as the SD3 VAE has
+        raise DeepGenLoadError(f"{where} has norm_num_groups {cfg.norm_num_groups}, but ComfyUI's SD-family VAE "
+                               "normalises in 32 groups (as the SD3 VAE does); use the release's vae/ folder.")
     ddconfig = {"double_z": True, "z_channels": z, "resolution": 256, "in_channels": cfg.in_channels,
                 "out_ch": cfg.out_channels, "ch": ch, "ch_mult": [w // ch for w in widths],
                 "num_res_blocks": cfg.layers_per_block, "attn_resolutions": [], "dropout": 0.0}
@@ -365,7 +348,6 @@ def comfy_vae(ae) -> comfy.sd.VAE:
         if not cfg.get(f"use_{name}", True):
             sd[f"{name}.weight"] = torch.eye(n, dtype=dtype)[:, :, None, None]
             sd[f"{name}.bias"] = torch.zeros(n, dtype=dtype)
-    with _group_norm_groups(cfg.norm_num_groups):
-        vae = comfy.sd.VAE(sd=sd, config={"params": {"embed_dim": z, "ddconfig": ddconfig}})
+    vae = comfy.sd.VAE(sd=sd, config={"params": {"embed_dim": z, "ddconfig": ddconfig}})
     vae.latent_channels = z
     return vae

@@ -4,7 +4,7 @@ Checks the weights, starts ComfyUI on 127.0.0.1, queues the API-format text-to-i
 for it over /history, prints the saved image's path and always stops the server. It talks to ComfyUI
 through the project's one HTTP client (deepgen_batch.api) and checks weights with
 deepgen_model.download: standard library only, unless --demo (which builds the tiny random model of
-tests/deepgen_tiny.py with torch).
+deepgen_model/tiny.py with torch).
 
 Exit status: 0 image saved; 3 weights missing (the list of files is printed); 1 anything else.
 """
@@ -33,7 +33,7 @@ EXIT_NO_WEIGHTS = 3
 DEMO_FOLDER = "DeepGen-1.0-demo-random-weights"  # never the real release's name: both may be listed at once
 DEMO_PREFIX = "DeepGen/demo_random_weights"
 DEMO_STEPS, DEMO_SIZE = 8, (256, 256)  # unless --steps/--size say otherwise
-DEMO_NOTE = ("DEMO: a tiny DeepGen look-alike with RANDOM weights (tests/deepgen_tiny.py), so the picture is noise. "
+DEMO_NOTE = ("DEMO: a tiny DeepGen look-alike with RANDOM weights (deepgen_model/tiny.py), so the picture is noise. "
              "This checks the install (ComfyUI, this pack, the engine and the example workflow), not the model.")
 PROMPT = "a racoon holding a shiny red apple over its head"
 # Checkpoint-loader settings per layout: widget values are paths relative to models/deepgen.
@@ -226,16 +226,13 @@ def images_of(entry: dict, output_dir: Path) -> list[Path]:
 
 
 def build_demo_release(root: Path) -> Path:
-    """The tests' tiny random DeepGen (tests/deepgen_tiny.py, seed 0) as a diffusers release under `root`.
+    """The tiny random DeepGen (deepgen_model/tiny.py, seed 0) as a diffusers release under `root`.
 
-    The builder stays test code in tests/: the demo is a check of the install, and it must exercise the
-    very models the test suite runs, not a second copy of them."""
-    tests = REPO / "tests"
-    if not (tests / "deepgen_tiny.py").is_file():
-        fail(f"--demo needs {tests / 'deepgen_tiny.py'} (part of a git checkout of the pack)")
-    sys.path.append(str(tests))
+    The very models the test suite runs, not a second copy of them: the demo is a check of the install.
+    It ships with the engine, so an installed pack (without tests/) runs it too."""
     try:
-        import deepgen_tiny
+        import diffusers, tokenizers, transformers  # noqa: F401, E401  (the builders import them only when called)
+        from deepgen_model import tiny as deepgen_tiny
     except ImportError as e:
         fail(f"--demo needs torch, transformers, diffusers and tokenizers in this Python ({sys.executable}): {e}")
     t0 = time.monotonic()

@@ -7,7 +7,7 @@ being the venv that .ci/setup.sh prepared for that tree (``DEEPGEN_COMFY_DIR=TRE
         --comfy ~/.cache/comfyui-deepgen/ComfyUI=~/.cache/comfyui-deepgen/venv/bin/python \\
         --comfy /path/to/ComfyUI-0.28.0=~/.cache/deepgen-028/venv/bin/python
 
-Each ComfyUI in turn serves the pack with the same tiny release (tests/deepgen_tiny.py); `python -m
+Each ComfyUI in turn serves the pack with the same tiny release (deepgen_model/tiny.py); `python -m
 deepgen_batch` edits the same folder of images with the same instruction and seeds on each; the results
 must agree pixel for pixel. Prints one line per tree and the comparison; exit status 0 only when identical.
 """
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "tests"))
+sys.path.append(str(REPO))  # run as a script: deepgen_model (the tiny release) is not on the path
 BATCH = ["-i", "make it look like a watercolour painting", "--seed", "1000", "--steps", "2", "--max-side", "64",
          "--weight-dtype", "fp32", "--no-progress"]
 
@@ -92,7 +92,7 @@ def main() -> int:
     args = p.parse_args()
     if len(args.comfy) < 2:
         p.error("give at least two --comfy TREE=PYTHON")
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="deepgen-parity-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Shared pytest setup: import paths and the session-wide tiny DeepGen fixtures (tests/deepgen_tiny.py)."""
+"""Shared pytest setup: import paths and the session-wide tiny DeepGen fixtures (deepgen_model/tiny.py)."""
 import sys
 from pathlib import Path
 
@@ -15,7 +15,7 @@ for _p in (str(_TESTS.parent), str(_TESTS)):
 @pytest.fixture(scope="session")
 def tiny():
     """TinyDeepGen(seed=0). Shared by the whole session: treat it as read-only (build your own to mutate)."""
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
 
     return deepgen_tiny.build_tiny_components()
 
@@ -23,7 +23,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_layouts(tiny, tmp_path_factory):
     """{diffusers, qwen, unipic2, native, native_lora_new, native_lora_legacy} -> Path, written once."""
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
 
     return deepgen_tiny.build_all_layouts(tmp_path_factory.mktemp("tiny"), tiny)
 

@@ -106,7 +106,7 @@ def comfy_models(comfy_base) -> Path:
 @pytest.fixture(scope="session")
 def release(comfy_models, tiny) -> Path:
     """The tiny diffusers release under the real release's folder name, written once per session."""
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
 
     root = comfy_models / "deepgen" / "DeepGen-1.0-diffusers"
     if not root.exists():

@@ -1,6 +1,6 @@
 """DeepGenDiTLoader / DeepGenVAELoader and the DeepGen MODEL's ComfyUI integration (real ComfyUI 0.3.75).
 
-Every loaded model is compared with the tiny fixture's own weights/modules (tests/deepgen_tiny.py),
+Every loaded model is compared with the tiny fixture's own weights/modules (deepgen_model/tiny.py),
 and every VAE result with diffusers' AutoencoderKL run directly.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ SCALE, SHIFT = 1.5305, 0.0609
 
 @pytest.fixture(scope="module")
 def layouts(tiny, comfy_models):
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
     from deepgen_model.convert import convert
 
     root = comfy_models / "deepgen"
@@ -280,6 +280,25 @@ def test_vae_loader_decodes_like_the_engine(node, tiny, latent):
     raw = vae.encode(pixels)
     ref = encode_reference(tiny.vae, pixels[0].movedim(-1, 0) * 2 - 1)
     assert (raw[0] - (ref / SCALE + SHIFT)).abs().max() <= 1e-4
+
+
+def test_vae_of_another_group_count_is_refused_naming_its_config(comfy_inprocess, tmp_path):
+    """A valid diffusers AutoencoderKL with 16 GroupNorm groups: ComfyUI's VAE blocks build 32 (the SD3 VAE's),
+    so DeepGen refuses it, naming the config and the fix, instead of patching ComfyUI's GroupNorm."""
+    import sys
+    from diffusers import AutoencoderKL
+
+    from deepgen_model import tiny as deepgen_tiny
+
+    pack = comfy_inprocess.pack.__name__  # the pack's own modules (its DeepGenLoadError is not ours)
+    comfy_models, loading, errors = (sys.modules[f"{pack}.{m}"] for m in
+                                     ("nodes.comfy_models", "deepgen_model.loading", "deepgen_model.errors"))
+    AutoencoderKL(**{**deepgen_tiny.TINY_VAE, "norm_num_groups": 16}).save_pretrained(tmp_path / "vae")
+    with pytest.raises(errors.DeepGenLoadError) as e:
+        comfy_models.comfy_vae(loading.load_vae_folder(tmp_path))
+    msg = str(e.value)
+    assert f"VAE config of {tmp_path / 'vae'} has norm_num_groups 16" in msg, msg
+    assert "32 groups" in msg and msg.endswith("use the release's vae/ folder.")
 
 
 def test_core_vae_decode_tiled_works_with_the_deepgen_vae(node, comfy_inprocess):

@@ -1,6 +1,6 @@
 """DeepGen loader nodes in a real ComfyUI: folder registry, listing, every release layout, errors, 8-bit.
 
-The tiny fixture layouts (tests/deepgen_tiny.py) are written under the server's models/deepgen folder,
+The tiny fixture layouts (deepgen_model/tiny.py) are written under the server's models/deepgen folder,
 plus a converted folder made by deepgen_model.convert; ComfyUI rescans model folders on every listing.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import deepgen_tiny
+from deepgen_model import tiny as deepgen_tiny
 
 RELEASE = "DeepGen-1.0-diffusers"
 QWEN = "Qwen2.5-VL-3B-Instruct"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-import deepgen_tiny
+from deepgen_model import tiny as deepgen_tiny
 from reliability_graphs import RELEASE, edit, error_of, image_of, save_png, t2i
 
 SUB = "h13v"

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,22 +21,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import deepgen_tiny
+from deepgen_model import tiny as deepgen_tiny
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "run_example.sh"
 WORKFLOW = REPO / "example_workflows" / "api" / "text_to_image.json"
 PYTHON = os.environ.get("DEEPGEN_COMFY_PYTHON", sys.executable)
 STEPS, SEED, WIDTH, HEIGHT = 2, 7, 64, 48
 CPU_BUDGET_S = 120  # the demo's promise: a picture in under two minutes after setup (README)
 
 
-def run_example(comfy_dir: Path, base: Path, *args: str, setup: bool = False, timeout: float = 300, env=None):
-    """The script against the test ComfyUI tree; setup=True takes the no---comfyui path (.ci/setup.sh)."""
+def run_example(comfy_dir: Path, base: Path, *args: str, setup: bool = False, timeout: float = 300, env=None,
+                pack: Path = REPO):
+    """The script (of `pack`) against the test ComfyUI tree; setup=True takes the no---comfyui path (.ci/setup.sh)."""
     where = [] if setup else ["--comfyui", str(comfy_dir), "--python", PYTHON]
-    return subprocess.run(["bash", str(SCRIPT), *where, "--base-dir", str(base), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    return subprocess.run(["bash", str(pack / "scripts" / "run_example.sh"), *where, "--base-dir", str(base), *args],
+                          cwd=pack, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                           env={**os.environ, **(env or {})})
+
+
+def installed_pack(dest: Path) -> Path:
+    """A copy of the pack without tests/ (nor git or test leftovers), as an install that leaves tests out has it."""
+    skip = {"tests", ".git", "artifacts", ".pytest_cache", "node_modules", "__pycache__"}
+    shutil.copytree(REPO, dest, ignore=lambda d, names: [n for n in names if n in skip or n.endswith(".pyc")])
+    return dest
 
 
 def saved_image(proc) -> Path:
@@ -132,21 +140,25 @@ def test_runs_with_the_native_layout(comfy_dir, tmp_path, tiny_layouts):
 
 
 def test_demo_needs_no_weights_and_says_the_picture_is_noise(comfy_dir, tmp_path):
-    """--demo: the tests' tiny random DeepGen through the same workflow and ComfyUI, in under two minutes.
+    """--demo: the tests' tiny random DeepGen through the same workflow and ComfyUI, in under two minutes,
+    from an installed pack: the tiny model ships in deepgen_model/, the demo needs no tests/ folder.
 
     The two minutes are checked as the CPU time of the whole command (bash, the helper, ComfyUI, the
     build and the run: every process it started, all reaped when it returns), not as wall time: on a
     shared CI box wall time mostly measures the other jobs. CPU seconds under 120 mean the demo's work
     fits in two minutes on a single free core; a slower engine or a heavier demo still fails here."""
-    base = tmp_path / "base"
+    base, pack = tmp_path / "base", installed_pack(tmp_path / "ComfyUI-DeepGen")
+    assert not (pack / "tests").exists() and (pack / "deepgen_model" / "tiny.py").is_file()
     before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    proc = run_example(comfy_dir, base, "--demo")
+    proc = run_example(comfy_dir, base, "--demo", pack=pack)
     after, took = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - t0
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     image = saved_image(proc)
+    assert (base / "custom_nodes" / "ComfyUI-DeepGen").resolve() == pack.resolve()  # ComfyUI ran the copy
     assert image.parent == base / "output" / "DeepGen" and image.name.startswith("demo_random_weights_")
     assert "RANDOM weights" in proc.stdout and "picture is noise" in proc.stdout
-    assert "checks the install" in proc.stdout and str(WORKFLOW) in proc.stdout
+    wf = pack / WORKFLOW.relative_to(REPO)
+    assert "checks the install" in proc.stdout and str(wf) in proc.stdout
     assert "RAM" not in proc.stdout  # the real model's memory warning is not the demo's
     pixels = np.asarray(Image.open(image).convert("RGB")).astype(int)
     assert pixels.shape == (256, 256, 3) and pixels.std() > 5  # a picture, not a black frame

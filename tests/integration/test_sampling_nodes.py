@@ -51,7 +51,7 @@ class _H6Latent(_H6Conditioning):
 
 @pytest.fixture(scope="module")
 def release(tiny, comfy_models):
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
 
     root = comfy_models / "deepgen" / RELEASE
     if not root.exists():

@@ -92,7 +92,7 @@ def _template_browser() -> dict:
 
 
 def _spec(server, release, chromium, artifacts) -> dict:
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
     from deepgen_model.constants import selected_layers
     from deepgen_model.images import image_token_count, reference_size
     from deepgen_model.vlm_loading import load_tokenizer

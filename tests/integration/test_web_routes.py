@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-import deepgen_tiny
+from deepgen_model import tiny as deepgen_tiny
 from deepgen_model.constants import EDIT_NEGATIVE, NUM_THINK_TOKENS
 from deepgen_model.images import image_token_count, reference_size
 from deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair

@@ -14,16 +14,12 @@ from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.conditioning import DeepGenConditioning, encode
 from deepgen_model.constants import EDIT_NEGATIVE
 from deepgen_model.errors import DeepGenInputError
-from deepgen_model.images import resized_uint8, to_signed, vit_inputs
+from deepgen_model.images import vit_inputs
 from deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
 from deepgen_model.vlm import stacked_hidden_states
+from reference_images import resize_reference
 
 REPO = Path(__file__).resolve().parents[2]
-
-def resize_reference(image: torch.Tensor, max_side: int) -> torch.Tensor:
-    """A reference as the encode prepares it for the VAE: resized uint8, then [3, h, w] in [-1, 1]."""
-    return to_signed(resized_uint8(image, max_side))
-
 
 
 def _bridge(state, heads):
@@ -161,7 +157,7 @@ def test_transformers_4_and_5_agree(tiny_layouts, tmp_path):
     code = ("import importlib.util, sys; sys.path.insert(0, sys.argv[1]);"
             "s = importlib.util.spec_from_file_location('tc', sys.argv[2]); m = importlib.util.module_from_spec(s);"
             "s.loader.exec_module(m); m._run_conditioning(sys.argv[3], sys.argv[4])")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tf4), str(REPO)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tf4), str(REPO), str(REPO / "tests")]))  # + shared test code
     proc = subprocess.run([sys.executable, "-c", code, str(REPO), __file__, root, str(theirs)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,13 +1,16 @@
 """The tiny fixture factory writes what spec §3 describes, and every file loads back in this transformers leg."""
+import ast
 import hashlib
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-import deepgen_tiny as dt
+from deepgen_model import tiny as dt
 
 LM_PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -35,6 +38,23 @@ def assert_same(a: dict, b: dict):
     assert set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_tiny_imports_nothing_else_of_the_engine():
+    """deepgen_model/tiny.py lives in the engine package (the demo and benchmarks use it) but stays an
+    independent reference: a tiny model built with the engine's own code could not catch its bugs."""
+    tree = ast.parse(Path(dt.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):  # module level and inside functions
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"line {node.lineno}: relative import from {node.module!r}"
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    tops = {name.split(".")[0] for name in imported}
+    assert "deepgen_model" not in tops and "deepgen_batch" not in tops and "comfy" not in tops, sorted(imported)
+    third_party = tops - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"torch", "transformers", "diffusers", "tokenizers", "safetensors"}, sorted(third_party)
 
 
 def test_connector_file_has_the_release_keys(tiny_layouts):

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deepgen_model.errors import DeepGenInputError
-from deepgen_model.images import image_token_count, reference_size, resized_uint8, to_signed, vit_inputs
+from deepgen_model.images import image_token_count, reference_size, vit_inputs
+from reference_images import resize_reference
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -23,11 +24,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ])
 def test_reference_size_cli_rule(w, h, s, expected):
     assert reference_size(w, h, s) == expected
-
-def resize_reference(image: torch.Tensor, max_side: int) -> torch.Tensor:
-    """A reference as the encode prepares it for the VAE: resized uint8, then [3, h, w] in [-1, 1]."""
-    return to_signed(resized_uint8(image, max_side))
-
 
 
 def test_max_side_must_be_multiple_of_32():

@@ -1,8 +1,8 @@
 """Noise and the Euler/CFG sampling loop (spec §1.7, §2.4, §2.5)."""
-import deepgen_tiny
 import pytest
 import torch
 
+from deepgen_model import tiny as deepgen_tiny
 from deepgen_model.errors import DeepGenInputError
 from deepgen_model.sampling import make_noise, sample
 from deepgen_model.scheduler import official_sigmas

@@ -1,9 +1,9 @@
 """DeepGenTransformer: the Kontext-style reference-token forward of spec §1.5 on the tiny DiT."""
-import deepgen_tiny
 import pytest
 import torch
 import torch.nn.functional as F
 
+from deepgen_model import tiny as deepgen_tiny
 from deepgen_model.errors import DeepGenInputError
 from deepgen_model.transformer import DeepGenTransformer
 

@@ -1,10 +1,10 @@
 """SD3 VAE helpers (spec §1.6, §2.6, pitfall 11) on the tiny AutoencoderKL."""
 from types import SimpleNamespace
 
-import deepgen_tiny
 import pytest
 import torch
 
+from deepgen_model import tiny as deepgen_tiny
 from deepgen_model.errors import DeepGenInputError
 from deepgen_model.vae import decode, encode_reference, latent_scale_shift
 

@@ -397,7 +397,7 @@ def test_fuzz_config_checks(tiny):
     import random
     import time
 
-    import deepgen_tiny
+    from deepgen_model import tiny as deepgen_tiny
 
     rng = random.Random(7)
     shapes = {"DiT": {k: tuple(v.shape) for k, v in tiny.dit.state_dict().items()},

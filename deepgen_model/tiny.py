@@ -1,9 +1,11 @@
-"""Tiny, offline, seeded DeepGen 1.0 look-alike: every component and both release layouts.
+"""A tiny random-weight DeepGen 1.0 look-alike in every release layout: for the demo, benchmarks and tests;
+its images are noise.
 
 Shapes follow spec §1 at toy sizes, key names and folder layouts follow spec §3 exactly, so loaders
 and the engine are exercised on the real naming rules in a few seconds on a CPU. Weights are random
 but deliberately "loud" (no zero-initialised heads, norms away from 1) so that swapping any component
-changes outputs. Nothing here imports `deepgen_model`: the fixtures are an independent reference.
+changes outputs. Nothing here imports the rest of `deepgen_model` (tests/unit/test_fixtures.py checks
+it): the tests use these models and files as an independent reference for the engine's loaders.
 """
 from __future__ import annotations
 
@@ -89,9 +91,11 @@ TINY_CONNECTOR = {"hidden_size": 64, "intermediate_size": 94, "num_hidden_layers
 TINY_NUM_QUERIES = 128
 TINY_NUM_STACKED = 6  # hidden states 35, 29, 23, 17, 11, 5
 
+# The SD3 VAE's architecture at the narrowest width ComfyUI builds natively: its VAE blocks hard-code
+# GroupNorm(32, C), so every width is a multiple of 32 and norm_num_groups is 32, as in the release.
 TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=16,
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
+                block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=32,
                 scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
 
 TINY_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False, "base_shift": 0.5,
