@@ -96,7 +96,9 @@ def test_interrupted_run_resumes_without_redoing(comfy_server, release, tmp_path
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "deepgen_batch", str(tmp_path / "in"), "-o", str(out), "-i", "turn it upside down",
            "-s", comfy_server.url, "--per-server", "1", *FAST]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default even when this test run was started in the background (which ignores SIGINT)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     manifest = out / "manifest.jsonl"
     deadline = time.monotonic() + 120
     while not (manifest.exists() and len(manifest_rows(manifest)) >= 3):

@@ -213,7 +213,10 @@ def batch(*args, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def start(*args) -> subprocess.Popen:
-    return subprocess.Popen(command(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default: a test run started in the background (`cmd &` in a script) hands its children
+    # SIGINT ignored, and then Python never raises KeyboardInterrupt, so the SIGINT tests would test nothing
+    return subprocess.Popen(command(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
