@@ -128,10 +128,5 @@ def run(argv=None) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    run(argv)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
