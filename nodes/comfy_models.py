@@ -35,6 +35,7 @@ import comfy.ops
 import comfy.patcher_extension
 import comfy.sd
 import comfy.supported_models_base
+import comfy.utils
 
 from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
@@ -159,8 +160,9 @@ def use_comfy_ops(module: torch.nn.Module, cast: bool = False, compute: torch.dt
 # ------------------------------------------------------------------ the diffusion model
 
 class _TargetResiduals(Sequence):
-    """A ControlNet's per-block residuals (target tokens only) widened with zeros over the reference tokens that
-    follow them in DeepGen's sequence (the references are clean images: nothing is added to them)."""
+    """A ControlNet's per-block residuals for the target tokens, checked against the DiT, and widened with zeros
+    over the reference tokens that follow them in DeepGen's sequence (references are clean images: nothing is
+    added to them)."""
 
     def __init__(self, outputs, n_target: int, n_total: int, width: int):
         self.outputs, self.n_target, self.n_total, self.width = outputs, n_target, n_total, width
@@ -170,15 +172,16 @@ class _TargetResiduals(Sequence):
 
     def __getitem__(self, i):
         add = self.outputs[i]
-        if add is None or add.shape[1] == self.n_total:
-            return add
+        if add is None:
+            return None
         if add.ndim != 3 or add.shape[1] != self.n_target or add.shape[2] != self.width:
             raise DeepGenInputError(
                 f"the ControlNet gives residuals of shape {list(add.shape)}, but DeepGen's DiT has {self.n_target} "
                 f"image tokens of width {self.width}: the ControlNet was made for another model (DeepGen's DiT is "
-                "SD3.5-Medium's: use an SD3/SD3.5-Medium ControlNet) or for another image size.")
-        pad = add.new_zeros(add.shape[0], self.n_total - self.n_target, add.shape[2])
-        return torch.cat([add, pad], dim=1)
+                "SD3.5-Medium's: use an SD3/SD3.5-Medium ControlNet).")
+        if self.n_total == self.n_target:
+            return add
+        return torch.cat([add, add.new_zeros(add.shape[0], self.n_total - self.n_target, add.shape[2])], dim=1)
 
 
 class DeepGenMMDiT(OpenAISignatureMMDITWrapper):
@@ -206,7 +209,7 @@ class DeepGenMMDiT(OpenAISignatureMMDITWrapper):
                 check_latent(r, f"reference {j} of sample {i}", *self.size_limits)
         tokens, n_target = reference_sequence(self.embed_latents, x, refs)
         c = self.t_embedder(timesteps, dtype=tokens.dtype) + self.y_embedder(y)
-        if control is not None and tokens.shape[1] != n_target:
+        if control is not None:
             control = {**control, "output": _TargetResiduals(control.get("output") or [], n_target, tokens.shape[1],
                                                              self.hidden_size)}
         tokens = self.forward_core_with_concat(tokens, c, self.context_embedder(context), control, transformer_options)
@@ -274,6 +277,17 @@ class DeepGenModel(comfy.model_base.SD3):
         if refs:
             out["ref_latents"] = comfy.conds.CONDList([self.process_latent_in(r) for r in refs])
         return out
+
+    def lora_key_aliases(self) -> dict:
+        """LoRA names of the DiT before it ran on the MMDiT (`diffusion_model.dit.<diffusers name>`, kohya-style
+        `lora_unet_dit_…`) -> the MMDiT weight (and slice) core's own diffusers SD3 map gives that name."""
+        aliases = {}
+        for name, target in comfy.utils.mmdit_to_diffusers(self.model_config.unet_config, "diffusion_model.").items():
+            if name.endswith(".weight"):
+                stem = name[:-len(".weight")]
+                aliases[f"diffusion_model.dit.{stem}"] = target
+                aliases[f"lora_unet_dit_{stem.replace('.', '_')}"] = target
+        return aliases
 
     def extra_conds_shapes(self, **kwargs):
         refs = kwargs.get("reference_latents")
