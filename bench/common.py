@@ -204,7 +204,7 @@ def real_tokenizer_and_vlm_config():
 
 
 def build_real(dtype: torch.dtype, parts=("vlm", "bridge", "dit", "vae")) -> dict:
-    """Real-size architectures (spec §1) built on meta, then random weights stored in `dtype`."""
+    """Real-size architectures (docs/inference.md#components) built on meta, then random weights stored in `dtype`."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration

@@ -3,7 +3,7 @@
     python bench/real_size_smoke.py [--size 256] [--steps 1] [--json out.json]
 
 Builds Qwen2.5-VL-3B, the SCB bridge, the SD3.5-M Kontext DiT and the SD3 VAE at their real sizes
-(spec §1) without initialising them (accelerate.init_empty_weights, then random bf16 weights), runs
+(docs/inference.md#components) without initialising them (accelerate.init_empty_weights, then random bf16 weights), runs
 text-to-image and a one-reference edit through DeepGenPipeline on the CPU with bf16 storage and
 fp32 compute, and prints time and peak RSS per stage. No weights are downloaded; outputs are noise.
 

@@ -1,4 +1,4 @@
-"""A plain, independent implementation of the official DeepGen `generate()` flow (spec §2).
+"""A plain, independent implementation of the official DeepGen `generate()` flow (docs/inference.md#inference).
 
 It is the baseline that benchmarks compare the pack against, and an oracle for the engine's
 fidelity tests. It deliberately shares no code with `deepgen_model`: stock transformers / diffusers

@@ -1,4 +1,4 @@
-"""The Stacked Channel Bridge (SCB): think tokens, projectors and the connector (spec §1.2-§1.4).
+"""The Stacked Channel Bridge (SCB): think tokens, projectors and the connector (docs/inference.md#scb-bridge).
 
 Module and parameter names equal the release's key names, so a state dict from
 `connector/model.safetensors` (or the `connector.*`, `projector_*`, `meta_queries` keys of the
@@ -125,6 +125,6 @@ class SCBBridge(nn.Module):
     def forward(self, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """stacked [B, L, 6*H] -> (seq [B, L, joint_attention_dim], pooled [B, pooled_projection_dim]).
 
-        The pooled mean runs over all L positions, pads included (spec §1.4, pitfall 1)."""
+        The pooled mean runs over all L positions, pads included (docs/inference.md#scb-bridge, #pitfall-1)."""
         x = self.connector(self.projector_1(stacked))
         return self.projector_3(x), self.projector_2(x.mean(dim=1))

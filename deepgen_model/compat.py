@@ -1,4 +1,4 @@
-"""The few Qwen2.5-VL API differences between transformers 4.51 and 5.x (engine-feasibility §6, pitfall 8).
+"""The few Qwen2.5-VL API differences between transformers 4.51 and 5.x (docs/inference.md#pitfall-8).
 
 Numerics are identical across versions; only where things live and how they are called differ.
 """

@@ -1,7 +1,7 @@
-"""Prompts (+ reference images) -> DiT conditioning, once per generation (spec §2.3-§2.5).
+"""Prompts (+ reference images) -> DiT conditioning, once per generation (docs/inference.md#vlm-forward, #editing).
 
 Positive and negative rows go through the VLM and the bridge in one batch so that the shorter rows
-carry the official left padding (pitfall 1). Precision and device are the caller's: everything is
+carry the official left padding (docs/inference.md#pitfall-1). Precision and device are the caller's: everything is
 computed in the dtype/device of the modules passed in.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _as_list(prompts, what: str) -> list[str]:
     return items
 
 
-TRAINED_PROMPT_TOKENS = 1024  # the release trained with max_length=1024 (spec §2.1); longer prompts still work
+TRAINED_PROMPT_TOKENS = 1024  # the release trained with max_length=1024 (docs/inference.md#prompts); longer prompts still work
 
 
 def long_prompt_warning(what: str, tokens: int) -> str | None:

@@ -1,4 +1,4 @@
-"""Real-size component configs as data (spec §1.1, §1.5-§1.7).
+"""Real-size component configs as data (docs/inference.md#vlm, #dit, #vae, #scheduler).
 
 Used by the converter and the meta-device key tests, and as the DiT architecture when a native
 `model.pt` is loaded without a UniPic2 folder. Never tuned: every value is the released one.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 
-# §1.1: hub-format config.json of Qwen/Qwen2.5-VL-3B-Instruct (flat text fields; 4.5x and 5.x load it).
+# docs/inference.md#vlm: hub-format config.json of Qwen/Qwen2.5-VL-3B-Instruct (flat text fields; 4.5x and 5.x load it).
 QWEN25_VL_3B_CONFIG = {
     "architectures": ["Qwen2_5_VLForConditionalGeneration"],
     "attention_dropout": 0.0,
@@ -56,7 +56,7 @@ QWEN25_VL_3B_CONFIG = {
     "vocab_size": 151936,
 }
 
-# §1.5: SD3.5-Medium / UniPic2-SD3.5M-Kontext-2B transformer (diffusers SD3Transformer2DModel kwargs).
+# docs/inference.md#dit: SD3.5-Medium / UniPic2-SD3.5M-Kontext-2B transformer (diffusers SD3Transformer2DModel kwargs).
 SD35M_KONTEXT_DIT_CONFIG = {
     "sample_size": 128,
     "patch_size": 2,
@@ -73,7 +73,7 @@ SD35M_KONTEXT_DIT_CONFIG = {
     "qk_norm": "rms_norm",
 }
 
-# §1.6: SD3 / SD3.5 AutoencoderKL.
+# docs/inference.md#vae: SD3 / SD3.5 AutoencoderKL.
 SD3_VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
@@ -93,7 +93,7 @@ SD3_VAE_CONFIG = {
     "mid_block_add_attention": True,
 }
 
-# §1.7: used only when no scheduler_config.json is available (native model.pt without a UniPic2 folder).
+# docs/inference.md#scheduler: used only when no scheduler_config.json is available (native model.pt without a UniPic2 folder).
 FALLBACK_SCHEDULER_CONFIG = {
     "_class_name": "FlowMatchEulerDiscreteScheduler",
     "num_train_timesteps": 1000,

@@ -3,7 +3,7 @@
     python -m deepgen_model.download --to <ComfyUI>/models/deepgen [--layout diffusers|native]
                                      [--include PART ...] [--dry-run] [--check] [--verify-sha256]
 
-Layouts (spec §3) and where they go under --to (the folder names the nodes and example workflows use):
+Layouts (docs/inference.md#checkpoints) and where they go under --to (the folder names the nodes and example workflows use):
   diffusers  deepgenteam/DeepGen-1.0-diffusers            -> DeepGen-1.0-diffusers/        (~14.3 GB)
   native     deepgenteam/DeepGen-1.0 model.pt             -> DeepGen-1.0/model.pt          (~16.4 GB)
              + Qwen/Qwen2.5-VL-3B-Instruct                -> Qwen2.5-VL-3B-Instruct/       (~7.5 GB)
@@ -43,8 +43,8 @@ class Part:
 class FileSpec:
     part: str
     path: str  # path inside the repository == path inside the destination folder
-    approx_bytes: int | None = None  # from the spec's tensor counts (exact size comes from the hub listing)
-    sha256: str | None = None  # known from the spec (HF LFS object id)
+    approx_bytes: int | None = None  # from docs/inference.md#sizes (exact size comes from the hub listing)
+    sha256: str | None = None  # known in advance (the hub's LFS object id)
     required: bool = True
     note: str = ""
 
@@ -68,7 +68,7 @@ LAYOUTS = {"diffusers": ("release",), "native": ("model.pt", "qwen", "unipic2")}
 
 _TOKENIZER = ("tokenizer_config.json", "vocab.json", "merges.txt")
 FILES: tuple[FileSpec, ...] = (
-    # deepgenteam/DeepGen-1.0-diffusers (spec §3.2)
+    # deepgenteam/DeepGen-1.0-diffusers (docs/inference.md#diffusers-layout)
     FileSpec("release", "model_index.json"),
     FileSpec("release", "transformer/config.json"),
     FileSpec("release", "transformer/diffusion_pytorch_model.safetensors", 4_939_433_672,
@@ -88,18 +88,18 @@ FILES: tuple[FileSpec, ...] = (
              "5a170129752b4ad4ab98996d2e59097c8c693afc31a5964bd2ad60896686c1e2", note="SD3 VAE, 244 tensors"),
     FileSpec("release", "scheduler/scheduler_config.json"),
     *(FileSpec("release", f"tokenizer/{f}") for f in _TOKENIZER),
-    # deepgenteam/DeepGen-1.0 (spec §3.1)
+    # deepgenteam/DeepGen-1.0 (docs/inference.md#native-layout)
     FileSpec("model.pt", "model.pt", 16_400_000_000,
              "9d2a4cc7b12a69bc3d481ba331b4ceec2dfd12f39de9d0985fad6431ef14d578", note="pickle; loaded weights_only"),
     FileSpec("model.pt", "config.json", required=False),
-    # Qwen/Qwen2.5-VL-3B-Instruct (stock; spec §1.1)
+    # Qwen/Qwen2.5-VL-3B-Instruct (stock; docs/inference.md#vlm)
     FileSpec("qwen", "config.json"),
     FileSpec("qwen", "model.safetensors.index.json"),
     FileSpec("qwen", "model-00001-of-00002.safetensors", 3_980_000_000),
     FileSpec("qwen", "model-00002-of-00002.safetensors", 3_530_000_000),
     *(FileSpec("qwen", f) for f in _TOKENIZER),
     FileSpec("qwen", "tokenizer.json"),
-    # Skywork/UniPic2-SD3.5M-Kontext-2B (spec §1.5-1.7): no transformer weights (model.pt overrides them)
+    # Skywork/UniPic2-SD3.5M-Kontext-2B (docs/inference.md#native-layout): no transformer weights (model.pt overrides them)
     FileSpec("unipic2", "transformer/config.json"),
     FileSpec("unipic2", "vae/config.json"),
     FileSpec("unipic2", "vae/diffusion_pytorch_model.safetensors"),

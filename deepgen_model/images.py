@@ -1,4 +1,4 @@
-"""Reference-image preprocessing for editing (spec §2.2, pitfall 10).
+"""Reference-image preprocessing for editing (docs/inference.md#reference-images, #pitfall-10).
 
 Two branches see a reference: the VAE gets the resized picture in [-1, 1], the Qwen ViT gets it
 rescaled by 28/32 and cut into Qwen2-VL patches.
@@ -39,7 +39,7 @@ def reference_size(width: int, height: int, max_side: int = 512) -> tuple[int, i
 
 
 def output_size(width: int, height: int, references=()) -> tuple[int, int]:
-    """(w, h) of the generated image (spec §2.2). With exactly one reference it is that reference's
+    """(w, h) of the generated image (docs/inference.md#output-size). With exactly one reference it is that reference's
     resized size (`references`: resized (w, h) sizes) and width/height are ignored; otherwise width x
     height, which must be positive multiples of 16."""
     if len(references) == 1:

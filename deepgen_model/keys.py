@@ -3,7 +3,7 @@
 On disk (hub files, the release's vlm/, our converted file) the VLM uses the legacy names
 `model.layers.*`, `model.embed_tokens.*`, `model.norm.*`, `visual.*`, `lm_head.*`. At runtime
 transformers >= 4.52 names them `model.language_model.*` / `model.visual.*`, 4.51 keeps the legacy
-names (pitfall 8). Rather than testing versions, every name is reduced to its legacy form and matched
+names (docs/inference.md#pitfall-8). Rather than testing versions, every name is reduced to its legacy form and matched
 against the legacy form of the instantiated model's own keys.
 """
 from __future__ import annotations

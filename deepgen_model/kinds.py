@@ -1,5 +1,5 @@
 """What a path is, in one vocabulary shared by the loaders (deepgen_model/release.py) and the ComfyUI
-model lists (nodes/paths.py): the layouts of a DeepGen 1.0 release (spec §3), its bases, single converted
+model lists (nodes/paths.py): the layouts of a DeepGen 1.0 release (docs/inference.md#checkpoints), its bases, single converted
 files, and the names of the files each holds. Only names and folder listings are looked at here (and a
 Qwen folder's config.json); deepgen_model/release.py reads the files.
 
@@ -8,7 +8,7 @@ Layouts:
              vlm/ (LoRA already merged), vae/, scheduler/, tokenizer/
   native     deepgenteam/DeepGen-1.0 model.pt (or its folder): transformer.*, connector.*, projector_*,
              meta_queries and maybe the VLM LoRA; the Qwen2.5-VL base (vlm_base) and the UniPic2
-             folder (dit_base: VAE, scheduler, DiT config) come from elsewhere (pitfall 22)
+             folder (dit_base: VAE, scheduler, DiT config) come from elsewhere (docs/inference.md#pitfall-22)
   converted  our deepgen_{dit,scb,vlm,vae}.safetensors (deepgen_model.convert), configs in metadata
 """
 from __future__ import annotations

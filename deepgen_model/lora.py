@@ -1,4 +1,4 @@
-"""Merging the VLM LoRA of a native `model.pt` into Qwen2.5-VL weights (spec §3.3, pitfalls 17-18).
+"""Merging the VLM LoRA of a native `model.pt` into Qwen2.5-VL weights (docs/inference.md#vlm-lora, #pitfall-17, #pitfall-18).
 
 PEFT names: `lmm.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight` (>= 4.52)
 or `lmm.model.layers...` / `lmm.visual...` (4.51); embeddings use `lora_embedding_{A,B}.default`.

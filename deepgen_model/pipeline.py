@@ -1,4 +1,4 @@
-"""DeepGenPipeline: the whole DeepGen 1.0 inference (spec §2) as one object, without ComfyUI.
+"""DeepGenPipeline: the whole DeepGen 1.0 inference (docs/inference.md#inference) as one object, without ComfyUI.
 
     pipe = DeepGenPipeline.from_pretrained("models/deepgen/DeepGen-1.0-diffusers")
     out = pipe("a red cat on a blue mat", seed=42)          # out.images: [1, 512, 512, 3] in 0..1
@@ -145,7 +145,7 @@ class DeepGenPipeline:
                images: Sequence[torch.Tensor] | None = None, max_side: int = DEFAULT_SIZE) -> DeepGenConditioning:
         """Run the VLM and the bridge once. images: reference images [H, W, 3] in 0..1 (editing).
         negative_prompt None -> the authors' default: "" for text-to-image, the long quality negative
-        for edits (spec §4)."""
+        for edits (docs/inference.md#defaults)."""
         if negative_prompt is None:
             negative_prompt = T2I_NEGATIVE if images is None else EDIT_NEGATIVE
         with self._resident(*self._stage_modules("vlm", "bridge")):

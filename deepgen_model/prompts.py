@@ -1,4 +1,4 @@
-"""Prompt strings and tokenisation of DeepGen 1.0 (spec §2.1, pitfalls 1, 4, 5).
+"""Prompt strings and tokenisation of DeepGen 1.0 (docs/inference.md#prompts, #pitfall-1, #pitfall-4, #pitfall-5).
 
 No system prompt and no chat template: the strings are built by hand exactly as the release does.
 """

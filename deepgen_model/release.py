@@ -1,4 +1,4 @@
-"""A DeepGen 1.0 release, opened once, and the one place its files are opened (spec §3).
+"""A DeepGen 1.0 release, opened once, and the one place its files are opened (docs/inference.md#checkpoints).
 
 `Release.open(path, vlm_base=None, dit_base=None)` detects the layout once (the kinds of paths are in
 deepgen_model/kinds.py, re-exported here) and reads a native model.pt at most once. It owns the rules of
@@ -377,7 +377,7 @@ class Release:
             meta = safetensors_metadata(name, "DiT")
             if "scheduler_config" in meta:
                 return validation.parse_config(meta["scheduler_config"], "scheduler", name)
-        log.warning("%s: no scheduler_config.json; using FlowMatchEuler shift 3.0 (spec §1.7)", self)
+        log.warning("%s: no scheduler_config.json; using FlowMatchEuler shift 3.0 (docs/inference.md#scheduler)", self)
         return configs.get("scheduler")
 
     def _vlm_folder(self) -> Path:

@@ -1,4 +1,4 @@
-"""Noise and the Euler flow-matching sampler with single-scale CFG (spec §1.7, §2.4, §2.5)."""
+"""Noise and the Euler flow-matching sampler with single-scale CFG (docs/inference.md#scheduler, #sampling)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -15,7 +15,7 @@ def make_noise(seed: int, batch: int, height: int, width: int) -> torch.Tensor:
     """fp32 CPU N(0,1) noise [batch, 16, height/8, width/8] from torch.Generator("cpu").manual_seed(seed).
 
     Any seed in 0..2**64-1 works (ComfyUI's range). The draw equals ComfyUI's prepare_noise for an
-    fp32 latent of the same shape. It is NOT the official bf16 CUDA noise (pitfall 12).
+    fp32 latent of the same shape. It is NOT the official bf16 CUDA noise (docs/inference.md#pitfall-12).
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64 - 1:
         raise DeepGenInputError(f"seed must be an integer in 0..2**64-1, got {seed!r}.")
@@ -47,7 +47,7 @@ def sample(
     cfg_scale: v = v_u + s (v_c - v_u) only when s > 1 (as official); otherwise one conditional
         pass per step and `uncond` is ignored. [uncond, cond] run in one DiT call (the official
         order) when both contexts have the same length, else in two calls (never pad or repeat a
-        context: that changes the joint attention, pitfall 3).
+        context: that changes the joint attention, docs/inference.md#pitfall-3).
     references: clean reference latents for both branches (shared list or one list per sample).
     callback(step, total, x, x0_pred) runs after each step (step = 0-based index of the step just
         done, x = the new latents, x0_pred = x_before - sigma * v); it may raise to cancel, and its

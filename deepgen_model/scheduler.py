@@ -1,4 +1,4 @@
-"""The official flow-matching sigma schedule (spec §1.7, pitfall 13).
+"""The official flow-matching sigma schedule (docs/inference.md#scheduler, #pitfall-13).
 
 DeepGen samples with diffusers' FlowMatchEulerDiscreteScheduler, whose `set_timesteps(N)`
 shifts the sigma endpoints twice (once when the scheduler is built, once more on the linspace
@@ -83,9 +83,9 @@ def _check_config(config: dict) -> None:
 def scheduler_shift(config: dict) -> float:
     """The static `shift` of a FlowMatchEulerDiscreteScheduler config (3.0 when absent).
 
-    Choice for `use_dynamic_shifting: true` (the spec infers the release has it off): the shift is
+    Choice for `use_dynamic_shifting: true` (inferred off in the release, docs/inference.md#scheduler): the shift is
     then not a constant but depends on the image size, so this raises DeepGenInputError pointing
-    to `sigmas_from_config`, which handles both modes (mu per spec §1.7).
+    to `sigmas_from_config`, which handles both modes (mu per docs/inference.md#scheduler).
     """
     _check_config(config)
     if config.get("use_dynamic_shifting"):
@@ -97,7 +97,7 @@ def scheduler_shift(config: dict) -> float:
 
 
 def dynamic_shift_mu(config: dict, image_seq_len: int) -> float:
-    """mu = base_shift + (max_shift - base_shift)(seq_len - base_len)/(max_len - base_len) (spec §1.7).
+    """mu = base_shift + (max_shift - base_shift)(seq_len - base_len)/(max_len - base_len) (docs/inference.md#scheduler).
 
     image_seq_len = (h/2)(w/2) of the *target* latent only. Defaults follow the official pipeline
     (0.5 / 1.16 / 256 / 4096) when the config omits a field.

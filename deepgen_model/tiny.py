@@ -1,8 +1,9 @@
 """A tiny random-weight DeepGen 1.0 look-alike in every release layout: for the demo, benchmarks and tests;
 its images are noise.
 
-Shapes follow spec §1 at toy sizes, key names and folder layouts follow spec §3 exactly, so loaders
-and the engine are exercised on the real naming rules in a few seconds on a CPU. Weights are random
+Shapes follow docs/inference.md#components at toy sizes, key names and folder layouts follow
+docs/inference.md#checkpoints exactly, so loaders and the engine are exercised on the real naming
+rules in a few seconds on a CPU. Weights are random
 but deliberately "loud" (no zero-initialised heads, norms away from 1) so that swapping any component
 changes outputs. Nothing here imports the rest of `deepgen_model` (tests/unit/test_fixtures.py checks
 it): the tests use these models and files as an independent reference for the engine's loaders.
@@ -21,7 +22,7 @@ import torch
 # ---------------------------------------------------------------------------------------------------
 # Tiny configs (data)
 
-# Qwen2.5-VL special tokens, in the release's order, appended after the BPE vocabulary (spec §1.1).
+# Qwen2.5-VL special tokens, in the release's order, appended after the BPE vocabulary (docs/inference.md#vlm).
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -86,7 +87,7 @@ TINY_DIT = dict(sample_size=32, patch_size=2, in_channels=16, out_channels=16, n
                 num_attention_heads=3, joint_attention_dim=32, caption_projection_dim=192, pooled_projection_dim=32,
                 pos_embed_max_size=64, dual_attention_layers=(0,), qk_norm="rms_norm")
 
-# connector/config.json of the release, at toy size (spec §1.4). The head count is the release's 32
+# connector/config.json of the release, at toy size (docs/inference.md#scb-bridge). The head count is the release's 32
 # (head_dim 2): a native model.pt carries no connector config, so loaders fall back to 32 heads.
 TINY_CONNECTOR = {"hidden_size": 64, "intermediate_size": 94, "num_hidden_layers": 6, "num_attention_heads": 32,
                   "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "attention_dropout": 0.0}
@@ -103,7 +104,7 @@ TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=16,
 TINY_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False, "base_shift": 0.5,
                   "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
 
-# spec §3.2 (as seen on the release's refs/pr/2)
+# docs/inference.md#diffusers-layout (as seen on the release's refs/pr/2)
 MODEL_INDEX = {"_class_name": ["deepgen_pipeline", "DeepGenPipeline"], "_diffusers_version": "0.35.2",
                "transformer": ["diffusers", "SD3Transformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
                "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
@@ -263,13 +264,13 @@ def legacy_vlm_key(key: str) -> str:
 
 
 def legacy_vlm_state(vlm) -> dict[str, torch.Tensor]:
-    """Hub-layout tensors (fp32 copies): legacy names, tied lm_head dropped (spec §3.2)."""
+    """Hub-layout tensors (fp32 copies): legacy names, tied lm_head dropped (docs/inference.md#key-names)."""
     return {legacy_vlm_key(k): v.detach().float().clone().contiguous()
             for k, v in vlm.state_dict().items() if k != "lm_head.weight"}
 
 
 def _lora_targets() -> list[tuple[str, str]]:
-    """(runtime module name, kind) of every LoRA target (spec §1.1), kind in linear/embedding/lm_head."""
+    """(runtime module name, kind) of every LoRA target (docs/inference.md#vlm), kind in linear/embedding/lm_head."""
     out = [("model.language_model.embed_tokens", "embedding"), ("lm_head", "lm_head")]
     out += [(f"model.language_model.layers.{i}.{t}", "linear")
             for i in range(TINY_TEXT["num_hidden_layers"]) for t in LM_LORA_TARGETS]
@@ -296,7 +297,7 @@ def build_lora(vlm, seed: int = 0, rank: int = TINY_LORA_RANK) -> dict[str, torc
 
 
 def lora_legacy_name(key: str) -> str:
-    """transformers >= 4.52 LoRA name -> transformers 4.51 (deepgen_rl) name (spec §3.1)."""
+    """transformers >= 4.52 LoRA name -> transformers 4.51 (deepgen_rl) name (docs/inference.md#vlm-lora)."""
     for new, old in (("lmm.model.language_model.", "lmm.model."), ("lmm.model.visual.", "lmm.visual.")):
         if key.startswith(new):
             return old + key[len(new):]
@@ -305,7 +306,7 @@ def lora_legacy_name(key: str) -> str:
 
 def merge_lora_legacy(base: dict[str, torch.Tensor], lora: dict[str, torch.Tensor],
                       scale: float = TINY_LORA_SCALE) -> dict[str, torch.Tensor]:
-    """W += s * B @ A (linears), E += s * (B @ A)^T (embedding), lm_head skipped (pitfall 17); fp32."""
+    """W += s * B @ A (linears), E += s * (B @ A)^T (embedding), lm_head skipped (docs/inference.md#pitfall-17); fp32."""
     merged = {k: v.float().clone() for k, v in base.items()}
     for key, a in lora.items():
         if ".lora_A." not in key and ".lora_embedding_A." not in key:
@@ -321,7 +322,7 @@ def merge_lora_legacy(base: dict[str, torch.Tensor], lora: dict[str, torch.Tenso
 
 
 def build_bridge_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Connector + projectors + think tokens with the release's key names (spec §1.4), fp32."""
+    """Connector + projectors + think tokens with the release's key names (docs/inference.md#scb-bridge), fp32."""
     g = _gen(seed, 3)
     h, inter, llm = TINY_CONNECTOR["hidden_size"], TINY_CONNECTOR["intermediate_size"], TINY_TEXT["hidden_size"]
     shapes = {"meta_queries": (TINY_NUM_QUERIES, llm),
@@ -387,7 +388,7 @@ def build_tiny_components(seed: int = 0) -> TinyDeepGen:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Writers (spec §3)
+# Writers (docs/inference.md#checkpoints)
 
 
 def _json(path: Path, obj) -> None:
@@ -435,7 +436,7 @@ def _write_diffusers_model(model, folder: Path) -> None:
 
 
 def write_diffusers_release(root, comps: TinyDeepGen) -> Path:
-    """Layout of deepgenteam/DeepGen-1.0-diffusers (spec §3.2); the VLM is the LoRA-merged one."""
+    """Layout of deepgenteam/DeepGen-1.0-diffusers (docs/inference.md#diffusers-layout); the VLM is the LoRA-merged one."""
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -469,7 +470,7 @@ def write_unipic2_base(root, comps: TinyDeepGen) -> Path:
 
 
 def native_state(comps: TinyDeepGen, lora: str | None = None) -> dict[str, torch.Tensor]:
-    """Flat dict of deepgenteam/DeepGen-1.0 model.pt (spec §3.1); lora None | "new" | "legacy"."""
+    """Flat dict of deepgenteam/DeepGen-1.0 model.pt (docs/inference.md#native-layout); lora None | "new" | "legacy"."""
     if lora not in (None, "new", "legacy"):
         raise ValueError(f"lora must be None, 'new' or 'legacy', not {lora!r}")
     state = {"transformer." + k: v for k, v in comps.dit.state_dict().items()}

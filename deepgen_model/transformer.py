@@ -1,8 +1,8 @@
-"""DeepGen's Kontext-style DiT forward (spec §1.5) around a stock diffusers SD3Transformer2DModel.
+"""DeepGen's Kontext-style DiT forward (docs/inference.md#dit) around a stock diffusers SD3Transformer2DModel.
 
 DeepGen adds no weights to the SD3.5-Medium MMDiT; it only changes what goes in and out:
 reference latents are patch-embedded with the *same* `pos_embed` (each with its own centred
-crop of the sin-cos table, no offsets: pitfall 14) and appended after the target tokens; only
+crop of the sin-cos table, no offsets: docs/inference.md#pitfall-14) and appended after the target tokens; only
 the target tokens are unpatchified. Every module and weight is diffusers' own, reached through
 `self.dit`, so checkpoints keep diffusers key names.
 """

@@ -1,4 +1,4 @@
-"""SD3 VAE helpers: reference encoding and latent decoding (spec §1.6, §2.2 step 5, §2.6)."""
+"""SD3 VAE helpers: reference encoding and latent decoding (docs/inference.md#vae, #reference-images, #decode)."""
 from __future__ import annotations
 
 import torch
@@ -23,7 +23,7 @@ def encode_reference(vae, pixels: torch.Tensor) -> torch.Tensor:
     """[3, h, w] in [-1, 1] -> normalised fp32 latent (mean - shift) * scale, [16, h/8, w/8].
 
     Uses the posterior MEAN: the official code draws `latent_dist.sample()` from the global torch
-    RNG (pitfall 11), which no user seed controls; the mean is its deterministic centre (the SD3
+    RNG (docs/inference.md#pitfall-11), which no user seed controls; the mean is its deterministic centre (the SD3
     VAE's posterior std is tiny, so the difference is small). Result is on the VAE's device.
     """
     if pixels.ndim != 3 or pixels.shape[0] != 3:

@@ -1,4 +1,5 @@
-"""One Qwen2.5-VL text forward -> stacked hidden states for the SCB bridge (spec §1.3, §2.3; pitfalls 1, 2, 6, 7).
+"""One Qwen2.5-VL text forward -> stacked hidden states for the SCB bridge
+(docs/inference.md#layer-selection, #vlm-forward, #pitfall-1, #pitfall-2, #pitfall-6, #pitfall-7).
 
 The stock text model runs unmodified; hooks (always removed again) do three things:
 * record the residual stream after the selected decoder layers (35, 29, 23, 17, 11, 5 at depth 36),
@@ -82,7 +83,7 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
     is_image = ids == image_id
 
     with torch.no_grad():
-        embeds = embed(ids)  # pads get the real <|endoftext|> embedding (pitfall 1)
+        embeds = embed(ids)  # pads get the real <|endoftext|> embedding (docs/inference.md#pitfall-1)
         dtype = embeds.dtype
         if pixel_values is None:
             if is_image.any():
@@ -98,7 +99,7 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
                 )
             embeds = embeds.masked_scatter(is_image[..., None], image)  # row-major (batch, sequence) order
             grid = grid.to(device)
-        # think tokens: id 0 is only a placeholder for the position computation (pitfall 6)
+        # think tokens: id 0 is only a placeholder for the position computation (docs/inference.md#pitfall-6)
         ext_ids = torch.cat([ids, ids.new_zeros(b, q)], dim=1)
         ext_mask = torch.cat([mask, mask.new_ones(b, q)], dim=1)
         positions = rope_index(vlm, ext_ids, grid, ext_mask, image_id)
@@ -111,7 +112,7 @@ def fa2_pad_emulation(text_model, attention_mask: torch.Tensor):
     """While active, pad query rows (mask False) of every decoder layer get a zero attention output.
 
     FlashAttention-2 varlen (the official backend) never computes pad queries; SDPA/eager with a
-    4-D mask give them something backend-dependent (pitfall 2). o_proj has no bias, so zeroing its
+    4-D mask give them something backend-dependent (docs/inference.md#pitfall-2). o_proj has no bias, so zeroing its
     input rows zeroes the whole attention branch; torch.where also clears NaNs of empty softmax rows."""
     keep = attention_mask.to(torch.bool)[..., None]
 

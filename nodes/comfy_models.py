@@ -4,12 +4,12 @@ DEEPGEN_SCB ModelPatchers, the VAE as a comfy.sd.VAE.
 The DiT: a ModelPatcher over a flow-matching BaseModel. ComfyUI's samplers (KSampler,
 SamplerCustomAdvanced, DeepGenSampler) call
 `BaseModel.apply_model(x, sigma, c_crossattn=seq, y=pooled, ref_latents=[...])`; `DeepGenDiT`
-adapts that call to `DeepGenTransformer` (timestep = sigma * 1000, spec §1.7). Conditioning keys:
+adapts that call to `DeepGenTransformer` (timestep = sigma * 1000, docs/inference.md#scheduler). Conditioning keys:
   cross-attn context -> `c_crossattn` as CONDRegular: cond/uncond of different lengths are then run
-      as separate DiT calls, never padded or repeated to a common length (pitfall 3);
+      as separate DiT calls, never padded or repeated to a common length (docs/inference.md#pitfall-3);
   "pooled_output" -> `y`;
   "reference_latents" (raw VAE latents, what core ReferenceLatent appends) -> process_latent_in ->
-      `ref_latents`, fed to the DiT as clean reference tokens (spec §1.5).
+      `ref_latents`, fed to the DiT as clean reference tokens (docs/inference.md#dit).
 The VLM and the bridge are plain ModelPatchers, so ComfyUI's model management loads them onto the GPU,
 and "Unload models" / POST /free release them; nothing is kept in a private cache.
 
@@ -332,7 +332,7 @@ def deepgen_model_patcher(tensors: dict, config: dict, scheduler_config: dict | 
 
 
 def model_sigmas(model: comfy.model_patcher.ModelPatcher, steps: int, latent_shape=None) -> torch.Tensor:
-    """The official sigma list (spec §1.7) at the MODEL's flow shift (ModelSamplingSD3 patches honoured).
+    """The official sigma list (docs/inference.md#scheduler) at the MODEL's flow shift (ModelSamplingSD3 patches honoured).
 
     A release with use_dynamic_shifting needs the latent size (latent_shape [.., h, w]).
     """

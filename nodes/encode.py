@@ -1,10 +1,11 @@
-"""DeepGenTextEncode / DeepGenEditEncode: prompts (+ references) -> CONDITIONING (spec §2.1-§2.5).
+"""DeepGenTextEncode / DeepGenEditEncode: prompts (+ references) -> CONDITIONING (docs/inference.md#prompts, #editing).
 
 Positive and negative come from ONE joint encode, so both carry the official shared left padding
-(pitfall 1) and have the same length (pitfall 3: ComfyUI never has to repeat context tokens).
+(docs/inference.md#pitfall-1) and have the same length (ComfyUI never has to repeat context tokens:
+docs/inference.md#pitfall-3).
 Both nodes are pure: their outputs depend only on their inputs, so a new sampler seed re-uses them.
 
-Edit output size (spec §2.2): with one reference the empty latent takes the resized reference's size;
+Edit output size (docs/inference.md#output-size): with one reference the empty latent takes the resized reference's size;
 with several it takes the node's width/height inputs (default 512x512, the CLI's --width/--height).
 References enter the VLM and, VAE-encoded in raw latent space, the "reference_latents" of both
 conditionings (the key core's ReferenceLatent node appends to).

@@ -108,7 +108,7 @@ def test_release_loads_as_a_flow_model(node, tiny):
     assert isinstance(model.latent_format, comfy.latent_formats.SD3)
     sampling = patcher.get_model_object("model_sampling")
     assert isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow) and sampling.shift == 3.0
-    assert sampling.timestep(torch.tensor(0.5)).item() == 500.0  # t = sigma * 1000 (spec §1.7)
+    assert sampling.timestep(torch.tensor(0.5)).item() == 500.0  # t = sigma * 1000 (docs/inference.md#scheduler)
     _same_weights(patcher, tiny.dit)
     assert patcher.model_dtype() == torch.float32 and model.manual_cast_dtype is None
     assert _dit(node, SHIFTED).get_model_object("model_sampling").shift == 2.0  # the release's scheduler config

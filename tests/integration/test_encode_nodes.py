@@ -98,7 +98,7 @@ def test_text_encode_equals_engine_encode(comfy_inprocess, release, engine):
     # one joint encode: the shorter negative carries the shared left padding, so both have one length
     assert positive[0][0].shape == negative[0][0].shape
     assert negative[0][1]["deepgen_prompt"].endswith("Generate an image: blurry<|im_end|>\n<|im_start|>assistant\n")
-    # pitfall 1: encoding the negative alone (no padding) gives a different conditioning
+    # docs/inference.md#pitfall-1: encoding the negative alone (no padding) gives a different conditioning
     alone = encode(vlm, tokenizer, bridge, NEGATIVE, NEGATIVE)
     assert alone.seq.shape[1] < negative[0][0].shape[1]
 

@@ -168,7 +168,7 @@ def test_cfg_at_most_one_runs_only_the_positive(inproc, tiny, t2i):
 
 
 def test_contexts_of_different_lengths_are_never_repeated(inproc, tiny, t2i):
-    """Lengths 12 and 6: core CONDCrossAttn would batch them by repeating the 6 tokens twice (pitfall 3).
+    """Lengths 12 and 6: core CONDCrossAttn would batch them by repeating the 6 tokens twice (docs/inference.md#pitfall-3).
 
     The DeepGen model keeps them apart (two DiT calls), which equals the engine's unbatched CFG."""
     pos, _, pk, _ = t2i

@@ -1,4 +1,4 @@
-"""SCB bridge (spec §1.2-§1.4) against an independent reference written from the spec."""
+"""SCB bridge (docs/inference.md#scb-bridge) against an independent reference written from that section."""
 import math
 
 import pytest
@@ -62,7 +62,7 @@ def test_matches_the_reference(tiny, bridge):
 
 
 def test_no_mask_every_position_counts(bridge):
-    """Pads are ordinary tokens for the connector and the pooled mean (pitfall 1)."""
+    """Pads are ordinary tokens for the connector and the pooled mean (docs/inference.md#pitfall-1)."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 20, 6 * 64, generator=g)
     y = x.clone()

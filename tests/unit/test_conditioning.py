@@ -1,4 +1,4 @@
-"""encode(): prompts (+ references) -> DiT conditioning (spec §2.3-§2.5)."""
+"""encode(): prompts (+ references) -> DiT conditioning (docs/inference.md#vlm-forward, #editing)."""
 import copy
 import importlib.metadata
 import json

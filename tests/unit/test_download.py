@@ -20,7 +20,7 @@ from deepgen_model import download as dl
 from deepgen_model.release import detect_layout
 
 REPO = Path(__file__).resolve().parents[2]
-SPEC_SHA = {  # spec §3.1/§3.2
+SPEC_SHA = {  # docs/inference.md#native-layout, #diffusers-layout
     ("model.pt", "model.pt"): "9d2a4cc7b12a69bc3d481ba331b4ceec2dfd12f39de9d0985fad6431ef14d578",
     ("release", "transformer/diffusion_pytorch_model.safetensors"):
         "54078ee51ab477275e94b610249ea912d6f80d24256c4197fe48945eef706883",
@@ -89,7 +89,7 @@ def test_spec_checksums_and_sizes():
     for key, sha in SPEC_SHA.items():
         assert table[key].sha256 == sha, key
     assert sum(f.sha256 is not None for f in dl.FILES) == len(SPEC_SHA)
-    # bf16 DiT payload (spec §3.2) and fp32 connector (432,449,532 elements)
+    # bf16 DiT payload (docs/inference.md#diffusers-layout) and fp32 connector (432,449,532 elements)
     assert table["release", "transformer/diffusion_pytorch_model.safetensors"].approx_bytes == 4_939_433_672
     assert table["release", "connector/model.safetensors"].approx_bytes == 4 * 432_449_532
     assert all(f.required for f in dl.FILES if f.sha256)

@@ -1,4 +1,4 @@
-"""The tiny fixture factory writes what spec §3 describes, and every file loads back in this transformers leg."""
+"""The tiny fixture factory writes what docs/inference.md#checkpoints describes, and every file loads back in this transformers leg."""
 import ast
 import hashlib
 import json

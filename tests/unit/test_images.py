@@ -1,4 +1,4 @@
-"""Reference preprocessing (spec §2.2, pitfall 10)."""
+"""Reference preprocessing (docs/inference.md#reference-images, #pitfall-10)."""
 import numpy as np
 import pytest
 import torch

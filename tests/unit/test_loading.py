@@ -1,4 +1,4 @@
-"""Loading every release layout (spec §3): equality across layouts, strictness, safety."""
+"""Loading every release layout (docs/inference.md#checkpoints): equality across layouts, strictness, safety."""
 import json
 import logging
 import os

@@ -1,4 +1,4 @@
-"""VLM LoRA name normalisation and merging (spec §3.3, pitfalls 17-18)."""
+"""VLM LoRA name normalisation and merging (docs/inference.md#vlm-lora, #pitfall-17, #pitfall-18)."""
 import copy
 
 import pytest

@@ -83,7 +83,7 @@ def test_rerun_with_cached_conditioning_equals_full_run(pipes):
 def test_one_reference_sets_output_size(pipes):
     out = pipes["diffusers"]("make it night", images=[_image(5, 80, 128)], width=512, height=512, steps=1, seed=0,
                              max_side=96)
-    assert out.images.shape == (1, 64, 96, 3)  # 128x80 with max side 96 -> 96x64 (spec §2.2)
+    assert out.images.shape == (1, 64, 96, 3)  # 128x80 with max side 96 -> 96x64 (docs/inference.md#reference-images)
 
 
 def test_noise_is_the_documented_cpu_draw(pipes):

@@ -1,4 +1,4 @@
-"""Prompt strings and pos/neg tokenisation (spec §2.1, pitfalls 1, 4, 5)."""
+"""Prompt strings and pos/neg tokenisation (docs/inference.md#prompts, #pitfall-1, #pitfall-4, #pitfall-5)."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Real-size architectures on the meta device: the key mapping covers every released tensor (spec §1.8)."""
+"""Real-size architectures on the meta device: the key mapping covers every released tensor (docs/inference.md#sizes)."""
 import pytest
 import torch
 from accelerate import init_empty_weights
@@ -8,7 +8,7 @@ from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.keys import count_families, normalize_vlm_keys, to_legacy
 from deepgen_model.lora import group_lora, iter_merged
 
-# §1.8: what the real checkpoints hold (tensor count, element count).
+# docs/inference.md#sizes: what the real checkpoints hold (tensor count, element count).
 REAL_SIZES = {
     "dit": (909, 2_469_663_936),
     "bridge": (103, 432_449_532),
@@ -29,7 +29,7 @@ def test_dit_909_tensors():
         dit = SD3Transformer2DModel.from_config(configs.get("dit"))
     sd = dit.state_dict()
     assert (len(sd), _numel(sd)) == REAL_SIZES["dit"] == (909, 2_469_663_936)
-    assert tuple(sd["pos_embed.pos_embed"].shape) == (1, 147456, 1536)  # the persistent buffer (pitfall 16)
+    assert tuple(sd["pos_embed.pos_embed"].shape) == (1, 147456, 1536)  # the persistent buffer (docs/inference.md#pitfall-16)
     assert tuple(sd["transformer_blocks.0.norm1.linear.weight"].shape) == (13824, 1536)
     assert "transformer_blocks.23.ff_context.net.2.weight" not in sd  # last block: context_pre_only
     native = {"transformer." + k for k in sd}
@@ -67,7 +67,7 @@ def test_vlm_824_legacy_keys_map_one_to_one(real_vlm):
 
 
 def _release_lora(vlm, rank=64):
-    """The 832 PEFT tensor names/shapes of spec §1.1 (every Linear and Embedding of the VLM), on meta."""
+    """The 832 PEFT tensor names/shapes of docs/inference.md#vlm (every Linear and Embedding of the VLM), on meta."""
     lora = {}
     for name, m in vlm.named_modules():
         if isinstance(m, torch.nn.Embedding):

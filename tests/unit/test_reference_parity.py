@@ -2,7 +2,7 @@
 
 The two share no code: different FlashAttention-2 emulation (hooks vs. unpadded rows + MLP-only pad
 rows), connector written from the state dict, stock diffusers scheduler and UniPic2's [refs, target]
-token order. Agreement pins the whole spec §2 path at once."""
+token order. Agreement pins the whole docs/inference.md#inference path at once."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Noise and the Euler/CFG sampling loop (spec §1.7, §2.4, §2.5)."""
+"""Noise and the Euler/CFG sampling loop (docs/inference.md#scheduler, #sampling)."""
 import pytest
 import torch
 

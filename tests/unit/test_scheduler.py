@@ -1,4 +1,4 @@
-"""The official sigma list (spec §1.7, pitfall 13) and scheduler-config handling."""
+"""The official sigma list (docs/inference.md#scheduler, #pitfall-13) and scheduler-config handling."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""DeepGenTransformer: the Kontext-style reference-token forward of spec §1.5 on the tiny DiT."""
+"""DeepGenTransformer: the Kontext-style reference-token forward of docs/inference.md#dit on the tiny DiT."""
 import pytest
 import torch
 import torch.nn.functional as F

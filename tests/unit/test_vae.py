@@ -1,4 +1,4 @@
-"""SD3 VAE helpers (spec §1.6, §2.6, pitfall 11) on the tiny AutoencoderKL."""
+"""SD3 VAE helpers (docs/inference.md#vae, #decode, #pitfall-11) on the tiny AutoencoderKL."""
 from types import SimpleNamespace
 
 import pytest

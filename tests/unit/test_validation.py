@@ -449,7 +449,7 @@ def test_fuzz_json_files(tmp_path):
 # ------------------------------------------------------------------ the real release passes
 
 def test_real_size_configs_and_tensors_pass():
-    """The released configs and the tensors they build (meta device, spec §1.8 sizes) pass every check, in both
+    """The released configs and the tensors they build (meta device, sizes of docs/inference.md#sizes) pass every check, in both
     VLM key namings: the bounds never refuse the real model."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, SD3Transformer2DModel
@@ -476,4 +476,4 @@ def test_real_size_configs_and_tensors_pass():
         validation.check_config(cfg, name, "config.json")
         if state is not None:
             validation.check_tensors(state, cfg, name, "weights")
-    assert validation._expectations(configs.get("vlm"), "VLM")[0] <= 3_754_622_976  # the real VLM's elements (spec §1.8)
+    assert validation._expectations(configs.get("vlm"), "VLM")[0] <= 3_754_622_976  # the real VLM's elements (docs/inference.md#sizes)

@@ -1,4 +1,5 @@
-"""VLM forward for the bridge (spec §1.3, §2.3; pitfalls 1, 2, 6, 7, 8)."""
+"""VLM forward for the bridge
+(docs/inference.md#layer-selection, #vlm-forward, #pitfall-1, #pitfall-2, #pitfall-6, #pitfall-7, #pitfall-8)."""
 import copy
 
 import pytest
@@ -62,7 +63,7 @@ def test_compat_parts_and_config(vlm):
 def test_rope_index_text_and_image_rules(tiny, vlm):
     t = tiny.token_ids
     pad, img = t["<|endoftext|>"], t["<|image_pad|>"]
-    # spec §2.3 example: [pad, pad, <im_start>, x, y, <vision_start>, 2x2 image, <vision_end>, z] + 2 think tokens
+    # docs/inference.md#vlm-forward example: [pad, pad, <im_start>, x, y, <vision_start>, 2x2 image, <vision_end>, z] + 2 think tokens
     ids = torch.tensor([[pad, pad, t["<|im_start|>"], 70, 71, t["<|vision_start|>"], img, img, img, img,
                          t["<|vision_end|>"], 72, 0, 0]])
     mask = torch.tensor([[0, 0] + [1] * 12], dtype=torch.bool)
