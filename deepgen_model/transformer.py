@@ -52,10 +52,10 @@ def per_sample_references(references, batch: int) -> list[list[torch.Tensor]]:
 
 def reference_sequence(embed: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor,
                        references: list[list[torch.Tensor]]) -> tuple[torch.Tensor, int]:
-    """DeepGen's image token sequence (spec §1.5): each sample's target tokens, then the tokens of each of its
+    """DeepGen's image token sequence (docs/inference.md#dit): each sample's target tokens, then the tokens of each of its
     references. `embed` patch-embeds a latent batch [B, C, h, w] and adds the centred crop of the position table
     for its own h x w, so a reference of the target's size gets exactly the target's positions (no offsets,
-    pitfall 14). Returns ([B, N, D] tokens, the number of target tokens N_t; only those are unpatchified)."""
+    docs/inference.md#pitfall-14). Returns ([B, N, D] tokens, the number of target tokens N_t; only those are unpatchified)."""
     target = embed(latents)
     cache: dict[int, torch.Tensor] = {}  # a reference shared by every sample is embedded once
 

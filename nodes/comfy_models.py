@@ -1,21 +1,22 @@
 """DeepGen's models as ComfyUI objects: the DiT as a MODEL, the VLM and the SCB bridge as DEEPGEN_VLM /
 DEEPGEN_SCB ModelPatchers, the VAE as a comfy.sd.VAE.
 
-The DiT: a ModelPatcher over a flow-matching BaseModel. ComfyUI's samplers (KSampler,
-SamplerCustomAdvanced, DeepGenSampler) call
-`BaseModel.apply_model(x, sigma, c_crossattn=seq, y=pooled, ref_latents=[...])`; `DeepGenDiT`
-adapts that call to `DeepGenTransformer` (timestep = sigma * 1000, docs/inference.md#scheduler). Conditioning keys:
+The DiT: a ModelPatcher over DeepGenModel, core's own SD3 model class, whose diffusion model is DeepGenMMDiT:
+ComfyUI's MMDiT (the SD3.5-Medium blocks core runs for SD3) with DeepGen's reference tokens around core's
+block loop (docs/inference.md#in-comfyui). Being core's classes, core's SD3 LoRA key maps, skip-layer
+guidance patches, ControlNet residuals, attention overrides, model wrappers and ModelSave reach it as they
+reach core's SD3. ComfyUI's samplers call `apply_model(x, sigma, c_crossattn=seq, y=pooled, ref_latents=[...])`
+(timestep = sigma * 1000, docs/inference.md#scheduler). Conditioning keys:
   cross-attn context -> `c_crossattn` as CONDRegular: cond/uncond of different lengths are then run
       as separate DiT calls, never padded or repeated to a common length (docs/inference.md#pitfall-3);
   "pooled_output" -> `y`;
   "reference_latents" (raw VAE latents, what core ReferenceLatent appends) -> process_latent_in ->
       `ref_latents`, fed to the DiT as clean reference tokens (docs/inference.md#dit).
 The VLM and the bridge are plain ModelPatchers, so ComfyUI's model management loads them onto the GPU,
-and "Unload models" / POST /free release them; nothing is kept in a private cache.
-
-One cast mechanism for all three (use_comfy_ops): every layer is re-classed in place to a comfy.ops class,
-so ModelPatcher's lowvram partial loading and per-call casting of smaller stored weights work; the VLM and
-the bridge compute in a fixed dtype where it differs from the storage one (a CPU's bf16 storage).
+and "Unload models" / POST /free release them; nothing is kept in a private cache. Their layers are
+re-classed in place to comfy.ops classes (use_comfy_ops), as the MMDiT is built from them, so ModelPatcher's
+lowvram partial loading and per-call casting of smaller stored weights work for all three; the VLM and the
+bridge compute in a fixed dtype where it differs from the storage one (a CPU's bf16 storage).
 """
 from __future__ import annotations
 
@@ -49,12 +50,10 @@ from ..deepgen_model.transformer import check_latent, latent_size_problem, per_s
 
 # ------------------------------------------------------------------ comfy.ops class swapping
 #
-# Every model the pack hands to ComfyUI as a ModelPatcher (the DiT, the VLM, the SCB bridge) has its layers
-# re-classed in place (weights untouched) to comfy.ops classes, so that ModelPatcher can cast stored weights
-# per call and leave part of a model offloaded (lowvram partial loading). Three modes per layer:
+# The VLM and the SCB bridge (transformers / our modules) have their layers re-classed in place (weights
+# untouched) to comfy.ops classes, the classes the DiT's MMDiT is built from, so that ModelPatcher can cast
+# stored weights per call and leave part of a model offloaded (lowvram partial loading). Two modes per layer:
 #   plain:  its own forward; ModelPatcher turns casting on for the layers it leaves offloaded;
-#   cast:   ComfyUI's manual_cast, weights cast to the INPUT's dtype (the DiT's, when its device cannot compute
-#           in the storage dtype: BaseModel casts the DiT's inputs to the compute dtype);
 #   a fixed compute dtype (the VLM and the bridge when storage != compute, e.g. bf16 stored, fp32 computed on
 #           a CPU): floating inputs are cast to that dtype as well, so each layer runs exactly the arithmetic of
 #           precision.apply_manual_cast (the engine's). Casting to the input's dtype would not do: transformers
@@ -125,22 +124,21 @@ class _FixedComputeEmbedding(_FixedCompute):
 
 
 @functools.cache
-def _swapped_class(plain: type, cast: bool, compute: torch.dtype | None) -> type:
+def _swapped_class(plain: type, compute: torch.dtype | None) -> type:
     if plain in _COMFY_OPS:
-        parents = (getattr(comfy.ops.manual_cast if cast else comfy.ops.disable_weight_init, _COMFY_OPS[plain]),)
+        parents = (getattr(comfy.ops.disable_weight_init, _COMFY_OPS[plain]),)
     else:
         parents = (_CastParams, plain)
-    attrs = {"_deepgen_plain": plain, "comfy_cast_weights": cast or compute is not None, "__module__": __name__}
+    attrs = {"_deepgen_plain": plain, "comfy_cast_weights": compute is not None, "__module__": __name__}
     if compute is not None:
         parents = (_FixedComputeEmbedding if plain is torch.nn.Embedding else _FixedCompute, *parents)
         attrs["compute_dtype"] = compute
     return type(plain.__name__, parents, attrs)
 
 
-def use_comfy_ops(module: torch.nn.Module, cast: bool = False, compute: torch.dtype | None = None) -> torch.nn.Module:
+def use_comfy_ops(module: torch.nn.Module, compute: torch.dtype | None = None) -> torch.nn.Module:
     """Re-class every layer of `module` in place (weights untouched) to a comfy.ops class (see above).
 
-    cast: ComfyUI's manual cast (weights cast to the input's dtype on every call).
     compute: a fixed compute dtype for the layers whose weights are stored in another dtype (the layers
     precision.apply_manual_cast would cast); the others stay plain. Idempotent; a later call re-modes."""
     for m in module.modules():
@@ -153,7 +151,7 @@ def use_comfy_ops(module: torch.nn.Module, cast: bool = False, compute: torch.dt
             fixed = None
         if not hasattr(m, "bias"):  # comfy.ops.cast_bias_weight reads it; torch's Embedding and
             m.bias = None           # transformers' RMSNorms have none
-        m.__class__ = _swapped_class(plain, cast, fixed)
+        m.__class__ = _swapped_class(plain, fixed)
     return module
 
 
@@ -186,7 +184,7 @@ class _TargetResiduals(Sequence):
 
 class DeepGenMMDiT(OpenAISignatureMMDITWrapper):
     """ComfyUI's own MMDiT (SD3.5-Medium's blocks, so every core patch, attention override, LoRA and ControlNet
-    reaches it as it reaches core's SD3) with DeepGen's reference tokens (spec §1.5): the DeepGen rules are the
+    reaches it as it reaches core's SD3) with DeepGen's reference tokens (docs/inference.md#dit): the DeepGen rules are the
     engine's (deepgen_model.transformer), the blocks are core's."""
 
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
@@ -266,7 +264,7 @@ class DeepGenModel(comfy.model_base.SD3):
         return kwargs.get("pooled_output")  # absent: DeepGenMMDiT names the missing input
 
     def extra_conds(self, **kwargs):
-        out = super().extra_conds(**kwargs)  # SD3's: c_crossattn as CONDRegular, never repeat-padded (pitfall 3)
+        out = super().extra_conds(**kwargs)  # SD3's: c_crossattn as CONDRegular, never repeat-padded (docs/inference.md#pitfall-3)
         method = kwargs.get("reference_latents_method")
         if method is not None:
             raise DeepGenInputError(

@@ -319,7 +319,7 @@ def graph(seed=SEED, guidance=None, edit=False, control=None, kontext=None, mode
 
 
 @pytest.fixture(scope="module")
-def images(comfy_base):
+def images(comfy_base, release):
     from PIL import Image
 
     g = np.random.default_rng(19)
@@ -439,3 +439,50 @@ def test_model_save_reloads_through_the_dit_loader_and_core_unet_loader(comfy_in
     cond = [[conds["c_crossattn"], {"pooled_output": conds["y"], "reference_latents": conds["ref_latents"][:1]}]]
     with pytest.raises(errors.DeepGenInputError, match="ignores reference images"):
         sampling.deepgen_sample(core, cond, cond, {"samples": torch.zeros_like(x)}, 0, 1, 4.0)
+
+
+# ------------------------------------------------------------------ the other core model patches still do their job
+
+def _defaults(comfy, node_id: str, **given) -> dict:
+    """A node's required inputs at their defaults (read from this ComfyUI's own schema), overridden by `given`."""
+    spec = comfy.nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"]
+    out = {}
+    for name, (kind, *opts) in spec.items():
+        if name in given:
+            out[name] = given[name]
+        elif isinstance(kind, list):
+            out[name] = (opts[0] if opts else {}).get("default", kind[0])
+        elif opts and "default" in opts[0]:
+            out[name] = opts[0]["default"]
+    return out
+
+
+# node -> (extra inputs, whether it changes a 2-step picture)
+MODEL_PATCHES = {
+    "ModelSamplingSD3": ({"shift": 6.0}, True),
+    "CFGZeroStar": ({}, True),
+    "CFGNorm": ({}, True),
+    "APG": ({}, True),
+    "RescaleCFG": ({}, True),
+    "TCFG": ({}, True),
+    "FreSca": ({"scale_low": 0.5}, True),  # the default cutoff spans all of a tiny latent's spectrum
+    "EasyCache": ({}, False),  # skips steps only once outputs settle: a 2-step run computes every step
+    "LazyCache": ({}, False),
+    "DifferentialDiffusion": ({}, False),  # acts only with a noise mask
+}
+
+
+@pytest.mark.parametrize("node_id", list(MODEL_PATCHES))
+def test_core_model_patches_run_on_the_deepgen_model(comfy_inprocess, images, node_id):
+    if node_id not in comfy_inprocess.nodes.NODE_CLASS_MAPPINGS:
+        pytest.skip(f"{node_id} is not in this ComfyUI")
+    extra, changes = MODEL_PATCHES[node_id]
+    base = picture(comfy_inprocess, graph(edit=True))
+    inputs = _defaults(comfy_inprocess, node_id, model=["1", 0], **extra)
+    patched = picture(comfy_inprocess, graph(edit=True, guidance=(node_id, {k: v for k, v in inputs.items()
+                                                                           if k != "model"})))
+    assert torch.isfinite(patched).all() and patched.std() > 0.01
+    if changes:
+        assert (patched - base).abs().max() > 1e-3
+    else:
+        assert (patched - base).abs().max() <= 2e-3
