@@ -276,7 +276,8 @@ class DeepGenDiTLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("dit_name", options=paths.choices(*SOURCES["dit"]),
                                tooltip="A DeepGen diffusers release folder (uses transformer/), a converted "
-                                       "deepgen_dit.safetensors (or its folder), or the native model.pt."),
+                                       "deepgen_dit.safetensors (or its folder), the native model.pt, or a DiT "
+                                       "saved with ModelSave (any .safetensors in models/diffusion_models)."),
                 io.Combo.Input("dit_base", options=[NONE, *paths.choices(*SOURCES["dit_base"])], default=NONE,
                                tooltip="Only for the native model.pt: the UniPic2-SD3.5M-Kontext-2B folder "
                                        "(DiT config and scheduler). 'none' uses the built-in config and shift 3.0."),

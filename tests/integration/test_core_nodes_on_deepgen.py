@@ -486,3 +486,10 @@ def test_core_model_patches_run_on_the_deepgen_model(comfy_inprocess, images, no
         assert (patched - base).abs().max() > 1e-3
     else:
         assert (patched - base).abs().max() <= 2e-3
+
+
+def test_model_merge_simple_mixes_deepgen_models(node, dit, loras):
+    patched = load_lora(node, dit, loras["kohya"], 1.0)[0]
+    (merged,) = node("ModelMergeSimple", model1=dit, model2=patched, ratio=0.0)  # ratio 0: all of model2
+    assert (forward(merged) - forward(patched)).abs().max() <= 1e-5
+    assert (forward(merged) - forward(dit)).abs().max() > 1e-3
