@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from . import validation
-from .assign import READ_ERRORS, assign, check_loading_info, check_materialised, file_names, finish, preview
+from .assign import (READ_ERRORS, assign, check_loading_info, check_materialised, check_names_and_shapes,
+                     file_names, finish, preview)
 from .bridge import BridgeConfig, SCBBridge
 from .errors import DeepGenLoadError
 from .keys import describe_families
@@ -115,10 +116,17 @@ def load_dit(release, *, base_path=None, dtype=None, device="cpu"):
 
 
 def dit_weights(release) -> tuple[dict, dict]:
-    """The DiT's tensors (diffusers names) and config of a Release (or a path), checked, for building it in
-    another implementation (ComfyUI's MMDiT: deepgen_model.mmdit_format converts the names)."""
+    """The DiT's tensors (diffusers names) and config of a Release (or a path), checked name by name and shape
+    by shape against the diffusers module (built on meta), so errors name the file's own keys, for building it
+    in another implementation (ComfyUI's MMDiT: deepgen_model.mmdit_format converts the names)."""
+    from diffusers import SD3Transformer2DModel
+
     part = Release.of(release).dit_part()
-    return part.tensors, _checked_config(part, "DiT")
+    config = _checked_config(part, "DiT")
+    with torch.device("meta"):
+        reference = SD3Transformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    check_names_and_shapes(reference, part.tensors, part.name)
+    return part.tensors, config
 
 
 def load_vae(release, *, base_path=None, dtype=None, device="cpu"):
