@@ -134,10 +134,8 @@ def read_converted(source, component: str) -> tuple[dict[str, torch.Tensor], dic
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a Qwen2.5-VL folder's *.safetensors (the vlm_base the native LoRA is merged into)."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise DeepGenLoadError(f"{folder} has no *.safetensors weights: it must be {QWEN_HINT}")
-    return {k: v for f in files for k, v in read_safetensors(f, "VLM").items()}
+    files = validation.check_weight_files(folder, "VLM")  # each missing or damaged shard named, headers checked
+    return {k: v for f in files for k, v in _load_safetensors(f).items()}
 
 
 def read_tokenizer_files(source) -> dict[str, str]:

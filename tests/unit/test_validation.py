@@ -60,7 +60,7 @@ HEADERS = {  # name: (header, data, claimed length, expected fragment)
     "shape string": ({"w": {"dtype": "F32", "shape": "abc", "data_offsets": [0, 8]}}, b"\0" * 8, None, "shape abc"),
     "shape of booleans": ({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, None, "shape"),
     "offsets outside": ({"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 400]}}, b"\0" * 8, None,
-                        "outside the file's 8 data bytes"),
+                        "is truncated: it holds 8 bytes of tensor data but its header describes 400"),
     "offsets vs dtype x shape": ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None,
                                  "needs 12 bytes but its data_offsets span 8"),
     "overlapping": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
