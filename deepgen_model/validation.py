@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 from pathlib import Path
 
 from . import download
-from .constants import IMAGE_PAD_TOKEN
+from .constants import DEFAULT_CFG, DEFAULT_STEPS, IMAGE_PAD_TOKEN, MAX_STEPS, SIZE_MULTIPLE
 from .errors import DeepGenInputError, DeepGenLoadError
 
 MAX_HEADER = 100_000_000  # bytes; the safetensors format's own limit on the JSON header
@@ -567,16 +568,48 @@ def check_prompt(text: str, name: str) -> None:
 
 # ------------------------------------------------------------------ sampling inputs
 
+# The nodes, the Python API (DeepGenPipeline) and the main command (scripts/run_example.py) check their
+# inputs with these: one rule each, and a refusal that offers the nearest valid value.
+
 def check_cfg(cfg, name: str = "cfg", high: float = 100.0) -> float:
     """A finite guidance scale in 0..high (NaN passes ComfyUI's own min/max comparison)."""
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or not 0 <= cfg <= high:
-        raise DeepGenInputError(f"{name} is {cfg!r}: it must be a finite number in 0..{high:g} (the authors use 4.0; "
-                                "1 or below runs the positive branch only).")
+        raise DeepGenInputError(f"{name} is {cfg!r}: it must be a finite number in 0..{high:g} (the authors use "
+                                f"{DEFAULT_CFG}; 1 or below runs the positive branch only).")
     return float(cfg)
 
 
-def check_steps(steps, high: int, name: str = "steps") -> int:
+def check_steps(steps, high: int = MAX_STEPS, name: str = "steps") -> int:
     """A whole number of sampling steps in 1..high."""
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= high:
-        raise DeepGenInputError(f"{name} is {steps!r}: it must be a whole number in 1..{high} (the authors use 50).")
+        near = _nearest(steps, 1, 1, high)
+        raise DeepGenInputError(f"{name} is {steps!r}: it must be a whole number in 1..{high} ("
+                                + (f"nearest: {near}; " if near is not None else "") + f"the authors use {DEFAULT_STEPS}).")
     return steps
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed in ComfyUI's range, 0..2**64-1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64 - 1:
+        raise DeepGenInputError(f"{name} must be an integer in 0..2**64-1, got {seed!r}.")
+    return seed
+
+
+def check_output_size(width, height, name: str = "") -> tuple[int, int]:
+    """Output sides: positive multiples of 16 px (the VAE's 8 x the DiT's patch of 2). `name` prefixes the
+    message (the main command's "--size 100x100: ")."""
+    for side, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 or v % SIZE_MULTIPLE:
+            near = [_nearest(x, SIZE_MULTIPLE, SIZE_MULTIPLE) for x in (width, height)]
+            raise DeepGenInputError(f"{name}{side} must be a positive multiple of {SIZE_MULTIPLE}, got {v!r} (output sides "
+                                    f"are multiples of {SIZE_MULTIPLE} px)" + (
+                                        f"; the nearest valid size is {near[0]}x{near[1]}." if None not in near else "."))
+    return width, height
+
+
+def _nearest(value, unit: int, low: int, high: int | None = None) -> int | None:
+    """The multiple of `unit` in low..high nearest to a number (halves round up); None for a non-number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    near = max(low, unit * math.floor(value / unit + 0.5))
+    return near if high is None else min(high, near)

@@ -320,6 +320,20 @@ def test_steps_range(value):
     assert validation.check_steps(1, 1000) == 1 and validation.check_cfg(0) == 0.0 and validation.check_cfg(4) == 4.0
 
 
+@pytest.mark.parametrize("value,nearest", [(0, 1), (-3, 1), (1001, 1000), (2.5, 3)])
+def test_a_refused_step_count_offers_the_nearest_valid_one(value, nearest):
+    with pytest.raises(DeepGenInputError, match=rf"\(nearest: {nearest}; the authors use 50\)\.$"):
+        validation.check_steps(value)
+
+
+@pytest.mark.parametrize("size,nearest", [((100, 100), "96x96"), ((512, 500), "512x496"), ((8, 8), "16x16"),
+                                          ((0, 520), "16x528")])
+def test_a_refused_output_size_offers_the_nearest_valid_one(size, nearest):
+    with pytest.raises(DeepGenInputError, match=rf"must be a positive multiple of 16, .*nearest valid size is {nearest}\.$"):
+        validation.check_output_size(*size)
+    assert validation.check_output_size(512, 768) == (512, 768)
+
+
 # ------------------------------------------------------------------ seeded fuzz, bounded in time
 
 def _random_json(rng, depth=0):
