@@ -9,10 +9,12 @@
 # its own ComfyUI folders (custom_nodes/, models/, output/) in $DEEPGEN_HOME/workspace (--base-dir).
 # With --comfyui PATH it uses your ComfyUI: links this pack into PATH/custom_nodes (if it is not there
 # already) and runs PATH's python (PATH/venv or PATH/.venv, else python3; override with --python).
-# Then it checks the weights (python -m deepgen_model.download --check): if any file is missing it
-# prints each one with its URL and destination plus the download command, and exits 3. Otherwise it
-# starts ComfyUI on 127.0.0.1, queues example_workflows/api/text_to_image.json, waits for the image,
-# prints its path and stops the server. Every other option: bash scripts/run_example.sh --help.
+# Then it checks the weights in --models DIR (default: <ComfyUI or --base-dir>/models/deepgen, so without
+# --comfyui ~/.cache/comfyui-deepgen/workspace/models/deepgen): if any file is missing it prints each one
+# with its URL and destination plus the download command, and exits 3. Otherwise it starts ComfyUI on
+# 127.0.0.1, queues example_workflows/api/text_to_image.json, waits for the image, prints its path and
+# stops the server. Options are checked before any setup. Every option: bash scripts/run_example.sh --help.
+# Exit status: 0 image saved, 1 other errors, 2 a bad option, 3 weights missing, 4 --download failed.
 # Env: DEEPGEN_EXAMPLE_STEPS / _SIZE / _MODELS / _PORT / _TIMEOUT are defaults for the flags.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
     --python=*) PY="${1#*=}"; shift ;;
     --base-dir) BASE="${2:?--base-dir needs a path}"; shift 2 ;;
     --base-dir=*) BASE="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; echo
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; echo
                exec "${PY:-python3}" "$REPO/scripts/run_example.py" --help ;;
     *) ARGS+=("$1"); shift ;;
   esac
@@ -50,6 +52,12 @@ link_pack() {  # link_pack CUSTOM_NODES_DIR: make this checkout importable there
     echo "linked $here -> $REPO"
   fi
 }
+
+# Bad options are refused now, not after minutes of setup (the helper is standard library only).
+CHECK_PY="${PY:-$(command -v "${PYTHON:-python3.11}" || command -v python3 || true)}"
+if [ -n "$CHECK_PY" ]; then
+  "$CHECK_PY" "$REPO/scripts/run_example.py" --check-options ${ARGS[@]+"${ARGS[@]}"} || exit $?
+fi
 
 if [ -z "$COMFY" ]; then
   export DEEPGEN_HOME="${DEEPGEN_HOME:-$HOME/.cache/comfyui-deepgen}"
@@ -76,6 +84,7 @@ else
 fi
 
 if [ -n "$BASE" ]; then
+  [ -d "$BASE" ] || echo "creating $BASE (ComfyUI's custom_nodes/, input/, output/, user/ and models/deepgen/ for this run)"
   mkdir -p "$BASE"/{custom_nodes,input,output,user,models/deepgen}
   BASE="$(cd "$BASE" && pwd)"
   link_pack "$BASE/custom_nodes"
