@@ -8,7 +8,8 @@ deepgen_model/tiny.py with torch).
 
 Exit status: 0 image saved; 1 anything else (the reason is printed); 2 a bad option (named, with the
 nearest valid value: --steps 0, --size 100x100, a --models folder that does not exist); 3 weights missing
-(the list of files is printed); 4 --download failed (the hub unreachable, or a file arrived damaged).
+(the list of files is printed); 4 --download failed (the hub unreachable, or a file arrived damaged);
+5 (run_example.sh's setup) stopped before downloading PyPI's CUDA torch build: the message says how to go on.
 """
 from __future__ import annotations
 

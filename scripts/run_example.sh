@@ -14,7 +14,8 @@
 # with its URL and destination plus the download command, and exits 3. Otherwise it starts ComfyUI on
 # 127.0.0.1, queues example_workflows/api/text_to_image.json, waits for the image, prints its path and
 # stops the server. Options are checked before any setup. Every option: bash scripts/run_example.sh --help.
-# Exit status: 0 image saved, 1 other errors, 2 a bad option, 3 weights missing, 4 --download failed.
+# Exit status: 0 image saved, 1 other errors, 2 a bad option, 3 weights missing, 4 --download failed,
+# 5 setup stopped before downloading PyPI's CUDA torch build (DEEPGEN_ALLOW_CUDA_TORCH=1 accepts it).
 # Env: DEEPGEN_EXAMPLE_STEPS / _SIZE / _MODELS / _PORT / _TIMEOUT are defaults for the flags.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --python=*) PY="${1#*=}"; shift ;;
     --base-dir) BASE="${2:?--base-dir needs a path}"; shift 2 ;;
     --base-dir=*) BASE="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; echo
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; echo
                exec "${PY:-python3}" "$REPO/scripts/run_example.py" --help ;;
     *) ARGS+=("$1"); shift ;;
   esac
