@@ -354,7 +354,7 @@ def main(argv=None) -> int:
         extra_models = a.models and models
 
     prompt, source = load_workflow(a.workflow)
-    if a.demo:  # noise needs no 50 steps at 512x512: keep the check of the install well under two minutes
+    if a.demo:  # noise needs no 50 steps at 512x512: the check of the install stays a matter of seconds of work
         a.steps, a.size = a.steps or DEMO_STEPS, a.size or DEMO_SIZE
     customise(prompt, layout, a.steps, a.size, a.seed, a.prompt, a.weight_dtype)
     if a.demo:

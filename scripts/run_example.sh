@@ -63,7 +63,7 @@ fi
 if [ -z "$COMFY" ]; then
   export DEEPGEN_HOME="${DEEPGEN_HOME:-$HOME/.cache/comfyui-deepgen}"
   command -v "${PYTHON:-python3.11}" >/dev/null 2>&1 || export PYTHON="${PYTHON:-python3}"
-  echo "setting up (or reusing) a CPU-only ComfyUI 0.3.75 in $DEEPGEN_HOME (the first run installs ~2 GB of packages: a few minutes)"
+  echo "setting up (or reusing) a CPU-only ComfyUI 0.3.75 in $DEEPGEN_HOME (the first run installs ~2 GB of packages: the first --demo takes 2–8 minutes, setup included)"
   DEEPGEN_LEGS=example bash "$REPO/.ci/setup.sh"   # the test environment minus the browser leg's Chromium/npm
   COMFY="$DEEPGEN_HOME/ComfyUI"
   PY="${PY:-$DEEPGEN_HOME/venv/bin/python}"

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "example_workflows" / "api" / "text_to_image.json"
 PYTHON = os.environ.get("DEEPGEN_COMFY_PYTHON", sys.executable)
 STEPS, SEED, WIDTH, HEIGHT = 2, 7, 64, 48
-CPU_BUDGET_S = 120  # the demo's promise: a picture in under two minutes after setup (README)
+CPU_BUDGET_S = 120  # the demo's work (README: 22–29 CPU seconds measured) fits in two minutes of one core
 
 
 def run_example(comfy_dir: Path, base: Path, *args: str, setup: bool = False, timeout: float = 300, env=None,
