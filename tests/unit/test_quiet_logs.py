@@ -8,6 +8,7 @@ bitsandbytes is read (not imported) to check that the filter still names its mes
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import subprocess
@@ -23,18 +24,26 @@ NOISE = ("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Pleas
          "`pip install kernels` and the kernels >= 0.11.1")
 
 
-def test_the_filter_drops_exactly_the_kernels_advice():
+@contextlib.contextmanager
+def shown(logger_name: str):
+    """The messages a handler on `logger_name` receives (its filters applied) while the block runs."""
     seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
-    logger = logging.getLogger(deepgen_model.BNB_KERNELS_LOGGER)
+    logger = logging.getLogger(logger_name)
     logger.addHandler(handler)
     try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_the_filter_drops_exactly_the_kernels_advice():
+    logger = logging.getLogger(deepgen_model.BNB_KERNELS_LOGGER)
+    with shown(deepgen_model.BNB_KERNELS_LOGGER) as seen:
         logger.warning(NOISE, "No module named 'kernels'")
         logger.warning("some other bitsandbytes warning")
         logging.getLogger("bitsandbytes").warning(NOISE, "from another logger")  # not the one we silence
-    finally:
-        logger.removeHandler(handler)
     assert seen == ["some other bitsandbytes warning"]
 
 
@@ -67,19 +76,15 @@ CAST = "MatMul8bitLt: inputs will be cast from %s to float16 during quantization
 
 
 def test_the_8bit_cast_notice_passes_once_and_other_records_always():
-    seen: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
     logger = logging.getLogger(deepgen_model.BNB_CAST_LOGGER)
-    logger.addHandler(handler)
     once = next(f for f in logger.filters if type(f).__name__ == "_OnceBnbCastNotice")
     said, once.said = once.said, False
     try:
-        for _ in range(3):
-            logger.warning(CAST, "torch.float32")
-            logger.warning("another bitsandbytes warning")
+        with shown(deepgen_model.BNB_CAST_LOGGER) as seen:
+            for _ in range(3):
+                logger.warning(CAST, "torch.float32")
+                logger.warning("another bitsandbytes warning")
     finally:
-        logger.removeHandler(handler)
         once.said = said or once.said
     assert seen == ["MatMul8bitLt: inputs will be cast from torch.float32 to float16 during quantization "
                     "(said once per process; DeepGen hides the repeats)"] + ["another bitsandbytes warning"] * 3
