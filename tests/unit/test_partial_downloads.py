@@ -137,3 +137,17 @@ def test_an_intact_release_still_loads(models):
     release = models / "DeepGen-1.0-diffusers"
     assert loading.load_dit(release) is not None
     assert vlm_loading.load_vlm(release)[0] is not None
+
+
+@pytest.mark.parametrize("rel,component", [("connector/model.safetensors", "scb"), ("vlm/config.json", "vlm")])
+def test_a_release_missing_one_file_of_a_folder_names_that_file_not_the_folder(models, rel, component):
+    """The folder is there (a partial download): the file, with its URL, not the whole folder or release."""
+    from deepgen_model.release import Release
+
+    release = models / "DeepGen-1.0-diffusers"
+    (release / rel).unlink()
+    msg = refusal(lambda: Release.open(release).require(component))
+    assert msg == f"missing {rel} in {release}; {one_file_fix(release / rel, RELEASE_URL + rel)}."
+    if component == "scb":
+        msg = refusal(lambda: loading.load_bridge(release))
+        assert msg == f"{release / rel} is missing: {one_file_fix(release / rel, RELEASE_URL + rel)}"
