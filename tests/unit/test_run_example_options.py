@@ -81,3 +81,13 @@ def test_help_names_the_default_weights_folder_and_every_exit_status():
     assert "~/.cache/comfyui-deepgen/workspace/models/deepgen" in flat.replace("comfyui- deepgen", "comfyui-deepgen")
     for status in ("0 image saved", "2 a bad option", "3 weights missing", "4 --download failed"):
         assert status in flat, status
+
+
+def test_the_option_check_needs_only_the_standard_library():
+    """run_example.sh runs it with the system's python3, before the setup has installed anything."""
+    code = ("import runpy, sys; sys.argv = ['scripts/run_example.py', '--check-options', '--steps', '8', '--size', '256']\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "heavy = {'torch', 'numpy', 'PIL', 'transformers', 'diffusers', 'huggingface_hub'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
