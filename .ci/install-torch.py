@@ -4,9 +4,12 @@ Run by .ci/setup.sh with the venv's python before the one big pip call, which th
 satisfied: PyPI's Linux torch==2.13.0 is the CUDA build (torch + ~15 nvidia-* wheels, several GB),
 PyTorch's CPU index (https://download.pytorch.org/whl/cpu) has the ~200 MB CPU build. When that index
 cannot be reached (machines that see only PyPI, a local wheel directory, a mirror), pip's own sources
-are used, after saying what they would fetch: a CPU wheel, or a warning naming the CUDA packages.
+are used, after saying what they would fetch — unless that is the CUDA build: then it stops before
+downloading anything, says why and how to go on (exit 5; nothing installed), unless
+DEEPGEN_ALLOW_CUDA_TORCH=1 accepts it.
 
-    python .ci/install-torch.py [--dry-run]      env: DEEPGEN_TORCH_INDEX (default: PyTorch's CPU index)
+    python .ci/install-torch.py [--dry-run]
+    env: DEEPGEN_TORCH_INDEX (default: PyTorch's CPU index), DEEPGEN_ALLOW_CUDA_TORCH=1
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 CPU_INDEX = os.environ.get("DEEPGEN_TORCH_INDEX") or "https://download.pytorch.org/whl/cpu"
+EXIT_CUDA_ONLY = 5  # run_example.sh passes it on: its own 1-4 mean other things
 PINS = [line.strip() for line in (Path(__file__).parent / "comfy-requirements.txt").read_text().splitlines()
         if re.match(r"(torch|torchvision)==", line.strip())]
 
@@ -61,16 +65,29 @@ def main(argv=None) -> int:
         return 0
     report = json.loads(pip("install", "--dry-run", "--quiet", "--report", "-", *PINS, capture=True).stdout or "{}")
     lines, cuda = describe(report)
+    if cuda and os.environ.get("DEEPGEN_ALLOW_CUDA_TORCH") != "1":
+        print(cuda_refusal(cuda), file=sys.stderr, flush=True)
+        return EXIT_CUDA_ONLY
     print(f"torch: PyTorch's CPU index ({CPU_INDEX}) is not reachable; pip's own sources give:", flush=True)
     print("\n".join(lines) if lines else "  nothing to install (already there)", flush=True)
     if cuda:
-        print(f"torch: WARNING: that is the CUDA build ({len(cuda)} CUDA packages: {', '.join(cuda[:4])}, ...; "
-              "several GB). For the ≈200 MB CPU build set DEEPGEN_TORCH_INDEX to a reachable copy of "
-              "https://download.pytorch.org/whl/cpu, or put a +cpu wheel where pip finds it (PIP_FIND_LINKS).",
-              file=sys.stderr, flush=True)
+        print(f"torch: the CUDA build ({len(cuda)} CUDA packages, several GB), as DEEPGEN_ALLOW_CUDA_TORCH=1 asks",
+              flush=True)
     if not dry and lines:
         pip("install", "-q", *PINS)
     return 0
+
+
+def cuda_refusal(cuda: list[str]) -> str:
+    return (f"torch: STOPPED before downloading anything. PyTorch's CPU index ({CPU_INDEX}) cannot be reached, and "
+            f"pip's own sources offer only the CUDA build of {' '.join(PINS)}: {len(cuda)} CUDA packages "
+            f"({', '.join(cuda[:3])}, ...), several GB that this CPU-only setup never uses.\n"
+            "To go on, either\n"
+            "  - offer the CPU build (≈200 MB): DEEPGEN_TORCH_INDEX=<a reachable copy of "
+            "https://download.pytorch.org/whl/cpu>, or a +cpu torch wheel in a folder named by PIP_FIND_LINKS; or\n"
+            "  - accept the CUDA build: DEEPGEN_ALLOW_CUDA_TORCH=1 (e.g. DEEPGEN_ALLOW_CUDA_TORCH=1 bash "
+            "scripts/run_example.sh)\n"
+            "and run the same command again.")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,32 @@ _bnb_logger = _logging.getLogger(BNB_KERNELS_LOGGER)
 if not any(getattr(f, "__name__", "") == _not_bnb_kernels_noise.__name__ for f in _bnb_logger.filters):
     _bnb_logger.addFilter(_not_bnb_kernels_noise)  # once, even if the pack is imported under two names
 
+# An 8-bit VLM on a CPU: bitsandbytes warns "MatMul8bitLt: inputs will be cast from torch.float32 to float16
+# during quantization" at every quantized matmul (245 lines for one run of the 8-bit template). It is worth
+# saying once per process (the 8-bit path computes in fp16 there), so the first record passes, marked as
+# said once, and its repeats are dropped. tests/unit/test_quiet_logs.py fails if the text or logger changes.
+BNB_CAST_LOGGER = "bitsandbytes.autograd._functions"
+BNB_CAST_NOTICE = "MatMul8bitLt: inputs will be cast"
+
+
+class _OnceBnbCastNotice:
+    def __init__(self):
+        self.said = False
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(BNB_CAST_NOTICE):
+            return True
+        if self.said:
+            return False
+        self.said = True
+        record.msg = f"{record.msg} (said once per process; DeepGen hides the repeats)"
+        return True
+
+
+_cast_logger = _logging.getLogger(BNB_CAST_LOGGER)
+if not any(type(f).__name__ == _OnceBnbCastNotice.__name__ for f in _cast_logger.filters):
+    _cast_logger.addFilter(_OnceBnbCastNotice())
+
 _EXPORTS = {
     "DeepGenPipeline": ".pipeline",
     "DeepGenOutput": ".pipeline",

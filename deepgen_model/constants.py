@@ -44,9 +44,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # docs/inference.md#output-size, #pitfall-21: output sides are multiples of 16 (VAE 8 x patch 2).
 SIZE_MULTIPLE = 16
 
-# Limits of what the nodes accept: reference images per edit, and the longest output / reference side.
+# Limits of what the nodes (and the Python API) accept: reference images per edit, the longest output /
+# reference side, sampling steps.
 MAX_REFERENCES = 4
 MAX_SIDE = 4096
+MAX_STEPS = 1000
 
 # docs/inference.md#vlm-lora: VLM LoRA scale alpha / r = 128 / 64.
 LORA_SCALE = 2.0

@@ -2,6 +2,7 @@
 
     python -m deepgen_model.download --to <ComfyUI>/models/deepgen [--layout diffusers|native]
                                      [--include PART ...] [--dry-run] [--check] [--verify-sha256]
+    python -m deepgen_model.download --file <ComfyUI>/models/deepgen/DeepGen-1.0-diffusers/vlm/model-00002-of-00002.safetensors
 
 Layouts (docs/inference.md#checkpoints) and where they go under --to (the folder names the nodes and example workflows use):
   diffusers  deepgenteam/DeepGen-1.0-diffusers            -> DeepGen-1.0-diffusers/        (~14.3 GB)
@@ -12,6 +13,11 @@ Layouts (docs/inference.md#checkpoints) and where they go under --to (the folder
 The file table (FILES) is data: --dry-run and --check work offline and never import huggingface_hub.
 Downloading lists each repository once (exact sizes and LFS SHA-256), skips files already complete
 and lets huggingface_hub resume partial ones (kept under <folder>/.cache/huggingface/download).
+--file fetches single files, named by where they go (as --check and the loaders' errors print them).
+
+Exit status: 0 done (or all present); 1 files still missing or incomplete; 2 bad arguments (an unknown
+file, a destination whose parent folder does not exist); 4 the download failed (hub unreachable, a file
+that arrived damaged): nothing else was tried, and running the same command again resumes.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GB = 1e9
+EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DOWNLOAD_FAILED = 1, 2, 4
 PACK_ROOT = Path(__file__).absolute().parents[1]
 
 
@@ -152,6 +159,39 @@ def detect(to) -> str:
     return "diffusers"
 
 
+def source_of(path) -> Planned | None:
+    """The table's file that `path` is a copy of, with `root` the folder it sits in as its part's folder.
+
+    Matched on the trailing folders and name (vlm/model-00002-of-00002.safetensors is the release's; a bare
+    model-00002-of-00002.safetensors is Qwen's); among equal matches the part whose folder name the path
+    holds wins (UniPic2's vae/ vs the release's), then a required file. None: the table does not know it."""
+    path = Path(path).absolute()
+    best = None
+    for f in FILES:
+        parts = tuple(f.path.split("/"))
+        if len(path.parts) <= len(parts) or path.parts[-len(parts):] != parts:
+            continue
+        root = Path(*path.parts[:-len(parts)])
+        score = (len(parts), root.name == PARTS[f.part].folder, f.required)
+        if best is None or score > best[0]:
+            best = (score, Planned(f, root))
+    return best[1] if best else None
+
+
+def table_weights(folder) -> list[str]:
+    """Names of the table's required weight files (and shard indexes) that belong directly in `folder`, when
+    the table knows the folder: by its name (transformer/, vlm/, vae/, connector/ of a release) or, for the
+    repositories whose weights sit at the top (Qwen), by the part's folder name."""
+    folder = Path(folder)
+    names = []
+    for f in FILES:
+        head, _, name = f.path.rpartition("/")
+        if f.required and name.endswith((".safetensors", ".index.json")) and (
+                folder.name == head if head else folder.name == PARTS[f.part].folder) and name not in names:
+            names.append(name)
+    return names
+
+
 # ---------------------------------------------------------------------------------------- local state
 
 def sha256_of(path: Path, chunk: int = 16 << 20) -> str:
@@ -219,6 +259,20 @@ def download_command(to, layout: str, include=None, python: str = "python") -> s
     """The shell command that fetches what is missing (run from this pack's folder, hence the cd)."""
     inc = f" --include {' '.join(include)}" if include else ""
     return f"cd {_q(PACK_ROOT)} && {python} -m deepgen_model.download --to {_q(to)} --layout {layout}{inc}"
+
+
+def file_command(paths, python: str = "python") -> str:
+    """The shell command that fetches exactly these files (paths where they go)."""
+    return f"cd {_q(PACK_ROOT)} && {python} -m deepgen_model.download --file {' '.join(_q(p) for p in paths)}"
+
+
+def fetch_hint(path, python: str | None = None) -> str | None:
+    """Where to get the file at `path` again, one file only: its URL and the helper's one-file command (run
+    by `python`, default this Python: inside ComfyUI, ComfyUI's own)."""
+    item = source_of(path)
+    if item is None:
+        return None
+    return f"get it from {item.url} (or run: {file_command([item.dest], python or _q(sys.executable))})"
 
 
 def _q(p) -> str:
@@ -291,13 +345,15 @@ def check_report(to, layout: str, include=None, verify_sha256: bool = False, pyt
 
 # ---------------------------------------------------------------------------------------- downloading
 
-def _hub():
+def _hub(repo: str = "deepgenteam/DeepGen-1.0-diffusers"):
+    """huggingface_hub, once its endpoint has answered (an unreachable one is reported at once, in one line)."""
     try:
         import huggingface_hub
     except ImportError as e:
         raise SystemExit(f"downloading needs huggingface_hub, which this Python ({sys.executable}) cannot import "
                          f"({e}). Install it with:\n  {sys.executable} -m pip install huggingface_hub\n"
                          "or download the files by hand (see --dry-run).") from e
+    probe_endpoint(repo)
     return huggingface_hub
 
 
@@ -308,16 +364,18 @@ def _lfs_sha(entry) -> str | None:
     return lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
 
 
-def remote_plan(items: list[Planned], list_files, revision: str | None = None) -> list[tuple[Planned, str | None]]:
+def remote_plan(items: list[Planned], list_files, revision: str | None = None,
+                extras: bool = True) -> list[tuple[Planned, str | None]]:
     """Replace each part's table rows by the repository's actual files matching its patterns (exact size
-    and LFS sha256). `list_files(repo, revision)` -> iterable of objects with .path/.size/.lfs."""
+    and LFS sha256); extras=False keeps just the rows given. `list_files(repo, revision)` -> iterable of
+    objects with .path/.size/.lfs."""
     out: list[tuple[Planned, str | None]] = []
     for part in dict.fromkeys(i.spec.part for i in items):
         p = PARTS[part]
         ours = {i.spec.path: i for i in items if i.spec.part == part}
         root = next(iter(ours.values())).root
         remote = {e.path: e for e in list_files(p.repo, revision) if getattr(e, "size", None) is not None
-                  and any(fnmatch.fnmatch(e.path, pat) for pat in p.patterns)}
+                  and (e.path in ours if not extras else any(fnmatch.fnmatch(e.path, pat) for pat in p.patterns))}
         gone = [path for path, i in ours.items() if i.spec.required and path not in remote]
         if gone:
             raise SystemExit(f"{p.repo} does not have {gone} (any more?): the DeepGen file table needs an update; "
@@ -335,9 +393,17 @@ def remote_plan(items: list[Planned], list_files, revision: str | None = None) -
 def download(to, layout: str = "diffusers", include=None, revision: str | None = None,
              verify_sha256: bool = False, hub=None) -> list[Path]:
     """Fetch every file of the layout that is not already complete. Returns the files written."""
-    hub = hub or _hub()
-    api = hub.HfApi()
     items = plan(to, layout, include)
+    return download_items(items, revision, verify_sha256, hub)
+
+
+def download_items(items: list[Planned], revision: str | None = None, verify_sha256: bool = False, hub=None,
+                   extras: bool = True) -> list[Path]:
+    """Fetch the planned files (with the small extras matching each part's patterns unless extras=False)
+    that are not already complete. Returns the files written. hub: the huggingface_hub module (default,
+    see _hub) or a stand-in with its HfApi and hf_hub_download."""
+    hub = hub or _hub(items[0].part.repo)
+    api = hub.HfApi()
 
     def list_files(repo, rev):
         try:
@@ -345,9 +411,9 @@ def download(to, layout: str = "diffusers", include=None, revision: str | None =
         except Exception as e:  # requests, httpx or hub errors, by hub version: one readable line, no traceback
             raise SystemExit(_unreachable(repo, e)) from None
 
-    todo = remote_plan(items, list_files, revision)
+    todo = remote_plan(items, list_files, revision, extras)
     total = sum(i.size or 0 for i, _ in todo)
-    print(f"{len(todo)} files, {human(total)} in total, into {Path(to)}")
+    print(f"{len(todo)} files, {human(total)} in total")
     written = []
     for n, (item, sha) in enumerate(todo, 1):
         label = f"[{n}/{len(todo)}] {item.part.repo}/{item.spec.path} ({human(item.size)})"
@@ -368,9 +434,45 @@ def download(to, layout: str = "diffusers", include=None, revision: str | None =
     return written
 
 
+def destination_problem(to: Path) -> str | None:
+    """Why `to` cannot take a download: a file, or a folder whose parent does not exist either (a mistyped
+    path rather than a new model folder). A missing folder in an existing one is fine: see announce_folder."""
+    if to.exists() and not to.is_dir():
+        return f"{to} is a file, not a folder: pass the models/deepgen folder of your ComfyUI"
+    if not to.exists() and not to.parent.is_dir():
+        return (f"{to} does not exist, nor does {to.parent}: check the path (a download creates a new folder only "
+                f"inside an existing one; to use this path anyway: mkdir -p {_q(to)})")
+    return None
+
+
+def announce_folder(to: Path) -> None:
+    """The download creates a destination that does not exist yet: say so before it starts."""
+    if not to.exists():
+        print(f"note: {to} does not exist yet; the download creates it", flush=True)
+
+
+def endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def probe_endpoint(repo: str, timeout: float = 6.0) -> None:
+    """Exit at once with one line when the hub cannot be reached: its client retries for ~25 s, printing a
+    line per retry, before failing. Any HTTP answer (even an error status) means it is reachable."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint(), method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass
+    except (OSError, ValueError) as e:  # URLError, timeouts, refused connections, a malformed HF_ENDPOINT
+        reason = getattr(e, "reason", None)
+        raise SystemExit(_unreachable(repo, reason if isinstance(reason, Exception) else e)) from None
+
+
 def _unreachable(what: str, e: Exception) -> str:
     first = (str(e).strip().splitlines() or [""])[0][:200]
-    return (f"download failed: could not fetch {what} from {os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'} "
+    return (f"download failed: could not fetch {what} from {endpoint()} "
             f"({type(e).__name__}: {first}). Check the network (or HF_ENDPOINT / HTTPS_PROXY) and run the same command "
             "again: it resumes. Or fetch the files by hand (their URLs: --check).")
 
@@ -398,7 +500,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deepgen_model.download", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Parts: " + "; ".join(f"{p.name} = {p.repo} -> {p.folder}/"
-                                                              for p in PARTS.values()))
+                                                              for p in PARTS.values()) +
+                                        ".\n\nExit status: " + __doc__.split("Exit status: ")[1].strip())
     ap.add_argument("--to", type=Path, default=default_to(),
                     help="the models/deepgen folder of your ComfyUI (default: found from this pack's location)")
     ap.add_argument("--layout", choices=[*LAYOUTS, "auto"], default="auto",
@@ -411,10 +514,15 @@ def main(argv=None) -> int:
     ap.add_argument("--verify-sha256", action="store_true", help="also hash the files with a known SHA-256 (slow)")
     ap.add_argument("--revision", default=None, help="repository revision (default: main)")
     ap.add_argument("--markdown", action="store_true", help="print the file table as Markdown and exit")
+    ap.add_argument("--file", nargs="+", type=Path, metavar="PATH",
+                    help="fetch just these files, each named by where it goes (as --check and load errors print them: "
+                         ".../DeepGen-1.0-diffusers/vlm/model-00002-of-00002.safetensors); --to/--layout are not needed")
     a = ap.parse_args(argv)
     if a.markdown:
         print(markdown_table())
         return 0
+    if a.file:
+        return fetch_files(a.file, a.revision, a.verify_sha256)
     if a.to is None and not a.dry_run:  # the table needs no destination; the rest does
         ap.error("--to is required: this checkout is not in (or linked into) a ComfyUI's custom_nodes folder; pass "
                  "the models/deepgen folder of your ComfyUI, e.g. --to ~/ComfyUI/models/deepgen")
@@ -432,14 +540,37 @@ def main(argv=None) -> int:
         print("\n".join(table_lines(items, with_state=a.to is not None)))
         print(f"total ≈{human(sum(i.spec.approx_bytes or 0 for i in items))}")
         return 0
+    if problem := destination_problem(to):
+        print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    announce_folder(to)
     try:
         download(to, layout, a.include, a.revision, a.verify_sha256)
     except SystemExit as e:  # unreachable hub, a corrupt arrival: one readable line already
         print(e, file=sys.stderr)
-        return 1
+        return EXIT_DOWNLOAD_FAILED
     ok, lines = check_report(to, layout, a.include)
     print("\n".join(lines))
-    return 0 if ok else 1
+    return 0 if ok else EXIT_INCOMPLETE
+
+
+def fetch_files(paths, revision=None, verify_sha256: bool = False, hub=None) -> int:
+    """--file: fetch exactly these table files, each into the folder its path names (an exit status)."""
+    items = [source_of(p.expanduser()) for p in paths]
+    if unknown := [str(p) for p, i in zip(paths, items) if i is None]:
+        print(f"not a file of the DeepGen download table: {', '.join(unknown)}. Name each file by where it goes, "
+              "ending in its path inside the repository (e.g. .../DeepGen-1.0-diffusers/vlm/model-00002-of-00002"
+              ".safetensors); --dry-run lists them.", file=sys.stderr)
+        return EXIT_USAGE
+    if problem := next(filter(None, (destination_problem(i.root) for i in items)), None):
+        print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        download_items(items, revision, verify_sha256, hub, extras=False)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return EXIT_DOWNLOAD_FAILED
+    return 0
 
 
 if __name__ == "__main__":

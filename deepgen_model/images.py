@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, SIZE_MULTIPLE, VIT_SCALE
+from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, VIT_SCALE
 from .errors import DeepGenInputError
+from .validation import check_output_size
 
 PATCH = 14
 MERGE = 2
@@ -44,11 +45,7 @@ def output_size(width: int, height: int, references=()) -> tuple[int, int]:
     height, which must be positive multiples of 16."""
     if len(references) == 1:
         return tuple(references[0])
-    for name, v in (("width", width), ("height", height)):
-        if v % SIZE_MULTIPLE or v <= 0:
-            raise DeepGenInputError(f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {v} (output sides "
-                                    f"are multiples of {SIZE_MULTIPLE} px).")
-    return width, height
+    return check_output_size(width, height)
 
 
 def _as_rgb(image: torch.Tensor) -> torch.Tensor:

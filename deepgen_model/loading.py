@@ -93,10 +93,8 @@ def _checked_config(part: Part, component: str) -> dict:
 
 
 def _from_pretrained_folder(cls, folder: Path, dtype, device):
+    validation.check_folder(folder, cls.__name__)  # names each missing or damaged file
     weights = sorted(folder.glob("*.safetensors"))
-    if not (folder / "config.json").is_file() or not weights:
-        raise DeepGenLoadError(f"{folder} needs config.json and *.safetensors weights")
-    validation.check_folder(folder, cls.__name__)
     dtype = dtype or stored_dtype(weights)
     try:
         model, info = cls.from_pretrained(str(folder), torch_dtype=dtype, output_loading_info=True)

@@ -30,6 +30,7 @@ from .release import COMPONENTS, Release
 from .sampling import make_noise, sample
 from .scheduler import sigmas_from_config
 from .transformer import DeepGenTransformer
+from .validation import check_cfg, check_seed, check_steps
 from .vae import decode, encode_reference
 from .vlm_loading import load_vlm
 
@@ -181,7 +182,11 @@ class DeepGenPipeline:
         """Generate (images=None) or edit. With exactly one reference the output takes the resized
         reference's size and width/height are ignored (the official rule). Pass a `conditioning`
         from encode() instead of prompt/images to skip the VLM. callback(step, total, x, x0) runs
-        after every step and may raise to cancel."""
+        after every step and may raise to cancel. steps, cfg_scale and seed are refused as the nodes
+        refuse them (deepgen_model/validation.py), before anything runs."""
+        check_steps(steps)
+        check_cfg(cfg_scale, "cfg_scale")
+        check_seed(seed)
         if conditioning is None:
             if prompt is None:
                 raise DeepGenInputError("pass a prompt (or a conditioning from pipe.encode()).")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import configs, validation
+from . import configs, download, validation
 from .errors import DeepGenLoadError
 from .keys import describe_families, family
 # the kinds of paths, re-exported: the loaders, nodes and tests import the one vocabulary from here
@@ -135,10 +135,8 @@ def read_converted(source, component: str) -> tuple[dict[str, torch.Tensor], dic
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a Qwen2.5-VL folder's *.safetensors (the vlm_base the native LoRA is merged into)."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise DeepGenLoadError(f"{folder} has no *.safetensors weights: it must be {QWEN_HINT}")
-    return {k: v for f in files for k, v in read_safetensors(f, "VLM").items()}
+    files = validation.check_weight_files(folder, "VLM")  # each missing or damaged shard named, headers checked
+    return {k: v for f in files for k, v in _load_safetensors(f).items()}
 
 
 def read_tokenizer_files(source) -> dict[str, str]:
@@ -299,7 +297,11 @@ class Release:
                     rel, hint = RELEASE_PARTS[component], PART_HINT.get(component, DOWNLOAD_HINT[DIFFUSERS])
                 else:  # the tokenizer is embedded in deepgen_vlm.safetensors
                     rel, hint = CONVERTED_FILES.get(component, CONVERTED_FILES["vlm"]), DOWNLOAD_HINT[CONVERTED]
-                raise MissingPart(f"missing {rel} in {self.path}; download {hint} and put it there.", self.layout)
+                missing = self.path / rel
+                # its folder is there (a partial download): that one file, not the folder, is what to fetch
+                one_file = missing.parent.is_dir() and missing.parent != self.path and download.fetch_hint(missing)
+                raise MissingPart(f"missing {rel} in {self.path}; "
+                                  + (f"{one_file}." if one_file else f"download {hint} and put it there."), self.layout)
         unused = [b for b, v in (("vlm_base", self.vlm_base), ("dit_base", self.dit_base)) if v is not None and own[b]]
         if unused:
             raise DeepGenLoadError(f"{' and '.join(unused)} are only used with the native model.pt; {self.path} "
@@ -324,7 +326,7 @@ class Release:
                                                      if family(k) in BRIDGE_FAMILIES})
         name = self.path / RELEASE_PARTS["scb"]
         if not name.exists():  # a folder in its place is named by the header check
-            raise DeepGenLoadError(f"{name} is missing: download the connector/ folder of DeepGen-1.0-diffusers")
+            raise DeepGenLoadError(f"{name} is missing: {download.fetch_hint(name)}")
         tensors = read_safetensors(name, "SCB")
         cfg_file = name.parent / "config.json"
         cfg = json_file(cfg_file, "SCB") if cfg_file.exists() else {}

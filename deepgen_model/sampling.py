@@ -5,8 +5,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .constants import LATENT_CHANNELS, NUM_TRAIN_TIMESTEPS, SIZE_MULTIPLE, VAE_DOWNSCALE
+from .constants import LATENT_CHANNELS, NUM_TRAIN_TIMESTEPS, VAE_DOWNSCALE
 from .errors import DeepGenInputError
+from .validation import check_output_size, check_seed
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
@@ -17,12 +18,10 @@ def make_noise(seed: int, batch: int, height: int, width: int) -> torch.Tensor:
     Any seed in 0..2**64-1 works (ComfyUI's range). The draw equals ComfyUI's prepare_noise for an
     fp32 latent of the same shape. It is NOT the official bf16 CUDA noise (docs/inference.md#pitfall-12).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64 - 1:
-        raise DeepGenInputError(f"seed must be an integer in 0..2**64-1, got {seed!r}.")
+    check_seed(seed)
     if batch < 1:
         raise DeepGenInputError(f"batch must be >= 1, got {batch}.")
-    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        raise DeepGenInputError(f"width/height must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}.")
+    check_output_size(width, height)
     generator = torch.Generator("cpu").manual_seed(seed)
     shape = (batch, LATENT_CHANNELS, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
     return torch.randn(shape, generator=generator, dtype=torch.float32)

@@ -9,7 +9,10 @@ what is wrong in plain words and the fix. The loaders call it where they open fi
   check_tensors(tensors, cfg, component, path)   tensor counts and anchor shapes against the config;
                                                  a config implying more parameters than the files hold
                                                  is refused (nothing is built from it)
-  check_folder(folder, component)                the three above for a from_pretrained folder
+  check_weight_files(folder, component) -> files every file a folder should hold is there and intact
+                                                 (config.json, the shards its index lists); all the missing
+                                                 and damaged ones named at once, each with where to get it
+  check_folder(folder, component)                the above for a from_pretrained folder
   check_metadata(meta, component, path) -> cfg   the JSON fields embedded in a converted file
   parse_config(text, component, path) -> cfg     one embedded JSON config
   read_json(path, component)                     a small JSON file, errors named
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 from pathlib import Path
 
-from .constants import IMAGE_PAD_TOKEN
+from . import download
+from .constants import DEFAULT_CFG, DEFAULT_STEPS, IMAGE_PAD_TOKEN, MAX_STEPS, SIZE_MULTIPLE
 from .errors import DeepGenInputError, DeepGenLoadError
 
 MAX_HEADER = 100_000_000  # bytes; the safetensors format's own limit on the JSON header
@@ -56,12 +61,17 @@ def component_name(component) -> str:
 
 
 def _redownload(path) -> str:
+    hint = download.fetch_hint(path)
+    if hint:
+        return f"download {Path(path).name} again: {hint}"
     return f"download {Path(path).name} again from the same release (the copy on disk is damaged or incomplete)"
 
 
 def _fail(component, path, problem: str, fix: str | None = None):
     kind = "folder" if Path(str(path)).is_dir() and not Path(str(path)).suffix else "file"
-    raise DeepGenLoadError(f"{component_name(component)} {kind} {path}: {problem}; {fix or _redownload(path)}.")
+    error = DeepGenLoadError(f"{component_name(component)} {kind} {path}: {problem}; {fix or _redownload(path)}.")
+    error.problem = problem  # what check_weight_files lists, file by file
+    raise error
 
 
 # ------------------------------------------------------------------ JSON files
@@ -80,7 +90,7 @@ def _loads(text, component, where, what: str, fix: str | None = None):
 def _refuse_folder(path: Path, component, expected: str) -> None:
     if path.is_dir():
         _fail(component, path, f"is a folder where {expected} should be",
-              f"remove the folder and download {path.name} again")
+              f"remove the folder and {_redownload(path)}")
 
 
 def read_json(path, component) -> object:
@@ -140,6 +150,11 @@ def check_safetensors(path, component) -> dict:
 
 
 def _check_entries(header: dict, data_size: int, component, path) -> None:
+    ends = [e["data_offsets"][1] for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)
+            and _ints(e.get("data_offsets")) and len(e["data_offsets"]) == 2]
+    if ends and max(ends) > data_size:  # the commonest damage, said plainly before any entry is looked at
+        _fail(component, path, f"is truncated: it holds {data_size:,} bytes of tensor data but its header describes "
+                               f"{max(ends):,} (an interrupted download or copy)")
     meta = header.get("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         _fail(component, path, "its __metadata__ is not a map of strings")
@@ -396,14 +411,95 @@ def check_tensors(tensors, cfg: dict, component, path) -> None:
                                    "config)", fix)
 
 
-def check_folder(folder, component) -> None:
-    """config.json and every *.safetensors of a from_pretrained folder, before from_pretrained sees them."""
+# ------------------------------------------------------------------ the files of a folder
+
+_SHARD = re.compile(r"^(.+)-(\d+)-of-(\d+)\.safetensors$")
+_DEFAULT_WEIGHTS = {"DiT": "diffusion_pytorch_model.safetensors", "VAE": "diffusion_pytorch_model.safetensors"}
+
+
+def check_weight_files(folder, component) -> dict[Path, dict]:
+    """The checked safetensors headers of a from_pretrained folder's *.safetensors, once every file it should
+    hold is there and intact: config.json; each shard its index (*.safetensors.index.json) lists, or a
+    shard's "-of-N" name implies; each header against its file's size; the tensors the index assigns to each
+    shard. Every missing or damaged file is named at once, each with where to get it again: a partial
+    download costs one file, never the whole folder."""
     folder = Path(folder)
     component = component_name(component)
+    bad: list[tuple[Path, str]] = []
+    if not (folder / "config.json").is_file():
+        bad.append((folder / "config.json", "missing"))
+    present = sorted(folder.glob("*.safetensors"))
+    wanted: dict[str, str] = {}  # file name -> why it should be there
+    assigned: dict[str, set] = {}  # shard -> the tensors the index puts in it
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        for tensor, shard in _weight_map(index, component).items():
+            wanted.setdefault(shard, f"listed in {index.name}")
+            assigned.setdefault(shard, set()).add(tensor)
+    for f in present:
+        if m := _SHARD.match(f.name):
+            for i in range(1, int(m[3]) + 1):
+                wanted.setdefault(f"{m[1]}-{i:0{len(m[2])}d}-of-{m[3]}.safetensors", f"shard {i} of {int(m[3])}")
+    if not present and not wanted:  # nothing on disk says which: the release's names, else the usual one
+        for name in download.table_weights(folder) or [_DEFAULT_WEIGHTS.get(component, "model.safetensors")]:
+            wanted[name] = "the weights"
+    bad += [(folder / name, f"missing ({why})") for name, why in wanted.items() if not (folder / name).exists()]
+    headers, messages = {}, {}
+    for f in present:
+        try:
+            headers[f] = check_safetensors(f, component)
+        except DeepGenLoadError as e:
+            bad.append((f, getattr(e, "problem", str(e))))
+            messages[f] = str(e)
+    for shard, tensors in assigned.items():
+        if folder / shard in headers and (lost := sorted(tensors - set(headers[folder / shard]))):
+            bad.append((folder / shard, f"lacks {len(lost)} of the {len(tensors)} tensors the index puts in it "
+                                        f"(e.g. {lost[0]}): a different or damaged file"))
+    if bad:
+        fine = [f for f in present if f not in {path for path, _ in bad}]
+        raise DeepGenLoadError(_files_report(component, folder, bad, fine, messages))
+    return headers
+
+
+def _weight_map(index: Path, component) -> dict:
+    """The weight_map of a shard index: tensor name -> a plain file name in the index's folder."""
+    weight_map = read_json(index, component)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v.endswith(".safetensors") and Path(v).name == v
+            for k, v in weight_map.items()):
+        _fail(component, index, "its weight_map is not a map of tensor names to .safetensors file names")
+    return weight_map
+
+
+def _files_report(component, folder: Path, bad: list[tuple[Path, str]], fine: list[Path], messages: dict) -> str:
+    """Each missing or damaged file with its URL and the command that fetches just it (one damaged file: its
+    own message, which says so)."""
+    def hint(path):
+        return download.fetch_hint(path) or "download it again from where the rest of the folder came from"
+
+    if len(bad) == 1:
+        (path, problem), = bad
+        text = messages.get(path) or (
+            f"{component_name(component)} folder {folder}: {path.name} is {problem}; {hint(path)}."
+            if problem.startswith("missing") else f"{component_name(component)} file {path}: {problem}; {_redownload(path)}.")
+    else:
+        text = "\n".join([f"{component_name(component)} folder {folder}: {len(bad)} files are missing or damaged. "
+                          "Fetch just these:"] + [f"  {path.name}: {problem}\n    {hint(path)}" for path, problem in bad])
+    if fine:
+        text += (f"\nThe folder's other weight files ({', '.join(f.name for f in fine)}) look complete (header and size "
+                 "checked): no need to download them again.")
+    return text
+
+
+def check_folder(folder, component) -> None:
+    """Every file of a from_pretrained folder (check_weight_files), then its config against the tensors,
+    before from_pretrained sees them."""
+    folder = Path(folder)
+    component = component_name(component)
+    headers = check_weight_files(folder, component)
     cfg = check_config(read_json(folder / "config.json", component), component, folder / "config.json")
     shapes = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        header = check_safetensors(f, component)
+    for f, header in headers.items():
         if twice := sorted(set(header) & set(shapes) - {"__metadata__"}):
             _fail(component, f, f"tensor {twice[0]!r} is also in another file of {folder}",
                   "remove stray or duplicated weight files from the folder")
@@ -472,16 +568,48 @@ def check_prompt(text: str, name: str) -> None:
 
 # ------------------------------------------------------------------ sampling inputs
 
+# The nodes, the Python API (DeepGenPipeline) and the main command (scripts/run_example.py) check their
+# inputs with these: one rule each, and a refusal that offers the nearest valid value.
+
 def check_cfg(cfg, name: str = "cfg", high: float = 100.0) -> float:
     """A finite guidance scale in 0..high (NaN passes ComfyUI's own min/max comparison)."""
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or not 0 <= cfg <= high:
-        raise DeepGenInputError(f"{name} is {cfg!r}: it must be a finite number in 0..{high:g} (the authors use 4.0; "
-                                "1 or below runs the positive branch only).")
+        raise DeepGenInputError(f"{name} is {cfg!r}: it must be a finite number in 0..{high:g} (the authors use "
+                                f"{DEFAULT_CFG}; 1 or below runs the positive branch only).")
     return float(cfg)
 
 
-def check_steps(steps, high: int, name: str = "steps") -> int:
+def check_steps(steps, high: int = MAX_STEPS, name: str = "steps") -> int:
     """A whole number of sampling steps in 1..high."""
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= high:
-        raise DeepGenInputError(f"{name} is {steps!r}: it must be a whole number in 1..{high} (the authors use 50).")
+        near = _nearest(steps, 1, 1, high)
+        raise DeepGenInputError(f"{name} is {steps!r}: it must be a whole number in 1..{high} ("
+                                + (f"nearest: {near}; " if near is not None else "") + f"the authors use {DEFAULT_STEPS}).")
     return steps
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed in ComfyUI's range, 0..2**64-1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64 - 1:
+        raise DeepGenInputError(f"{name} must be an integer in 0..2**64-1, got {seed!r}.")
+    return seed
+
+
+def check_output_size(width, height, name: str = "") -> tuple[int, int]:
+    """Output sides: positive multiples of 16 px (the VAE's 8 x the DiT's patch of 2). `name` prefixes the
+    message (the main command's "--size 100x100: ")."""
+    for side, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 or v % SIZE_MULTIPLE:
+            near = [_nearest(x, SIZE_MULTIPLE, SIZE_MULTIPLE) for x in (width, height)]
+            raise DeepGenInputError(f"{name}{side} must be a positive multiple of {SIZE_MULTIPLE}, got {v!r} (output sides "
+                                    f"are multiples of {SIZE_MULTIPLE} px)" + (
+                                        f"; the nearest valid size is {near[0]}x{near[1]}." if None not in near else "."))
+    return width, height
+
+
+def _nearest(value, unit: int, low: int, high: int | None = None) -> int | None:
+    """The multiple of `unit` in low..high nearest to a number (halves round up); None for a non-number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    near = max(low, unit * math.floor(value / unit + 0.5))
+    return near if high is None else min(high, near)

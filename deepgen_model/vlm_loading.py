@@ -91,10 +91,8 @@ def _quant_kwargs(quant, device) -> dict:
 def _vlm_from_pretrained(folder: Path, *, dtype, device, attn, quant):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    validation.check_folder(folder, "VLM")  # names each missing or damaged file
     weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        raise DeepGenLoadError(f"{folder} has no *.safetensors weights")
-    validation.check_folder(folder, "VLM")
     try:
         model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(folder), attn_implementation=attn, **_dtype_kw(dtype or stored_dtype(weights)),

@@ -17,13 +17,11 @@ import latent_preview
 
 import torch
 
-from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS
+from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS, MAX_STEPS
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.validation import check_cfg, check_steps
 from .comfy_models import DeepGenMMDiT, model_sigmas
 from .memory import memory_guard
-
-MAX_STEPS = 1000
 
 
 def check_sizes(model, latent_image: torch.Tensor, conds) -> None:

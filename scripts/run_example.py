@@ -6,7 +6,10 @@ through the project's one HTTP client (deepgen_batch.api) and checks weights wit
 deepgen_model.download: standard library only, unless --demo (which builds the tiny random model of
 deepgen_model/tiny.py with torch).
 
-Exit status: 0 image saved; 3 weights missing (the list of files is printed); 1 anything else.
+Exit status: 0 image saved; 1 anything else (the reason is printed); 2 a bad option (named, with the
+nearest valid value: --steps 0, --size 100x100, a --models folder that does not exist); 3 weights missing
+(the list of files is printed); 4 --download failed (the hub unreachable, or a file arrived damaged);
+5 (run_example.sh's setup) stopped before downloading PyPI's CUDA torch build: the message says how to go on.
 """
 from __future__ import annotations
 
@@ -26,10 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from deepgen_batch.api import ComfyClient, ItemError, TransientError  # noqa: E402  (stdlib only)
 from deepgen_batch.api import describe_failure, new_prompt_id, output_images  # noqa: E402
-from deepgen_model import download as dl  # noqa: E402  (stdlib-only module; torch is not imported)
+from deepgen_model import download as dl  # noqa: E402  (stdlib-only modules; torch is not imported)
+from deepgen_model.errors import DeepGenInputError  # noqa: E402
+from deepgen_model.validation import check_output_size, check_steps  # noqa: E402
 
 WORKFLOW = REPO / "example_workflows" / "api" / "text_to_image.json"
-EXIT_NO_WEIGHTS = 3
+EXIT_USAGE, EXIT_NO_WEIGHTS, EXIT_DOWNLOAD_FAILED = 2, 3, dl.EXIT_DOWNLOAD_FAILED
 DEMO_FOLDER = "DeepGen-1.0-demo-random-weights"  # never the real release's name: both may be listed at once
 DEMO_PREFIX = "DeepGen/demo_random_weights"
 DEMO_STEPS, DEMO_SIZE = 8, (256, 256)  # unless --steps/--size say otherwise
@@ -97,15 +102,25 @@ def customise(prompt: dict, layout: str, steps=None, size=None, seed=None, text=
     return prompt
 
 
-def parse_size(value: str) -> tuple[int, int]:
-    w, _, h = value.lower().partition("x")
+def parse_size(value: str, flag: str = "--size") -> tuple[int, int]:
+    """WIDTH[xHEIGHT] -> (width, height), by the engine's output-size rule; else DeepGenInputError."""
+    w, _, h = value.strip().lower().partition("x")
     try:
         size = (int(w), int(h or w))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--size {value!r}: use WIDTH[xHEIGHT], e.g. 512 or 768x512") from None
-    if min(size) < 16 or any(s % 16 for s in size):
-        raise argparse.ArgumentTypeError(f"--size {value!r}: width and height must be multiples of 16")
-    return size
+        raise DeepGenInputError(f"{flag} {value}: use WIDTH[xHEIGHT] in pixels, e.g. 512 or 768x512") from None
+    return check_output_size(*size, name=f"{flag} {value}: ")
+
+
+def parse_steps(value: str, flag: str = "--steps") -> int:
+    """A step count by the engine's rule (1..1000); else DeepGenInputError offering the nearest."""
+    for kind in (int, float):
+        try:
+            return check_steps(kind(value), name=flag)
+        except ValueError as e:
+            if isinstance(e, DeepGenInputError):
+                raise
+    return check_steps(value, name=flag)
 
 
 # ---------------------------------------------------------------------------------------- server
@@ -243,23 +258,30 @@ def build_demo_release(root: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------- main
 
-def main(argv=None) -> int:
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line: argparse's usage block would show the helper's own --comfyui as required
+        fail(f"{message} (every option: bash scripts/run_example.sh --help)", EXIT_USAGE)
+
+
+def options(argv=None) -> argparse.Namespace:
+    """The command line, checked: values by the engine's rules (nearest valid value offered), a --models
+    folder that exists. run_example.sh calls this first (--check-options), before any setup."""
     env = os.environ.get
-    ap = argparse.ArgumentParser(prog="bash scripts/run_example.sh", description=__doc__.split("\n\n")[0],
-                                 epilog="run_example.sh also takes --python PY (the Python that runs ComfyUI); without "
-                                        "--comfyui it sets up a CPU-only ComfyUI in $DEEPGEN_HOME and uses "
-                                        "--base-dir $DEEPGEN_HOME/workspace. Exit status: 0 image saved, "
-                                        "3 weights missing, 1 other errors.")
-    ap.add_argument("--comfyui", type=Path, required=True,
-                    help="the ComfyUI folder (with main.py); run_example.sh fills it in")
+    ap = Parser(prog="bash scripts/run_example.sh", description=__doc__.split("\n\n")[0],
+                epilog="run_example.sh also takes --python PY (the Python that runs ComfyUI); without --comfyui it "
+                       "sets up a CPU-only ComfyUI in $DEEPGEN_HOME and uses --base-dir $DEEPGEN_HOME/workspace, so "
+                       "the weights go in $DEEPGEN_HOME/workspace/models/deepgen (default "
+                       "~/.cache/comfyui-deepgen/workspace/models/deepgen). "
+                       "Exit status: " + __doc__.split("Exit status: ")[1].strip())
+    ap.add_argument("--comfyui", type=Path, help="the ComfyUI folder (with main.py); run_example.sh fills it in")
     ap.add_argument("--base-dir", type=Path, help="ComfyUI --base-directory (custom_nodes/, models/, output/ ...)")
     ap.add_argument("--models", type=Path, default=env("DEEPGEN_EXAMPLE_MODELS") or None,
                     help="folder holding the DeepGen model folders (default: <base or ComfyUI>/models/deepgen)")
     ap.add_argument("--port", type=int, default=int(env("DEEPGEN_EXAMPLE_PORT", "0")), help="default: a free port")
-    ap.add_argument("--steps", type=int, default=int(env("DEEPGEN_EXAMPLE_STEPS", "0")) or None,
-                    help="sampling steps (default: the workflow's, 50)")
-    ap.add_argument("--size", type=parse_size, default=parse_size(env("DEEPGEN_EXAMPLE_SIZE")) if env(
-        "DEEPGEN_EXAMPLE_SIZE") else None, help="WIDTH[xHEIGHT] (default: the workflow's, 512x512)")
+    ap.add_argument("--steps", default=env("DEEPGEN_EXAMPLE_STEPS") or None,
+                    help="sampling steps, 1..1000 (default: the workflow's, 50)")
+    ap.add_argument("--size", default=env("DEEPGEN_EXAMPLE_SIZE") or None,
+                    help="WIDTH[xHEIGHT], multiples of 16 (default: the workflow's, 512x512)")
     ap.add_argument("--seed", type=int, help="default: the workflow's")
     ap.add_argument("--prompt", help="text prompt (default: the workflow's)")
     ap.add_argument("--weight-dtype", choices=("auto", "bf16", "fp16", "fp32"), help="default: the workflow's")
@@ -276,15 +298,35 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=float(env("DEEPGEN_EXAMPLE_TIMEOUT", "7200")),
                     help="seconds to wait for the image (default 7200: CPU runs are slow)")
     ap.add_argument("--start-timeout", type=float, default=300)
+    ap.add_argument("--check-options", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    try:
+        a.steps = parse_steps(a.steps) if a.steps is not None else None
+        a.size = parse_size(a.size) if a.size is not None else None
+    except DeepGenInputError as e:
+        fail(str(e), EXIT_USAGE)
+    if a.models is not None and not a.demo:
+        a.models = a.models.expanduser().absolute()
+        problem = dl.destination_problem(a.models) if a.download else None if a.models.is_dir() else (
+            f"--models {a.models}: folder does not exist. Check the path (the folder that holds "
+            f"{dl.PARTS['release'].folder}/); for a new folder to download into, add --download.")
+        if problem:
+            fail(problem if problem.startswith("--models") else f"--models {problem}", EXIT_USAGE)
+    return a
 
+
+def main(argv=None) -> int:
+    a = options(argv)
+    if a.check_options:
+        return 0
+    if a.comfyui is None:
+        fail("--comfyui is needed (bash scripts/run_example.sh fills it in)", EXIT_USAGE)
     comfyui = a.comfyui.expanduser().resolve()
     if not (comfyui / "main.py").is_file():
         fail(f"{comfyui} is not a ComfyUI folder (no main.py)")
     base = a.base_dir.expanduser().resolve() if a.base_dir else None
     home = base or comfyui
-    models = a.models.expanduser().resolve() if a.models else home / "models" / "deepgen"
-    models.mkdir(parents=True, exist_ok=True)
+    models = a.models or home / "models" / "deepgen"
 
     demo_dir = None
     if a.demo:
@@ -295,7 +337,11 @@ def main(argv=None) -> int:
     else:
         layout = dl.detect(models) if a.layout == "auto" else a.layout
         if a.download:
-            dl.download(models, layout)  # a network failure exits with one line (SystemExit)
+            dl.announce_folder(models)
+            try:
+                dl.download(models, layout)
+            except SystemExit as e:  # the hub unreachable, a damaged arrival: one line, said at once
+                fail(str(e), EXIT_DOWNLOAD_FAILED)
         ok, lines = dl.check_report(models, layout, python=dl._q(sys.executable))
         print("\n".join(lines), flush=True)
         if not ok:
@@ -308,7 +354,7 @@ def main(argv=None) -> int:
         extra_models = a.models and models
 
     prompt, source = load_workflow(a.workflow)
-    if a.demo:  # noise needs no 50 steps at 512x512: keep the check of the install well under two minutes
+    if a.demo:  # noise needs no 50 steps at 512x512: the check of the install stays a matter of seconds of work
         a.steps, a.size = a.steps or DEMO_STEPS, a.size or DEMO_SIZE
     customise(prompt, layout, a.steps, a.size, a.seed, a.prompt, a.weight_dtype)
     if a.demo:

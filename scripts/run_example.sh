@@ -9,10 +9,13 @@
 # its own ComfyUI folders (custom_nodes/, models/, output/) in $DEEPGEN_HOME/workspace (--base-dir).
 # With --comfyui PATH it uses your ComfyUI: links this pack into PATH/custom_nodes (if it is not there
 # already) and runs PATH's python (PATH/venv or PATH/.venv, else python3; override with --python).
-# Then it checks the weights (python -m deepgen_model.download --check): if any file is missing it
-# prints each one with its URL and destination plus the download command, and exits 3. Otherwise it
-# starts ComfyUI on 127.0.0.1, queues example_workflows/api/text_to_image.json, waits for the image,
-# prints its path and stops the server. Every other option: bash scripts/run_example.sh --help.
+# Then it checks the weights in --models DIR (default: <ComfyUI or --base-dir>/models/deepgen, so without
+# --comfyui ~/.cache/comfyui-deepgen/workspace/models/deepgen): if any file is missing it prints each one
+# with its URL and destination plus the download command, and exits 3. Otherwise it starts ComfyUI on
+# 127.0.0.1, queues example_workflows/api/text_to_image.json, waits for the image, prints its path and
+# stops the server. Options are checked before any setup. Every option: bash scripts/run_example.sh --help.
+# Exit status: 0 image saved, 1 other errors, 2 a bad option, 3 weights missing, 4 --download failed,
+# 5 setup stopped before downloading PyPI's CUDA torch build (DEEPGEN_ALLOW_CUDA_TORCH=1 accepts it).
 # Env: DEEPGEN_EXAMPLE_STEPS / _SIZE / _MODELS / _PORT / _TIMEOUT are defaults for the flags.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,7 +32,7 @@ while [ $# -gt 0 ]; do
     --python=*) PY="${1#*=}"; shift ;;
     --base-dir) BASE="${2:?--base-dir needs a path}"; shift 2 ;;
     --base-dir=*) BASE="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; echo
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; echo
                exec "${PY:-python3}" "$REPO/scripts/run_example.py" --help ;;
     *) ARGS+=("$1"); shift ;;
   esac
@@ -51,10 +54,16 @@ link_pack() {  # link_pack CUSTOM_NODES_DIR: make this checkout importable there
   fi
 }
 
+# Bad options are refused now, not after minutes of setup (the helper is standard library only).
+CHECK_PY="${PY:-$(command -v "${PYTHON:-python3.11}" || command -v python3 || true)}"
+if [ -n "$CHECK_PY" ]; then
+  "$CHECK_PY" "$REPO/scripts/run_example.py" --check-options ${ARGS[@]+"${ARGS[@]}"} || exit $?
+fi
+
 if [ -z "$COMFY" ]; then
   export DEEPGEN_HOME="${DEEPGEN_HOME:-$HOME/.cache/comfyui-deepgen}"
   command -v "${PYTHON:-python3.11}" >/dev/null 2>&1 || export PYTHON="${PYTHON:-python3}"
-  echo "setting up (or reusing) a CPU-only ComfyUI 0.3.75 in $DEEPGEN_HOME (the first run installs ~2 GB of packages: a few minutes)"
+  echo "setting up (or reusing) a CPU-only ComfyUI 0.3.75 in $DEEPGEN_HOME (the first run installs ~2 GB of packages: the first --demo takes 2–8 minutes, setup included)"
   DEEPGEN_LEGS=example bash "$REPO/.ci/setup.sh"   # the test environment minus the browser leg's Chromium/npm
   COMFY="$DEEPGEN_HOME/ComfyUI"
   PY="${PY:-$DEEPGEN_HOME/venv/bin/python}"
@@ -76,6 +85,7 @@ else
 fi
 
 if [ -n "$BASE" ]; then
+  [ -d "$BASE" ] || echo "creating $BASE (ComfyUI's custom_nodes/, input/, output/, user/ and models/deepgen/ for this run)"
   mkdir -p "$BASE"/{custom_nodes,input,output,user,models/deepgen}
   BASE="$(cd "$BASE" && pwd)"
   link_pack "$BASE/custom_nodes"

@@ -113,6 +113,25 @@ def test_truncated_safetensors_name_the_file(comfy_server, bad, release):
     assert msg.startswith(f"SCB file {scb}:") and "truncated" in msg and "download" in msg
 
 
+def test_a_partial_download_names_each_missing_file_with_its_url(comfy_server, bad):
+    """Issue 21: one VLM shard missing read as a parameter-count mismatch ("download both again"); a DiT
+    folder without its weights as "<folder> needs config.json and *.safetensors weights"."""
+    _, copy = bad
+    url = "https://huggingface.co/deepgenteam/DeepGen-1.0-diffusers/resolve/main/"
+    vlm = copy("partial-vlm", "model-00002-of-00002.safetensors") / "vlm"
+    msg = execution_error(comfy_server, loader("DeepGenVLMLoader", f"{SUB}/partial-vlm"))["exception_message"]
+    assert msg.startswith(f"VLM folder {vlm}: model-00002-of-00002.safetensors is missing (listed in "
+                          "model.safetensors.index.json); get it from " + url + "vlm/model-00002-of-00002.safetensors")
+    assert f"-m deepgen_model.download --file {vlm / 'model-00002-of-00002.safetensors'})" in msg
+    assert "parameters" not in msg
+
+    dit = copy("partial-dit", "diffusion_pytorch_model.safetensors") / "transformer"  # (and vae/'s: the DiT loads first)
+    for node in ("DeepGenDiTLoader", "DeepGenCheckpointLoader"):
+        msg = execution_error(comfy_server, loader(node, f"{SUB}/partial-dit"))["exception_message"]
+        assert f"DiT folder {dit}: diffusion_pytorch_model.safetensors is missing" in msg, (node, msg)
+        assert url + "transformer/diffusion_pytorch_model.safetensors" in msg and "--file" in msg, (node, msg)
+
+
 def test_wrong_shape_and_missing_tensors_name_the_key(comfy_server, bad):
     _, copy = bad
     scb = copy("shape-scb")

@@ -2,15 +2,19 @@
 
 .ci/browser-tools.sh: when no Chromium can be installed it must say why (not a guessed cause), wait
 briefly for a busy apt, and let the other legs run (exit 1, never abort). .ci/install-torch.py: the CPU
-torch build, and a plain statement of what pip would fetch when PyTorch's CPU index is out of reach.
+torch build, and a plain statement of what pip would fetch when PyTorch's CPU index is out of reach; a
+stop before anything is downloaded when that is PyPI's CUDA build (several GB), unless asked for.
 """
 import importlib.util
+import json
 import os
 import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / ".ci" / "browser-tools.sh"
@@ -98,3 +102,63 @@ def test_unreachable_cpu_index_is_reported_before_anything_is_fetched(tmp_path):
                           text=True, timeout=120, env={**os.environ, "DEEPGEN_TORCH_INDEX": index})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"torch: PyTorch's CPU index ({index}) is not reachable; pip's own sources give:")
+
+
+def _cuda_plan(it, monkeypatch):
+    """install-torch with PyTorch's CPU index out of reach and pip offering PyPI's CUDA build (no network:
+    reachability and pip are stood in for); returns the list of pip calls made."""
+    pypi = "https://files.pythonhosted.org/packages/ab/cd/"
+    report = {"install": [_item("torch", "2.13.0", pypi + "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl"),
+                          *(_item(f"nvidia-{n}-cu12", "12.8", pypi + f"nvidia_{n}_cu12-12.8-py3-none-any.whl")
+                            for n in ("cublas", "cudnn", "nccl", "cusparse"))]}
+    calls = []
+
+    def pip(*args, capture=False):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout=json.dumps(report) if "--report" in args else "")
+
+    monkeypatch.setattr(it, "reachable", lambda index: False)
+    monkeypatch.setattr(it, "pip", pip)
+    return calls
+
+
+@pytest.mark.parametrize("argv", [[], ["--dry-run"]])
+def test_only_the_cuda_build_in_reach_stops_before_downloading_it(monkeypatch, capsys, argv):
+    it = _install_torch()
+    monkeypatch.delenv("DEEPGEN_ALLOW_CUDA_TORCH", raising=False)
+    calls = _cuda_plan(it, monkeypatch)
+    assert it.main(argv) == it.EXIT_CUDA_ONLY == 5
+    assert [c[:2] for c in calls] == [("install", "--dry-run")]  # planned, never installed
+    out, err = capsys.readouterr()
+    assert out == ""
+    first, *rest = err.splitlines()
+    assert first.startswith("torch: STOPPED before downloading anything. PyTorch's CPU index (")
+    assert "offer only the CUDA build of torch==2.13.0 torchvision==0.28.0: 4 CUDA packages" in first
+    assert any("DEEPGEN_TORCH_INDEX=" in line for line in rest) and any("PIP_FIND_LINKS" in line for line in rest)
+    assert any("DEEPGEN_ALLOW_CUDA_TORCH=1 bash scripts/run_example.sh" in line for line in rest)
+
+
+def test_the_cuda_build_is_installed_when_asked_for(monkeypatch, capsys):
+    it = _install_torch()
+    monkeypatch.setenv("DEEPGEN_ALLOW_CUDA_TORCH", "1")
+    calls = _cuda_plan(it, monkeypatch)
+    assert it.main([]) == 0
+    assert calls[-1] == ("install", "-q", *it.PINS)
+    assert "the CUDA build (4 CUDA packages, several GB), as DEEPGEN_ALLOW_CUDA_TORCH=1 asks" in capsys.readouterr().out
+
+
+def test_setup_passes_the_refusal_on_and_installs_nothing(tmp_path):
+    """.ci/setup.sh (run by run_example.sh) stops with install-torch's status; nothing after it runs."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # a python whose venv's python is this shim: install-torch.py "refuses", pip would record a call
+    _tool(fake, "python3.11", f'case "$*" in *"-m venv"*) mkdir -p "$3/bin"; '
+                              f'printf "#!/bin/sh\\ncase \\"\\$1\\" in *install-torch.py) echo refused >&2; exit 5;; '
+                              f'esac\\necho \\"\\$@\\" >> {tmp_path}/pip-calls\\n" > "$3/bin/python"; '
+                              f'chmod +x "$3/bin/python";; esac')
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "setup.sh")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHON": "python3.11",
+                               "DEEPGEN_HOME": str(tmp_path / "home"), "DEEPGEN_LEGS": "example"})
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert "refused" in proc.stderr and not (tmp_path / "pip-calls").exists()
+    assert not (tmp_path / "home" / "venv.stamp").exists()

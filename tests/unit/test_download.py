@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -377,12 +380,45 @@ def test_cli_download_failure_is_reported_not_raised(monkeypatch, tmp_path, caps
 
             self.HfApi = HfApi
 
-    monkeypatch.setattr(dl, "_hub", Offline)
-    assert dl.main(["--to", str(tmp_path), "--include", "unipic2"]) == 1
+    monkeypatch.setattr(dl, "_hub", lambda repo: Offline())
+    assert dl.main(["--to", str(tmp_path), "--include", "unipic2"]) == dl.EXIT_DOWNLOAD_FAILED == 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err  # one line, no traceback
     assert "download failed: could not fetch Skywork/UniPic2-SD3.5M-Kontext-2B" in err
     assert "(ConnectionError: Name or service not known)" in err and "run the same command again" in err
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:  # a port nobody listens on: connection refused, no DNS, no real network
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_an_unreachable_hub_is_said_at_once_before_any_retry(tmp_path):
+    """huggingface_hub retries an unreachable endpoint for ~25 s, a line per retry, before failing."""
+    pytest.importorskip("huggingface_hub")
+    endpoint = closed_port_url()
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "deepgen_model.download", "--to", str(tmp_path), "--include", "unipic2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_ENDPOINT": endpoint})
+    took = time.monotonic() - t0
+    assert proc.returncode == dl.EXIT_DOWNLOAD_FAILED, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Retry" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"download failed: could not fetch Skywork/UniPic2-SD3.5M-Kontext-2B from {endpoint} ")
+    assert "Connection refused" in proc.stderr and "run the same command again" in proc.stderr
+    assert took < 15, f"{took:.1f}s"  # the hub client's retries alone take 25 s
+
+
+def test_a_destination_is_never_created_silently(tmp_path, monkeypatch, capsys):
+    typo = tmp_path / "ComfyUl" / "models" / "deepgen"  # its parent does not exist either: a typo
+    assert dl.main(["--to", str(typo)]) == dl.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"{typo} does not exist, nor does {typo.parent}: check the path") and "mkdir -p" in err
+    assert not (tmp_path / "ComfyUl").exists()
+    new = tmp_path / "deepgen"  # a new model folder inside an existing one: created, and said first
+    monkeypatch.setattr(dl, "download", lambda *a, **k: [])
+    dl.main(["--to", str(new)])
+    assert capsys.readouterr().out.startswith(f"note: {new} does not exist yet; the download creates it\n")
 
 
 def test_unreachable_file_is_one_line(tmp_path):
@@ -395,3 +431,36 @@ def test_unreachable_file_is_one_line(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "OSError: [Errno 111] Connection refused)" in msg
     assert "Skywork/UniPic2-SD3.5M-Kontext-2B/" in msg
+
+
+# ------------------------------------------------------------------------------------------- one file (--file)
+
+def test_source_of_a_file_is_the_most_specific_table_row(tmp_path):
+    release, qwen = tmp_path / "DeepGen-1.0-diffusers", tmp_path / "Qwen2.5-VL-3B-Instruct"
+    item = dl.source_of(release / "vlm" / "model-00002-of-00002.safetensors")
+    assert (item.part.repo, item.spec.path, item.root) == (
+        "deepgenteam/DeepGen-1.0-diffusers", "vlm/model-00002-of-00002.safetensors", release)
+    item = dl.source_of(qwen / "model-00002-of-00002.safetensors")
+    assert (item.part.repo, item.root) == ("Qwen/Qwen2.5-VL-3B-Instruct", qwen)
+    assert dl.source_of(qwen / "config.json").part.name == "qwen"  # a required file beats model.pt's optional one
+    assert dl.source_of(tmp_path / "UniPic2-SD3.5M-Kontext-2B" / "vae" / "config.json").part.name == "unipic2"
+    assert dl.source_of(tmp_path / "renamed" / "vae" / "config.json").part.name == "release"
+    assert dl.source_of(tmp_path / "notes.txt") is None
+
+
+def test_file_fetches_exactly_the_named_file_into_its_folder(tmp_path, capsys):
+    release = tmp_path / "DeepGen-1.0-diffusers"
+    (release / "vlm").mkdir(parents=True)
+    shard = "vlm/model-00002-of-00002.safetensors"
+    hub = FakeHub({shard: safetensors_bytes(8), "vlm/model-00001-of-00002.safetensors": safetensors_bytes(4),
+                   "vlm/config.json": b"{}", "README.md": b"#"})
+    assert dl.fetch_files([release / shard], hub=hub) == 0
+    assert [c for c in hub.calls if c[0] == "get"] == [("get", "deepgenteam/DeepGen-1.0-diffusers", shard, None, release)]
+    assert (release / shard).read_bytes() == hub.files[shard]
+    assert "1 files" in capsys.readouterr().out
+
+
+def test_file_refuses_a_path_the_table_does_not_know(tmp_path, capsys):
+    assert dl.main(["--file", str(tmp_path / "notes.txt")]) == dl.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"not a file of the DeepGen download table: {tmp_path / 'notes.txt'}" in err and "--dry-run" in err

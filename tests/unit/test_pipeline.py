@@ -115,3 +115,22 @@ def test_latent_beyond_position_table_is_refused(pipes):
     limit_px = 8 * pipes["diffusers"].transformer.max_latent_side
     with pytest.raises(DeepGenInputError, match="position table"):
         pipes["diffusers"]("x", width=limit_px + 16, height=32, steps=1)
+
+
+@pytest.mark.parametrize("kwargs", [{"cfg_scale": float("nan")}, {"cfg_scale": float("inf")}, {"cfg_scale": -1.0},
+                                    {"cfg_scale": 100.5}, {"steps": 0}, {"steps": 1001}, {"steps": 2.5}, {"seed": -1}])
+def test_the_python_api_refuses_what_the_nodes_refuse_before_running(pipes, monkeypatch, kwargs):
+    """The same checks as the nodes (deepgen_model/validation.py, one implementation), before the VLM runs:
+    cfg_scale=float("nan") used to pass and sample a NaN picture."""
+    from deepgen_model import validation
+
+    pipe = pipes["diffusers"]
+    monkeypatch.setattr(pipe, "encode", lambda *a, **k: pytest.fail("encoded before checking the inputs"))
+    (name, value), = kwargs.items()
+    check = {"cfg_scale": lambda: validation.check_cfg(value, "cfg_scale"), "steps": lambda: validation.check_steps(value),
+             "seed": lambda: validation.check_seed(value)}[name]
+    with pytest.raises(DeepGenInputError) as node_side:
+        check()
+    with pytest.raises(DeepGenInputError) as api_side:
+        pipe("x", width=32, height=32, **kwargs)
+    assert str(api_side.value) == str(node_side.value) and str(api_side.value).startswith(f"{name} ")

@@ -60,7 +60,7 @@ HEADERS = {  # name: (header, data, claimed length, expected fragment)
     "shape string": ({"w": {"dtype": "F32", "shape": "abc", "data_offsets": [0, 8]}}, b"\0" * 8, None, "shape abc"),
     "shape of booleans": ({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, None, "shape"),
     "offsets outside": ({"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 400]}}, b"\0" * 8, None,
-                        "outside the file's 8 data bytes"),
+                        "is truncated: it holds 8 bytes of tensor data but its header describes 400"),
     "offsets vs dtype x shape": ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None,
                                  "needs 12 bytes but its data_offsets span 8"),
     "overlapping": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
@@ -318,6 +318,20 @@ def test_steps_range(value):
     with pytest.raises(DeepGenInputError, match=r"^steps is .*whole number in 1\.\.1000"):
         validation.check_steps(value, 1000)
     assert validation.check_steps(1, 1000) == 1 and validation.check_cfg(0) == 0.0 and validation.check_cfg(4) == 4.0
+
+
+@pytest.mark.parametrize("value,nearest", [(0, 1), (-3, 1), (1001, 1000), (2.5, 3)])
+def test_a_refused_step_count_offers_the_nearest_valid_one(value, nearest):
+    with pytest.raises(DeepGenInputError, match=rf"\(nearest: {nearest}; the authors use 50\)\.$"):
+        validation.check_steps(value)
+
+
+@pytest.mark.parametrize("size,nearest", [((100, 100), "96x96"), ((512, 500), "512x496"), ((8, 8), "16x16"),
+                                          ((0, 520), "16x528")])
+def test_a_refused_output_size_offers_the_nearest_valid_one(size, nearest):
+    with pytest.raises(DeepGenInputError, match=rf"must be a positive multiple of 16, .*nearest valid size is {nearest}\.$"):
+        validation.check_output_size(*size)
+    assert validation.check_output_size(512, 768) == (512, 768)
 
 
 # ------------------------------------------------------------------ seeded fuzz, bounded in time
