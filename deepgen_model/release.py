@@ -158,17 +158,10 @@ def json_file(path: Path, component: str) -> dict:
 
 
 def folder_part(folder: Path, component: str) -> "Part":
-    """A diffusers model folder as tensors + config: config.json and every *.safetensors (headers checked, no
-    tensor in two files)."""
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        raise DeepGenLoadError(f"{folder} needs config.json and *.safetensors weights")
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        part = read_safetensors(f, component)
-        if twice := sorted(set(part) & set(tensors)):
-            raise DeepGenLoadError(f"{f}: tensor {twice[0]!r} is also in another file of {folder}; remove stray or "
-                                   "duplicated weight files from the folder")
-        tensors.update(part)
+    """A diffusers model folder as tensors + config: every file it should hold there and intact (each missing or
+    damaged one named), no tensor in two files, the config against the tensors (validation.check_folder)."""
+    validation.check_folder(folder, component)
+    tensors = {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in _load_safetensors(f).items()}
     return Part(folder, tensors=tensors, config=json_file(folder / "config.json", component))
 
 
