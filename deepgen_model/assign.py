@@ -15,6 +15,13 @@ from .errors import DeepGenLoadError
 
 def assign(model: torch.nn.Module, state: dict, source, optional=()) -> torch.nn.Module:
     """load_state_dict(assign=True) after checking names and shapes; errors name every bad key."""
+    check_names_and_shapes(model, state, source, optional)
+    model.load_state_dict(state, strict=False, assign=True)
+    return model
+
+
+def check_names_and_shapes(model: torch.nn.Module, state: dict, source, optional=()) -> None:
+    """Refuse, naming every bad key and `source`, tensors that are not exactly the module's (a meta module will do)."""
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state and k not in optional)
     unexpected = sorted(k for k in state if k not in expected)
@@ -24,9 +31,8 @@ def assign(model: torch.nn.Module, state: dict, source, optional=()) -> torch.nn
                 for what, keys in (("missing tensors", missing), ("unexpected tensors", unexpected),
                                    ("mis-shaped tensors", misshaped)) if keys]
     if problems:
-        raise DeepGenLoadError(f"{source}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=False, assign=True)
-    return model
+        raise DeepGenLoadError(f"{source}: " + "; ".join(problems) + "; the weights are damaged or from another "
+                               "model: download them again from the release")
 
 
 def check_materialised(model: torch.nn.Module, source) -> None:

@@ -26,12 +26,13 @@ QWEN = "qwen"  # a Qwen2.5-VL folder (config.json model_type qwen2_5_vl + weight
 UNIPIC2 = "unipic2"  # UniPic2-SD3.5M-Kontext-2B style folder: transformer/ + vae/ (no connector/)
 COMPONENTS = ("dit", "scb", "vlm", "vae")
 FILE_KINDS = {c: f"{c}_file" for c in COMPONENTS}  # one converted component file: "vlm_file", ...
+SAVED_DIT = "saved_dit"  # any other .safetensors: maybe a DiT saved by ComfyUI's ModelSave (the DiT loader tells)
 LAYOUTS = (DIFFUSERS, NATIVE, CONVERTED)
 
 # What each loader accepts, by kind.
 SOURCES = {
     "checkpoint": (DIFFUSERS, NATIVE, CONVERTED),
-    "dit": (DIFFUSERS, CONVERTED, FILE_KINDS["dit"], NATIVE),
+    "dit": (DIFFUSERS, CONVERTED, FILE_KINDS["dit"], NATIVE, SAVED_DIT),
     "scb": (DIFFUSERS, NATIVE, FILE_KINDS["scb"]),
     "vlm": (DIFFUSERS, QWEN, FILE_KINDS["vlm"]),
     "vae": (DIFFUSERS, UNIPIC2, CONVERTED, FILE_KINDS["vae"]),
@@ -60,6 +61,7 @@ DOWNLOAD_HINT = {
     QWEN: "Qwen/Qwen2.5-VL-3B-Instruct (the whole folder)",
     UNIPIC2: "Skywork/UniPic2-SD3.5M-Kontext-2B (the whole folder)",
     CONVERTED: "the output folder of `python -m deepgen_model.convert`",
+    SAVED_DIT: "a DiT saved with ModelSave from a DeepGen MODEL (into models/diffusion_models)",
     **{FILE_KINDS[c]: f"{CONVERTED_FILES[c]} {_CONVERT}" for c in COMPONENTS},
 }
 PART_HINT = {"vlm": "the release's vlm/ folder (LoRA merged), or use a Qwen2.5-VL-3B-Instruct folder with the "
@@ -97,7 +99,7 @@ def file_kind(filename: str) -> str | None:
     """The kind of a file, by its name: a native checkpoint or one of our converted files."""
     stem, ext = os.path.splitext(filename)
     if ext == ".safetensors":
-        return next((FILE_KINDS[c] for c in COMPONENTS if stem.startswith(f"deepgen_{c}")), None)
+        return next((FILE_KINDS[c] for c in COMPONENTS if stem.startswith(f"deepgen_{c}")), SAVED_DIT)
     if ext in (".pt", ".pth"):
         return NATIVE
     return None

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from . import validation
-from .assign import READ_ERRORS, assign, check_loading_info, check_materialised, file_names, finish, preview
+from .assign import (READ_ERRORS, assign, check_loading_info, check_materialised, check_names_and_shapes,
+                     file_names, finish, preview)
 from .bridge import BridgeConfig, SCBBridge
 from .errors import DeepGenLoadError
 from .keys import describe_families
@@ -76,13 +77,19 @@ def _build(cls, part: Part, dtype, device):
     """A diffusers module from a Part: from_pretrained on its folder, or built on meta from tensors + config."""
     if part.folder is not None:
         return _from_pretrained_folder(cls, part.folder, dtype, device)
-    config = validation.check_config(part.config, cls.__name__, part.name)
-    validation.check_tensors(part.tensors, config, cls.__name__, part.name)
+    config = _checked_config(part, cls.__name__)
     with torch.device("meta"):
         model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     assign(model, cast_floating(part.tensors, dtype), part.name)
     check_materialised(model, part.name)
     return finish(model, None, device)
+
+
+def _checked_config(part: Part, component: str) -> dict:
+    """The Part's config, checked, and its tensors checked against it."""
+    config = validation.check_config(part.config, component, part.name)
+    validation.check_tensors(part.tensors, config, component, part.name)
+    return config
 
 
 def _from_pretrained_folder(cls, folder: Path, dtype, device):
@@ -106,6 +113,20 @@ def load_dit(release, *, base_path=None, dtype=None, device="cpu"):
     return _build(SD3Transformer2DModel, Release.of(release, dit_base=base_path).dit_part(), dtype, device)
 
 
+def dit_weights(release) -> tuple[dict, dict]:
+    """The DiT's tensors (diffusers names) and config of a Release (or a path), checked name by name and shape
+    by shape against the diffusers module (built on meta), so errors name the file's own keys, for building it
+    in another implementation (ComfyUI's MMDiT: deepgen_model.mmdit_format converts the names)."""
+    from diffusers import SD3Transformer2DModel
+
+    part = Release.of(release).dit_part()
+    config = _checked_config(part, "DiT")
+    with torch.device("meta"):
+        reference = SD3Transformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    check_names_and_shapes(reference, part.tensors, part.name)
+    return part.tensors, config
+
+
 def load_vae(release, *, base_path=None, dtype=None, device="cpu"):
     """AutoencoderKL of a Release (or a path + base_path): the release's vae/, the dit_base's vae/
     (native), or deepgen_vae.safetensors."""
@@ -127,4 +148,4 @@ def load_scheduler_config(release, *, base_path=None) -> dict:
     return Release.of(release, dit_base=base_path).scheduler_config()
 
 
-__all__ = ["load_bridge", "load_dit", "load_vae", "load_vae_folder", "load_scheduler_config"]
+__all__ = ["load_bridge", "load_dit", "dit_weights", "load_vae", "load_vae_folder", "load_scheduler_config"]

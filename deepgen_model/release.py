@@ -30,6 +30,7 @@ from .kinds import (BRIDGE_FAMILIES, COMPONENTS, CONVERTED, CONVERTED_FILES, DIF
                     TOKENIZER_FILES, UNIPIC2, UNIPIC2_HINT, converted_file, detect_layout, file_kind, folder_kind,
                     native_file)
 from .lora import merge_lora_into_state, split_lora
+from .mmdit_format import from_mmdit, is_mmdit, strip_saved_prefix
 from .precision import dominant_dtype
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,28 @@ def read_tokenizer_files(source) -> dict[str, str]:
 def json_file(path: Path, component: str) -> dict:
     """A config file of `component` (VLM, SCB, DiT, VAE, scheduler), parsed and checked."""
     return validation.check_config(validation.read_json(path, component), component, path)
+
+
+def folder_part(folder: Path, component: str) -> "Part":
+    """A diffusers model folder as tensors + config: every file it should hold there and intact (each missing or
+    damaged one named), no tensor in two files, the config against the tensors (validation.check_folder)."""
+    validation.check_folder(folder, component)
+    tensors = {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in _load_safetensors(f).items()}
+    return Part(folder, tensors=tensors, config=json_file(folder / "config.json", component))
+
+
+def saved_dit_part(path: Path) -> "Part":
+    """A DiT saved by ComfyUI's ModelSave from a DeepGen MODEL (or any SD3-family MMDiT file) in diffusers names,
+    its config read off the shapes."""
+    state = strip_saved_prefix(read_safetensors(path, "DiT"))
+    if not is_mmdit(state):
+        raise DeepGenLoadError(f"{path} is neither a DeepGen converted DiT (no 'format: {FORMAT}' metadata) nor an "
+                               "SD3-family DiT saved by ComfyUI (no joint_blocks/x_embedder tensors); pick the "
+                               "DeepGen release, deepgen_dit.safetensors, or a file ModelSave wrote from a DeepGen MODEL")
+    tensors, config = from_mmdit(state, path)
+    log.info("%s: a DiT saved by ComfyUI (%d blocks, %d heads); no scheduler config inside, shift 3.0",
+             path, config["num_layers"], config["num_attention_heads"])
+    return Part(path, tensors=tensors, config=config)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,12 +327,16 @@ class Release:
                                                     if k in cfg})
 
     def dit_part(self) -> Part:
-        """The DiT: the release's transformer/ folder, deepgen_dit.safetensors, or every transformer.* tensor of
-        model.pt (the DiT was fine-tuned) with the dit_base's config (else the built-in SD3.5-M Kontext one)."""
+        """The DiT's tensors (diffusers names) and config: the release's transformer/ folder, deepgen_dit.safetensors,
+        a DiT saved by ComfyUI (ModelSave: MMDiT names, config read off the shapes), or every transformer.* tensor
+        of model.pt (the DiT was fine-tuned) with the dit_base's config (else the built-in SD3.5-M Kontext one)."""
         if self.layout == DIFFUSERS:
-            return Part(self.path / RELEASE_PARTS["dit"], folder=self.path / RELEASE_PARTS["dit"])
+            return folder_part(self.path / RELEASE_PARTS["dit"], "DiT")
         if self.layout == CONVERTED:
-            return self._converted("dit")
+            name = converted_file(self.path, "dit")
+            if safetensors_metadata(name, "DiT").get("format") == FORMAT:
+                return self._converted("dit")
+            return saved_dit_part(name)
         name = self.native_file()
         tensors = {k.removeprefix("transformer."): v for k, v in self.native_state().items()
                    if k.startswith("transformer.")}

@@ -81,8 +81,10 @@ LM_LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "
                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 VIT_LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
-TINY_DIT = dict(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=3, attention_head_dim=16,
-                num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32,
+# 64-channel heads and as many heads as blocks, as every SD3-family MMDiT has (the release: 24 x 64, 24 blocks):
+# ComfyUI runs the DiT on its own MMDiT, which derives the width and block count from the head count.
+TINY_DIT = dict(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=3, attention_head_dim=64,
+                num_attention_heads=3, joint_attention_dim=32, caption_projection_dim=192, pooled_projection_dim=32,
                 pos_embed_max_size=64, dual_attention_layers=(0,), qk_norm="rms_norm")
 
 # connector/config.json of the release, at toy size (docs/inference.md#scb-bridge). The head count is the release's 32

@@ -8,12 +8,68 @@ the target tokens are unpatchified. Every module and weight is diffusers' own, r
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .errors import DeepGenInputError
+
+
+def latent_size_problem(h: int, w: int, patch: int, max_latent_side: int) -> str | None:
+    """Why a DiT with this patch size and position table cannot take an h x w latent (None: it can): sides must
+    be multiples of the patch and within the table. The one size rule of the engine and the nodes."""
+    if h % patch or w % patch:
+        return f"sides must be multiples of {8 * patch} px (latent sides multiples of {patch})"
+    if h > max_latent_side or w > max_latent_side:
+        return f"the DiT's position table allows at most {8 * max_latent_side} px per side (latent sides <= {max_latent_side})"
+    return None
+
+
+def check_latent(z: torch.Tensor, what: str, channels: int, patch: int, max_latent_side: int) -> None:
+    """Refuse, naming `what`, a latent [C, h, w] the DiT cannot take."""
+    if z.ndim != 3 or z.shape[0] != channels:
+        raise DeepGenInputError(f"{what} must have shape [{channels}, h, w], got {list(z.shape)}; pass VAE latents.")
+    h, w = z.shape[-2:]
+    if why := latent_size_problem(h, w, patch, max_latent_side):
+        raise DeepGenInputError(f"{what} is {h}x{w} (about {8 * w}x{8 * h} px): {why}; "
+                                "use a smaller width/height or reference size.")
+
+
+def per_sample_references(references, batch: int) -> list[list[torch.Tensor]]:
+    """None | shared list[Tensor] | per-sample list[list[Tensor]] -> one list of [C, h, w] per sample."""
+    if references is None or len(references) == 0:
+        return [[] for _ in range(batch)]
+    if torch.is_tensor(references[0]):
+        return [list(references) for _ in range(batch)]
+    if len(references) != batch:
+        raise DeepGenInputError(
+            f"references has {len(references)} per-sample lists for a batch of {batch}; "
+            "pass one list per sample, or one shared list of reference latents."
+        )
+    return [list(r) for r in references]
+
+
+def reference_sequence(embed: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor,
+                       references: list[list[torch.Tensor]]) -> tuple[torch.Tensor, int]:
+    """DeepGen's image token sequence (docs/inference.md#dit): each sample's target tokens, then the tokens of each of its
+    references. `embed` patch-embeds a latent batch [B, C, h, w] and adds the centred crop of the position table
+    for its own h x w, so a reference of the target's size gets exactly the target's positions (no offsets,
+    docs/inference.md#pitfall-14). Returns ([B, N, D] tokens, the number of target tokens N_t; only those are unpatchified)."""
+    target = embed(latents)
+    cache: dict[int, torch.Tensor] = {}  # a reference shared by every sample is embedded once
+
+    def embed_ref(r: torch.Tensor) -> torch.Tensor:
+        if id(r) not in cache:
+            cache[id(r)] = embed(r[None].to(device=latents.device, dtype=latents.dtype))[0]
+        return cache[id(r)]
+
+    sequences = [torch.cat([target[i]] + [embed_ref(r) for r in refs], dim=0) for i, refs in enumerate(references)]
+    lengths = [s.shape[0] for s in sequences]
+    if len(set(lengths)) != 1:
+        raise DeepGenInputError(f"the samples' references differ in size (token counts {lengths}); give every "
+                                "sample references of the same sizes, or sample them one at a time.")
+    return torch.stack(sequences).contiguous(), target.shape[1]
 
 
 class DeepGenTransformer(nn.Module):
@@ -38,39 +94,8 @@ class DeepGenTransformer(nn.Module):
         return self.dit.pos_embed.pos_embed_max_size * self.dit.config.patch_size
 
     def size_problem(self, h: int, w: int) -> str | None:
-        """Why the DiT cannot take an h x w latent (None: it can): sides must be multiples of its patch
-        and within its position table. The one size rule of the engine and the nodes."""
-        p, limit = self.dit.config.patch_size, self.max_latent_side
-        if h % p or w % p:
-            return f"sides must be multiples of {8 * p} px (latent sides multiples of {p})"
-        if h > limit or w > limit:
-            return f"the DiT's position table allows at most {8 * limit} px per side (latent sides <= {limit})"
-        return None
-
-    def _check_latent(self, z: torch.Tensor, what: str) -> None:
-        cfg = self.dit.config
-        if z.ndim != 3 or z.shape[0] != cfg.in_channels:
-            raise DeepGenInputError(
-                f"{what} must have shape [{cfg.in_channels}, h, w], got {list(z.shape)}; pass VAE latents."
-            )
-        h, w = z.shape[-2:]
-        if why := self.size_problem(h, w):
-            raise DeepGenInputError(f"{what} is {h}x{w} (about {8 * w}x{8 * h} px): {why}; "
-                                    "use a smaller width/height or reference size.")
-
-    @staticmethod
-    def _per_sample_refs(references, batch: int) -> list[list[torch.Tensor]]:
-        """None | shared list[Tensor] | per-sample list[list[Tensor]] -> per-sample lists."""
-        if references is None or len(references) == 0:
-            return [[] for _ in range(batch)]
-        if torch.is_tensor(references[0]):
-            return [list(references) for _ in range(batch)]
-        if len(references) != batch:
-            raise DeepGenInputError(
-                f"references has {len(references)} per-sample lists for a batch of {batch}; "
-                "pass one list per sample, or one shared list of reference latents."
-            )
-        return [list(r) for r in references]
+        """Why the DiT cannot take an h x w latent (None: it can); see latent_size_problem."""
+        return latent_size_problem(h, w, self.dit.config.patch_size, self.max_latent_side)
 
     def forward(
         self,
@@ -102,29 +127,13 @@ class DeepGenTransformer(nn.Module):
         for name, t in (("seq", seq), ("pooled", pooled)):
             if t.shape[0] != batch:
                 raise DeepGenInputError(f"{name} has batch {t.shape[0]} but latents have batch {batch}.")
-        refs = self._per_sample_refs(references, batch)
+        refs = per_sample_references(references, batch)
+        sizes = (dit.config.in_channels, dit.config.patch_size, self.max_latent_side)
         for i, z in enumerate(targets):
-            self._check_latent(z, f"latent {i}")
+            check_latent(z, f"latent {i}", *sizes)
             for j, r in enumerate(refs[i]):
-                self._check_latent(r, f"reference {j} of sample {i}")
-
-        # Patch embedding: target first, then each reference with its own centred crop.
-        target_tokens = dit.pos_embed(latents)
-        cache: dict[int, torch.Tensor] = {}  # shared references are embedded once
-
-        def embed(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            if id(r) not in cache:
-                cache[id(r)] = dit.pos_embed(r[None].to(device=like.device, dtype=like.dtype))[0]
-            return cache[id(r)]
-
-        sequences = []
-        for i, z in enumerate(targets):
-            sequences.append(torch.cat([target_tokens[i]] + [embed(r, z) for r in refs[i]], dim=0))
-        lengths = [s.shape[0] for s in sequences]
-        if len(set(lengths)) != 1:
-            raise DeepGenInputError(f"the samples' references differ in size (token counts {lengths}); give every "
-                                    "sample references of the same sizes, or sample them one at a time.")
-        hidden = torch.stack(sequences).contiguous()
+                check_latent(r, f"reference {j} of sample {i}", *sizes)
+        hidden, n_target = reference_sequence(dit.pos_embed, latents, refs)
 
         timestep = torch.as_tensor(timestep, device=hidden.device)
         if not timestep.is_floating_point():
@@ -143,7 +152,7 @@ class DeepGenTransformer(nn.Module):
 
         def unpatchify(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
             hh, ww = h // p, w // p
-            x = tokens[..., : hh * ww, :].reshape(*tokens.shape[:-2], hh, ww, p, p, c)
+            x = tokens[..., :n_target, :].reshape(*tokens.shape[:-2], hh, ww, p, p, c)
             x = x.movedim(-1, -5).transpose(-3, -2)  # (.., c, hh, ww, p, q) -> (.., c, hh, p, ww, q)
             return x.reshape(*tokens.shape[:-2], c, h, w)
 

@@ -6,8 +6,10 @@ loaders.py (the five loader nodes), encode.py (prompts and references -> CONDITI
 """
 from comfy_api.latest import ComfyExtension, io
 
-from . import encode, loaders, sampling
+from . import comfy_compat, encode, loaders, sampling
 from . import routes  # noqa: F401  (the web extension's /deepgen/* HTTP routes)
+
+comfy_compat.keep_legacy_lora_names()
 
 NODES: list[type[io.ComfyNode]] = [*loaders.NODES, *encode.NODES, *sampling.NODES]
 

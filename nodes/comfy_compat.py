@@ -27,3 +27,28 @@ def offload_flags() -> str:
     if dynamic_vram():
         return "--novram (dynamic VRAM is on, so --lowvram does nothing)"
     return "--lowvram / --novram"
+
+
+def keep_legacy_lora_names() -> None:
+    """LoRAs keyed with the DiT's names from before it ran on ComfyUI's MMDiT (`diffusion_model.dit.<diffusers
+    name>`, what core's LoraSave extracted from a DeepGen MODEL then) keep loading through core's LoRA loaders.
+
+    Core builds LoRA key maps per model class in comfy.lora.model_lora_keys_unet and offers no hook for a model
+    to add names; the wrapper adds what a model's `lora_key_aliases()` returns (only DeepGen models have one)
+    and changes nothing for any other model. The function is looked up on the module at every call
+    (comfy.sd.load_lora_for_models), so wrapping it once at import reaches every loader."""
+    import comfy.lora
+
+    original = comfy.lora.model_lora_keys_unet
+    if getattr(original, "deepgen_aliases", False):
+        return
+
+    def model_lora_keys_unet(model, key_map={}):
+        key_map = original(model, key_map)
+        aliases = getattr(model, "lora_key_aliases", None)
+        if aliases is not None:
+            key_map.update({k: v for k, v in aliases().items() if k not in key_map})
+        return key_map
+
+    model_lora_keys_unet.deepgen_aliases = True
+    comfy.lora.model_lora_keys_unet = model_lora_keys_unet

@@ -1,25 +1,27 @@
 """DeepGen's models as ComfyUI objects: the DiT as a MODEL, the VLM and the SCB bridge as DEEPGEN_VLM /
 DEEPGEN_SCB ModelPatchers, the VAE as a comfy.sd.VAE.
 
-The DiT: a ModelPatcher over a flow-matching BaseModel. ComfyUI's samplers (KSampler,
-SamplerCustomAdvanced, DeepGenSampler) call
-`BaseModel.apply_model(x, sigma, c_crossattn=seq, y=pooled, ref_latents=[...])`; `DeepGenDiT`
-adapts that call to `DeepGenTransformer` (timestep = sigma * 1000, docs/inference.md#scheduler). Conditioning keys:
+The DiT: a ModelPatcher over DeepGenModel, core's own SD3 model class, whose diffusion model is DeepGenMMDiT:
+ComfyUI's MMDiT (the SD3.5-Medium blocks core runs for SD3) with DeepGen's reference tokens around core's
+block loop (docs/inference.md#in-comfyui). Being core's classes, core's SD3 LoRA key maps, skip-layer
+guidance patches, ControlNet residuals, attention overrides, model wrappers and ModelSave reach it as they
+reach core's SD3. ComfyUI's samplers call `apply_model(x, sigma, c_crossattn=seq, y=pooled, ref_latents=[...])`
+(timestep = sigma * 1000, docs/inference.md#scheduler). Conditioning keys:
   cross-attn context -> `c_crossattn` as CONDRegular: cond/uncond of different lengths are then run
       as separate DiT calls, never padded or repeated to a common length (docs/inference.md#pitfall-3);
   "pooled_output" -> `y`;
   "reference_latents" (raw VAE latents, what core ReferenceLatent appends) -> process_latent_in ->
       `ref_latents`, fed to the DiT as clean reference tokens (docs/inference.md#dit).
 The VLM and the bridge are plain ModelPatchers, so ComfyUI's model management loads them onto the GPU,
-and "Unload models" / POST /free release them; nothing is kept in a private cache.
-
-One cast mechanism for all three (use_comfy_ops): every layer is re-classed in place to a comfy.ops class,
-so ModelPatcher's lowvram partial loading and per-call casting of smaller stored weights work; the VLM and
-the bridge compute in a fixed dtype where it differs from the storage one (a CPU's bf16 storage).
+and "Unload models" / POST /free release them; nothing is kept in a private cache. Their layers are
+re-classed in place to comfy.ops classes (use_comfy_ops), as the MMDiT is built from them, so ModelPatcher's
+lowvram partial loading and per-call casting of smaller stored weights work for all three; the VLM and the
+bridge compute in a fixed dtype where it differs from the storage one (a CPU's bf16 storage).
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 from comfy_api.latest import io
@@ -34,21 +36,24 @@ import comfy.ops
 import comfy.patcher_extension
 import comfy.sd
 import comfy.supported_models_base
+import comfy.utils
 
+from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+from ..deepgen_model.assign import assign, check_materialised
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
-from ..deepgen_model.precision import cpu_compute_dtype, dominant_dtype
+from ..deepgen_model.mmdit_format import mmdit_config, to_mmdit
+from ..deepgen_model.precision import cast_floating, cpu_compute_dtype, dominant_dtype, store_linear_weights
 from ..deepgen_model.scheduler import official_sigmas, scheduler_shift, sigmas_from_config
-from ..deepgen_model.transformer import DeepGenTransformer
+from ..deepgen_model.transformer import check_latent, latent_size_problem, per_sample_references, reference_sequence
 
 
 # ------------------------------------------------------------------ comfy.ops class swapping
 #
-# Every model the pack hands to ComfyUI as a ModelPatcher (the DiT, the VLM, the SCB bridge) has its layers
-# re-classed in place (weights untouched) to comfy.ops classes, so that ModelPatcher can cast stored weights
-# per call and leave part of a model offloaded (lowvram partial loading). Three modes per layer:
+# The VLM and the SCB bridge (transformers / our modules) have their layers re-classed in place (weights
+# untouched) to comfy.ops classes, the classes the DiT's MMDiT is built from, so that ModelPatcher can cast
+# stored weights per call and leave part of a model offloaded (lowvram partial loading). Two modes per layer:
 #   plain:  its own forward; ModelPatcher turns casting on for the layers it leaves offloaded;
-#   cast:   ComfyUI's manual_cast, weights cast to the INPUT's dtype (the DiT's, when its device cannot compute
-#           in the storage dtype: BaseModel casts the DiT's inputs to the compute dtype);
 #   a fixed compute dtype (the VLM and the bridge when storage != compute, e.g. bf16 stored, fp32 computed on
 #           a CPU): floating inputs are cast to that dtype as well, so each layer runs exactly the arithmetic of
 #           precision.apply_manual_cast (the engine's). Casting to the input's dtype would not do: transformers
@@ -119,22 +124,21 @@ class _FixedComputeEmbedding(_FixedCompute):
 
 
 @functools.cache
-def _swapped_class(plain: type, cast: bool, compute: torch.dtype | None) -> type:
+def _swapped_class(plain: type, compute: torch.dtype | None) -> type:
     if plain in _COMFY_OPS:
-        parents = (getattr(comfy.ops.manual_cast if cast else comfy.ops.disable_weight_init, _COMFY_OPS[plain]),)
+        parents = (getattr(comfy.ops.disable_weight_init, _COMFY_OPS[plain]),)
     else:
         parents = (_CastParams, plain)
-    attrs = {"_deepgen_plain": plain, "comfy_cast_weights": cast or compute is not None, "__module__": __name__}
+    attrs = {"_deepgen_plain": plain, "comfy_cast_weights": compute is not None, "__module__": __name__}
     if compute is not None:
         parents = (_FixedComputeEmbedding if plain is torch.nn.Embedding else _FixedCompute, *parents)
         attrs["compute_dtype"] = compute
     return type(plain.__name__, parents, attrs)
 
 
-def use_comfy_ops(module: torch.nn.Module, cast: bool = False, compute: torch.dtype | None = None) -> torch.nn.Module:
+def use_comfy_ops(module: torch.nn.Module, compute: torch.dtype | None = None) -> torch.nn.Module:
     """Re-class every layer of `module` in place (weights untouched) to a comfy.ops class (see above).
 
-    cast: ComfyUI's manual cast (weights cast to the input's dtype on every call).
     compute: a fixed compute dtype for the layers whose weights are stored in another dtype (the layers
     precision.apply_manual_cast would cast); the others stay plain. Idempotent; a later call re-modes."""
     for m in module.modules():
@@ -147,46 +151,86 @@ def use_comfy_ops(module: torch.nn.Module, cast: bool = False, compute: torch.dt
             fixed = None
         if not hasattr(m, "bias"):  # comfy.ops.cast_bias_weight reads it; torch's Embedding and
             m.bias = None           # transformers' RMSNorms have none
-        m.__class__ = _swapped_class(plain, cast, fixed)
+        m.__class__ = _swapped_class(plain, fixed)
     return module
 
 
 # ------------------------------------------------------------------ the diffusion model
 
-class DeepGenDiT(DeepGenTransformer):
-    """`BaseModel.diffusion_model`: ComfyUI's call convention in, DeepGenTransformer's forward out."""
+class _TargetResiduals(Sequence):
+    """A ControlNet's per-block residuals for the target tokens, checked against the DiT, and widened with zeros
+    over the reference tokens that follow them in DeepGen's sequence (references are clean images: nothing is
+    added to them)."""
 
-    def forward(self, x, timesteps, context=None, y=None, ref_latents=None, control=None,
-                transformer_options={}, **kwargs):
+    def __init__(self, outputs, n_target: int, n_total: int, width: int):
+        self.outputs, self.n_target, self.n_total, self.width = outputs, n_target, n_total, width
+
+    def __len__(self):
+        return len(self.outputs)
+
+    def __getitem__(self, i):
+        add = self.outputs[i]
+        if add is None:
+            return None
+        if add.ndim != 3 or add.shape[1] != self.n_target or add.shape[2] != self.width:
+            raise DeepGenInputError(
+                f"the ControlNet gives residuals of shape {list(add.shape)}, but DeepGen's DiT has {self.n_target} "
+                f"image tokens of width {self.width}: the ControlNet was made for another model (DeepGen's DiT is "
+                "SD3.5-Medium's: use an SD3/SD3.5-Medium ControlNet).")
+        if self.n_total == self.n_target:
+            return add
+        return torch.cat([add, add.new_zeros(add.shape[0], self.n_total - self.n_target, add.shape[2])], dim=1)
+
+
+class DeepGenMMDiT(OpenAISignatureMMDITWrapper):
+    """ComfyUI's own MMDiT (SD3.5-Medium's blocks, so every core patch, attention override, LoRA and ControlNet
+    reaches it as it reaches core's SD3) with DeepGen's reference tokens (docs/inference.md#dit): the DeepGen rules are the
+    engine's (deepgen_model.transformer), the blocks are core's."""
+
+    def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
         ext = comfy.patcher_extension
         return ext.WrapperExecutor.new_class_executor(
             self._forward, self, ext.get_all_wrappers(ext.WrappersMP.DIFFUSION_MODEL, transformer_options),
-        ).execute(x, timesteps, context, y, ref_latents, control, transformer_options, **kwargs)
+        ).execute(x, timesteps, context, y, control, transformer_options, **kwargs)
 
-    def _forward(self, x, timesteps, context, y, ref_latents=None, control=None, transformer_options={}, **kwargs):
+    def _forward(self, x, timesteps, context, y, control=None, transformer_options={}, ref_latents=None, **kwargs):
         if context is None or y is None:
             missing = "a context" if context is None else "'pooled_output'"
             raise DeepGenInputError(
                 f"the DeepGen model got a conditioning without {missing}; use DeepGen's encode nodes "
                 "(DeepGenTextEncode / DeepGenEditEncode) for positive and negative.")
-        self._buffers_to(x.device)
-        refs = None
-        if ref_latents:  # ComfyUI batches each reference across the batch: [B,16,h,w] per reference
-            refs = [[r[i] for r in ref_latents] for i in range(x.shape[0])]
-        return DeepGenTransformer.forward(self, x, timesteps, context, y, refs)
+        refs = per_sample_references([[r[i] for r in ref_latents] for i in range(x.shape[0])] if ref_latents else None,
+                                     x.shape[0])  # ComfyUI batches each reference: [B, 16, h, w] per reference
+        for i, z in enumerate(x):
+            check_latent(z, f"latent {i}", *self.size_limits)
+            for j, r in enumerate(refs[i]):
+                check_latent(r, f"reference {j} of sample {i}", *self.size_limits)
+        tokens, n_target = reference_sequence(self.embed_latents, x, refs)
+        c = self.t_embedder(timesteps, dtype=tokens.dtype) + self.y_embedder(y)
+        if control is not None:
+            control = {**control, "output": _TargetResiduals(control.get("output") or [], n_target, tokens.shape[1],
+                                                             self.hidden_size)}
+        tokens = self.forward_core_with_concat(tokens, c, self.context_embedder(context), control, transformer_options)
+        return self.unpatchify(tokens[:, :n_target], hw=x.shape[-2:])
 
-    def _buffers_to(self, device):
-        # Partial (lowvram) loading moves parameters only; the pos_embed table is a buffer.
-        for m in self.modules():
-            for name, buf in m.named_buffers(recurse=False):
-                if buf.device != device:
-                    setattr(m, name, buf.to(device))
+    def embed_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of a latent batch plus the centred crop of the position table for its own size."""
+        return self.x_embedder(z) + comfy.ops.cast_to_input(self.cropped_pos_embed(z.shape[-2:], device=z.device), z)
+
+    @property
+    def size_limits(self) -> tuple[int, int, int]:
+        """(latent channels, patch, largest latent side): what latent_size_problem checks."""
+        p = self.x_embedder.patch_size[0]
+        return self.in_channels, p, self.pos_embed_max_size * p
+
+    def size_problem(self, h: int, w: int) -> str | None:
+        return latent_size_problem(h, w, *self.size_limits[1:])
 
 
 class DeepGenModelConfig(comfy.supported_models_base.BASE):
-    """Never auto-detected from a checkpoint: DeepGen models are built by deepgen_model_patcher."""
+    """An SD3-family model config for a DeepGen DiT; never auto-detected from a checkpoint (see DeepGenModel)."""
 
-    unet_config = {"disable_unet_model_creation": True}
+    unet_config = {}
     unet_extra_config = {}
     sampling_settings = {"shift": 3.0, "multiplier": 1000}
     latent_format = comfy.latent_formats.SD3
@@ -194,8 +238,10 @@ class DeepGenModelConfig(comfy.supported_models_base.BASE):
     # bf16 first: the release runs in bf16, and fp16 overflow is a known MMDiT risk.
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
 
-    def __init__(self, scheduler_config: dict | None):
-        super().__init__(dict(self.unet_config))
+    def __init__(self, unet_config: dict, scheduler_config: dict | None):
+        # the MMDiT's own arguments (core's LoRA key maps read depth / num_blocks); it is built by
+        # deepgen_model_patcher on the meta device, not by BaseModel
+        super().__init__({**unet_config, "disable_unet_model_creation": True})
         self.scheduler_config = dict(scheduler_config or {})
         # dynamic shifting: the construction-time table is unshifted, mu is applied per image size
         dynamic = self.scheduler_config.get("use_dynamic_shifting")
@@ -205,24 +251,41 @@ class DeepGenModelConfig(comfy.supported_models_base.BASE):
         raise NotImplementedError("DeepGen models are built by nodes.comfy_models.deepgen_model_patcher")
 
 
-class DeepGenModel(comfy.model_base.BaseModel):
-    def __init__(self, model_config: DeepGenModelConfig, diffusion_model: DeepGenDiT, device=None):
-        super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
+class DeepGenModel(comfy.model_base.SD3):
+    """Core's SD3 model (so core's SD3 LoRA key maps, ModelSave and SD3 nodes treat it as one of theirs) whose
+    diffusion model is DeepGenMMDiT, with DeepGen's reference latents as a condition."""
+
+    def __init__(self, model_config: DeepGenModelConfig, diffusion_model: DeepGenMMDiT, device=None):
+        comfy.model_base.BaseModel.__init__(self, model_config, comfy.model_base.ModelType.FLOW, device=device)
         self.diffusion_model = diffusion_model
         self.memory_usage_factor_conds = ("ref_latents",)
 
     def encode_adm(self, **kwargs):
-        return kwargs.get("pooled_output")
+        return kwargs.get("pooled_output")  # absent: DeepGenMMDiT names the missing input
 
     def extra_conds(self, **kwargs):
-        out = super().extra_conds(**kwargs)
-        cross_attn = kwargs.get("cross_attn")
-        if cross_attn is not None:
-            out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)  # equal shapes only: no repeat-padding
+        out = super().extra_conds(**kwargs)  # SD3's: c_crossattn as CONDRegular, never repeat-padded (docs/inference.md#pitfall-3)
+        method = kwargs.get("reference_latents_method")
+        if method is not None:
+            raise DeepGenInputError(
+                f"the conditioning asks for reference_latents_method {method!r} (FluxKontextMultiReferenceLatentMethod), "
+                "which DeepGen cannot follow: DeepGen gives every reference image the target's own positions, "
+                "centred (as it was trained), whatever the method. Remove that node from the graph.")
         refs = kwargs.get("reference_latents")
         if refs:
             out["ref_latents"] = comfy.conds.CONDList([self.process_latent_in(r) for r in refs])
         return out
+
+    def lora_key_aliases(self) -> dict:
+        """LoRA names of the DiT before it ran on the MMDiT (`diffusion_model.dit.<diffusers name>`, kohya-style
+        `lora_unet_dit_…`) -> the MMDiT weight (and slice) core's own diffusers SD3 map gives that name."""
+        aliases = {}
+        for name, target in comfy.utils.mmdit_to_diffusers(self.model_config.unet_config, "diffusion_model.").items():
+            if name.endswith(".weight"):
+                stem = name[:-len(".weight")]
+                aliases[f"diffusion_model.dit.{stem}"] = target
+                aliases[f"lora_unet_dit_{stem.replace('.', '_')}"] = target
+        return aliases
 
     def extra_conds_shapes(self, **kwargs):
         refs = kwargs.get("reference_latents")
@@ -231,35 +294,38 @@ class DeepGenModel(comfy.model_base.BaseModel):
         return {"ref_latents": [1, refs[0].shape[1], sum(r.shape[-2] * r.shape[-1] for r in refs)]}
 
 
-def storage_dtype(dit: torch.nn.Module) -> torch.dtype:
-    """The weight dtype ComfyUI plans casting with: fp8 when any weight is stored in fp8 (only the
-    Linear weights are; nothing computes in fp8, so manual cast must be on), else the dominant one."""
-    fp8 = next((p.dtype for p in dit.parameters() if p.dtype.is_floating_point and p.dtype.itemsize == 1), None)
-    return fp8 or dominant_dtype(dit)
+def deepgen_model_patcher(tensors: dict, config: dict, scheduler_config: dict | None = None, dtype=None,
+                          linear_dtype=None, source="the DiT", load_device=None,
+                          offload_device=None) -> comfy.model_patcher.ModelPatcher:
+    """MODEL of a DeepGen DiT: its tensors (diffusers names, consumed) and diffusers config, built as ComfyUI's
+    MMDiT on the meta device and filled in place (no second copy).
 
-
-def deepgen_model_patcher(dit_module: torch.nn.Module, scheduler_config: dict | None = None,
-                          load_device=None, offload_device=None) -> comfy.model_patcher.ModelPatcher:
-    """MODEL for a diffusers SD3Transformer2DModel (or a DeepGenTransformer around one).
-
-    Weights keep their dtype (the storage dtype); when the load device cannot compute in it
-    (e.g. bf16 on a CPU) layers cast to ComfyUI's manual-cast dtype on the fly.
+    dtype: the storage dtype (None: the tensors'); linear_dtype: another storage dtype for the Linear weights
+    (fp8). Where the load device cannot compute in the storage dtype (bf16 on most CPUs, fp8 anywhere), layers
+    cast per call to ComfyUI's manual-cast dtype (a CPU with native bf16 computes bf16: precision.py).
     scheduler_config: the release's scheduler_config.json (None: shift 3.0, the native fallback).
     """
-    dit = dit_module.dit if isinstance(dit_module, DeepGenTransformer) else dit_module
     load_device = load_device or mm.get_torch_device()
     offload_device = offload_device or mm.unet_offload_device()
-    weight_dtype = storage_dtype(dit)
-    config = DeepGenModelConfig(scheduler_config)
-    manual_cast = mm.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
+    unet_config = mmdit_config(config)
+    model_config = DeepGenModelConfig(unet_config, scheduler_config)
+    state = to_mmdit(cast_floating(tensors, dtype), config["num_layers"])
+    weight_dtype = linear_dtype or dominant_dtype(state)
+    manual_cast = mm.unet_manual_cast(weight_dtype, load_device, model_config.supported_inference_dtypes)
     if manual_cast is not None and torch.device(load_device).type == "cpu" and weight_dtype != torch.float16:
         # ComfyUI computes in fp32 on every CPU; a CPU with native bf16 runs bf16 faster (precision.py)
         compute = cpu_compute_dtype("dit")
         manual_cast = None if compute == weight_dtype else compute
-    config.set_inference_dtype(weight_dtype, manual_cast)
-    use_comfy_ops(dit, cast=manual_cast is not None)
+    model_config.set_inference_dtype(weight_dtype, manual_cast)
+    operations = comfy.ops.manual_cast if manual_cast is not None else comfy.ops.disable_weight_init
+    with torch.device("meta"):
+        dit = DeepGenMMDiT(**unet_config, dtype=dominant_dtype(state), operations=operations)
+    assign(dit, state, source)
+    check_materialised(dit, source)
+    if linear_dtype is not None:
+        store_linear_weights(dit, linear_dtype)
     dit.eval().requires_grad_(False)
-    model = DeepGenModel(config, DeepGenDiT(dit.to(offload_device)), device=offload_device)
+    model = DeepGenModel(model_config, dit.to(offload_device), device=offload_device)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 

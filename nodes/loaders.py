@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from ..deepgen_model import loading, vlm_loading
 from ..deepgen_model.errors import DeepGenLoadError
 from ..deepgen_model.precision import (FP8_DTYPES, PRECISIONS, cpu_compute_dtype, dominant_dtype, parse_dtype,
-                                      resolve_dtypes, store_linear_weights)
+                                      resolve_dtypes)
 from ..deepgen_model.release import QWEN, SOURCES, UNIPIC2, MissingPart, Release
 from . import paths
 from .comfy_models import (DeepGenModelConfig, DeepGenSCB, DeepGenVLM, VLMModule, comfy_vae, deepgen_model_patcher,
@@ -101,19 +101,17 @@ def load_dit_model(release: Release, weight_dtype: str = "auto"):
     if weight_dtype not in DIT_PRECISIONS:
         raise DeepGenLoadError(f"weight_dtype {weight_dtype!r} is not one of {DIT_PRECISIONS}.")
     fp8 = FP8_DTYPES.get(weight_dtype)
-    dtype = parse_dtype(weight_dtype) if fp8 is None else None
+    dtype = torch.bfloat16 if fp8 else parse_dtype(weight_dtype)
     with memory_guard(f"loading the DiT from {release}"):
-        dit = loading.load_dit(release, dtype=torch.bfloat16 if fp8 else dtype, device="cpu")
-        if fp8:
-            store_linear_weights(dit, fp8)
-        elif dtype is None:
-            params = sum(p.numel() for p in dit.parameters())
-            auto = mm.unet_dtype(model_params=params, supported_dtypes=DeepGenModelConfig.supported_inference_dtypes,
-                                 weight_dtype=dominant_dtype(dit))
+        tensors, config = loading.dit_weights(release)
+        if dtype is None:
+            params = sum(t.numel() for t in tensors.values())
+            dtype = mm.unet_dtype(model_params=params, supported_dtypes=DeepGenModelConfig.supported_inference_dtypes,
+                                  weight_dtype=dominant_dtype(tensors))
             if mm.get_torch_device().type == "cpu" and cpu_compute_dtype("dit") == torch.bfloat16:
-                auto = torch.bfloat16  # ComfyUI picks fp32 on every CPU; one with native bf16 runs bf16 faster
-            dit.to(auto)
-    return deepgen_model_patcher(dit, loading.load_scheduler_config(release))
+                dtype = torch.bfloat16  # ComfyUI picks fp32 on every CPU; one with native bf16 runs bf16 faster
+        return deepgen_model_patcher(tensors, config, loading.load_scheduler_config(release), dtype=dtype,
+                                     linear_dtype=fp8, source=f"the DiT of {release}")
 
 
 def load_comfy_vae(release: Release):
@@ -278,7 +276,8 @@ class DeepGenDiTLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("dit_name", options=paths.choices(*SOURCES["dit"]),
                                tooltip="A DeepGen diffusers release folder (uses transformer/), a converted "
-                                       "deepgen_dit.safetensors (or its folder), or the native model.pt."),
+                                       "deepgen_dit.safetensors (or its folder), the native model.pt, or a DiT "
+                                       "saved with ModelSave (any .safetensors in models/diffusion_models)."),
                 io.Combo.Input("dit_base", options=[NONE, *paths.choices(*SOURCES["dit_base"])], default=NONE,
                                tooltip="Only for the native model.pt: the UniPic2-SD3.5M-Kontext-2B folder "
                                        "(DiT config and scheduler). 'none' uses the built-in config and shift 3.0."),

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import folder_paths
 
 from ..deepgen_model.errors import DeepGenLoadError
-from ..deepgen_model.kinds import (CONVERTED, DIFFUSERS, DOWNLOAD_HINT, FILE_KINDS, QWEN, UNIPIC2, file_kind,
-                                   folder_kind)
+from ..deepgen_model.kinds import (CONVERTED, DIFFUSERS, DOWNLOAD_HINT, FILE_KINDS, QWEN, SAVED_DIT, UNIPIC2,
+                                   file_kind, folder_kind)
 
 FOLDER = "deepgen"
 EXTENSIONS = {".safetensors", ".pt", ".pth"}  # explicit: an empty set would mean "every file"
@@ -24,7 +24,7 @@ MAX_DEPTH = 3  # release folders may sit one or two levels deep (e.g. models/dee
 NONE = "none"  # the widget value of an unset optional model
 # Standard ComfyUI folders that may also hold DeepGen pieces (kinds: deepgen_model/kinds.py).
 _EXTRA_FOLDERS = {FILE_KINDS["vlm"]: "text_encoders", QWEN: "text_encoders", FILE_KINDS["dit"]: "diffusion_models",
-                  UNIPIC2: "diffusion_models", FILE_KINDS["vae"]: "vae"}
+                  UNIPIC2: "diffusion_models", SAVED_DIT: "diffusion_models", FILE_KINDS["vae"]: "vae"}
 
 
 def register() -> None:

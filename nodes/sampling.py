@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+import comfy.model_base
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -18,9 +19,8 @@ import torch
 
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS, MAX_STEPS
 from ..deepgen_model.errors import DeepGenInputError
-from ..deepgen_model.transformer import DeepGenTransformer
 from ..deepgen_model.validation import check_cfg, check_steps
-from .comfy_models import model_sigmas
+from .comfy_models import DeepGenMMDiT, model_sigmas
 from .memory import memory_guard
 
 
@@ -28,9 +28,10 @@ def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
     """Refuse, naming the input, latents the DiT cannot take: sides not multiples of its patch (16 px
     with the SD3 VAE) or beyond its position table; reference latents (DeepGenEditEncode max_side) too."""
     dit = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if not isinstance(dit, DeepGenTransformer) or latent_image.ndim != 4:
+    if not isinstance(dit, DeepGenMMDiT) or latent_image.ndim != 4:
+        refuse_ignored_references(model, conds)
         return  # not a DeepGen DiT: leave the checks to the model
-    p, limit = dit.dit.config.patch_size, dit.max_latent_side
+    _, p, limit = dit.size_limits
 
     # references first: an edit's latent takes its reference's size, and max_side is what to change then
     for name, cond in conds:
@@ -47,6 +48,17 @@ def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
             f"latent is {8 * w}x{8 * h} px ({w}x{h} latent): {why}. Set the empty latent's width/height to "
             f"multiples of {8 * p} (e.g. {8 * p * max(1, w // p)}x{8 * p * max(1, h // p)}) within {8 * limit} px, "
             "or scale/crop the encoded image to such a size.")
+
+
+def refuse_ignored_references(model, conds) -> None:
+    """Reference images given to a core SD3 model (e.g. a saved DeepGen DiT loaded by core's UNETLoader) would be
+    dropped without a word: refuse, naming the loader that keeps them."""
+    if not isinstance(getattr(model, "model", None), comfy.model_base.SD3):
+        return
+    if any(info.get("reference_latents") for _, cond in conds for _, info in cond or []):
+        raise DeepGenInputError(
+            "this MODEL is ComfyUI's plain SD3 model, which ignores reference images (e.g. a saved DeepGen DiT "
+            "loaded with Load Diffusion Model): load the DiT with DeepGen DiT Loader to edit with references.")
 
 
 def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float) -> dict:

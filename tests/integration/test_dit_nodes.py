@@ -53,11 +53,14 @@ def _dit(node, name=RELEASE, base="none", dtype="fp32"):
 
 
 def _dit_state(patcher) -> dict:
-    return patcher.model.diffusion_model.dit.state_dict()
+    return patcher.model.diffusion_model.state_dict()
 
 
 def _same_weights(patcher, reference, exact=True):
-    got, want = _dit_state(patcher), reference.state_dict()
+    """The MODEL holds the reference's weights in ComfyUI's MMDiT names (deepgen_model.mmdit_format)."""
+    from deepgen_model.mmdit_format import to_mmdit
+
+    got, want = _dit_state(patcher), to_mmdit(dict(reference.state_dict()), reference.config.num_layers)
     assert got.keys() == want.keys()
     for k in want:
         a, b = got[k].float(), want[k].float()
@@ -114,7 +117,7 @@ def test_release_loads_as_a_flow_model(node, tiny):
 def test_native_model_pt_with_unipic2_base(node, tiny):
     patcher = _dit(node, NATIVE, base=UNIPIC2)
     _same_weights(patcher, tiny.dit)  # model.pt's fine-tuned transformer.*, not the base DiT
-    assert not torch.equal(_dit_state(patcher)["proj_out.weight"], tiny.dit_base.state_dict()["proj_out.weight"])
+    assert not torch.equal(_dit_state(patcher)["final_layer.linear.weight"], tiny.dit_base.state_dict()["proj_out.weight"])
     assert patcher.get_model_object("model_sampling").shift == 3.0
 
 
@@ -150,10 +153,10 @@ def test_weight_dtypes(node, tiny, comfy_inprocess, monkeypatch, native_bf16):
 def test_fp8_weight_storage_computes_through_manual_cast(node, tiny):
     """fp8_e4m3fn: Linear weights stored in fp8 (bf16 elsewhere), computed in fp32 on a CPU; close to bf16."""
     fp8, bf16 = _dit(node, dtype="fp8_e4m3fn"), _dit(node, dtype="bf16")
-    dit = fp8.model.diffusion_model.dit
+    dit = fp8.model.diffusion_model
     linears = [m for m in dit.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
-    assert dit.pos_embed.proj.weight.dtype == torch.bfloat16
+    assert dit.x_embedder.proj.weight.dtype == dit.pos_embed.dtype == torch.bfloat16
     assert fp8.model.manual_cast_dtype in (torch.float32, torch.bfloat16)  # nothing computes in fp8
     assert fp8.model_size() < 0.8 * bf16.model_size()  # tiny: the position table weighs in; real size ~0.55
     x, sigma, conds = _inputs(fp8.model, seed=2)
@@ -227,7 +230,7 @@ def _inputs(model, seed=0):
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_lowvram_partial_load_matches_full_load(node, dtype):
-    """Forced lowvram: every swapped layer (incl. qk RMSNorm) casts its weight per call; same result."""
+    """Forced lowvram: every comfy.ops layer of the MMDiT casts its weight per call; same result."""
     patcher = _dit(node, dtype=dtype)
     x, sigma, conds = _inputs(patcher.model)
     with torch.no_grad():
@@ -237,7 +240,7 @@ def test_lowvram_partial_load_matches_full_load(node, dtype):
             assert patcher.model.model_lowvram
             casting = [m for m in patcher.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
             cast_ops = patcher.model.manual_cast_dtype is not None  # bf16 on a CPU without native bf16
-            assert {type(m).__name__ for m in casting} >= {"Linear", "Conv2d", "RMSNorm"}
+            assert {type(m).__name__ for m in casting} >= {"Linear", "Conv2d"}
             assert {type(m).comfy_cast_weights for m in casting} == {cast_ops}  # the classes' own mode
             partial = patcher.model.apply_model(x, sigma, **conds)
         finally:

@@ -107,7 +107,7 @@ def test_gpu_oom_during_vlm_encode(comfy, baseline, monkeypatch):
 
 
 def test_gpu_oom_during_sampling(comfy, baseline, monkeypatch):
-    dit = pack(comfy, "nodes.comfy_models").DeepGenDiT
+    dit = pack(comfy, "nodes.comfy_models").DeepGenMMDiT
 
     def oom(self, *args, **kwargs):
         raise torch.OutOfMemoryError(OOM_TEXT)
@@ -144,7 +144,7 @@ def test_cpu_allocation_failure_while_loading_the_dit(comfy, baseline, monkeypat
     def fail(*args, **kwargs):
         raise RuntimeError(CPU_OOM_TEXT)
 
-    monkeypatch.setattr(loading, "load_dit", fail)
+    monkeypatch.setattr(loading, "dit_weights", fail)
     kind, err = failure(comfy, graph(PROMPTS["load_oom"]), fresh=True)
     assert kind == "execution_error" and err["node_id"] == "1" and err["exception_type"] == "MemoryError"
     msg = err["exception_message"]
@@ -154,7 +154,7 @@ def test_cpu_allocation_failure_while_loading_the_dit(comfy, baseline, monkeypat
 
 
 def test_other_errors_are_not_disguised_as_oom(comfy, monkeypatch):
-    dit = pack(comfy, "nodes.comfy_models").DeepGenDiT
+    dit = pack(comfy, "nodes.comfy_models").DeepGenMMDiT
 
     def boom(self, *args, **kwargs):
         raise RuntimeError("some unrelated failure")
@@ -166,7 +166,7 @@ def test_other_errors_are_not_disguised_as_oom(comfy, monkeypatch):
 
 
 def test_nan_output_is_an_error_not_a_black_image(comfy, monkeypatch):
-    dit = pack(comfy, "nodes.comfy_models").DeepGenDiT
+    dit = pack(comfy, "nodes.comfy_models").DeepGenMMDiT
 
     def nan(self, x, *args, **kwargs):
         return torch.full_like(x, float("nan"))

@@ -26,7 +26,10 @@ W = H = 64
 STEPS, CFG = 3, 4.0
 SEED = 2**63 + 12345  # needs the full 64-bit range
 SCALE, SHIFT = 1.5305, 0.0609  # SD3 latent format: normalised = (raw - shift) * scale
-TOL = 1e-5
+# Two fp32 implementations of one DiT (ComfyUI's MMDiT under the nodes, diffusers' modules in the engine: fused
+# q/k/v, another attention order and ComfyUI's CPU attention) round differently; 3 steps at cfg 4 amplify it to
+# 1.0e-5..1.3e-5 (measured, ComfyUI 0.3.75 and 0.33) on latents of magnitude ~3. Far below one grey level.
+TOL = 5e-5
 
 # ------------------------------------------------------------------ fixtures and helpers
 

@@ -290,7 +290,8 @@ def test_dit_vae_and_scheduler_load_and_are_loud(tiny_layouts, tiny):
 
     v = run(dit)  # (permuting context tokens is a no-op by design: no positions on context)
     assert v.shape == x.shape and torch.isfinite(v).all() and v.std() > 0.1
-    assert torch.equal(v, run(tiny.dit))
+    assert all(torch.equal(w, tiny.dit.state_dict()[k]) for k, w in dit.state_dict().items())
+    assert (v - run(tiny.dit)).abs().max() <= 1e-5  # same weights; fp32 GEMMs may round by memory alignment
     for other in (run(tiny.dit_base), run(dit, c=ctx[:, :4]), run(dit, p=pooled * 0.5)):
         assert (other - v).abs().mean() > 1e-3 * v.abs().mean()
     with torch.no_grad():

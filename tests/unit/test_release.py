@@ -7,6 +7,7 @@ import torch
 from deepgen_model import DeepGenPipeline, release
 from deepgen_model.convert import convert
 from deepgen_model.errors import DeepGenLoadError
+from deepgen_model.kinds import SAVED_DIT
 from deepgen_model.release import (CONVERTED, DIFFUSERS, FILE_KINDS, NATIVE, QWEN, UNIPIC2, MissingPart, Release,
                                    file_kind, folder_kind)
 
@@ -56,7 +57,7 @@ def test_one_vocabulary_for_folders_and_files(tiny_layouts, tmp_path):
     (tmp_path / "deepgen_dit.safetensors").write_bytes(b"")
     assert folder_kind(tmp_path) == CONVERTED
     assert file_kind("model.pt") == NATIVE and file_kind("deepgen_vlm_bf16.safetensors") == FILE_KINDS["vlm"]
-    assert file_kind("other.safetensors") is None and file_kind("notes.txt") is None
+    assert file_kind("other.safetensors") == SAVED_DIT and file_kind("notes.txt") is None
     with pytest.raises(DeepGenLoadError, match="not a DeepGen 1.0 folder.*vlm_base of the native model.pt"):
         Release.open(tiny_layouts["qwen"])
     with pytest.raises(DeepGenLoadError, match="not a DeepGen 1.0 folder.*dit_base of the native model.pt"):
@@ -111,7 +112,9 @@ def test_each_layout_hands_out_its_components(tiny, tiny_layouts, tmp_path):
     dit = native.dit_part()
     assert set(dit.tensors) == set(tiny.dit.state_dict()) and dit.name == f"{tiny_layouts['native_lora_new']} (transformer.*)"
     assert dit.config["num_layers"] == tiny.dit_base.config.num_layers
-    assert diffusers.dit_part().folder == tiny_layouts["diffusers"] / "transformer"
+    folder = diffusers.dit_part()  # transformer/ read as tensors + config.json, like every other layout's DiT
+    assert folder.name == tiny_layouts["diffusers"] / "transformer" and folder.folder is None
+    assert set(folder.tensors) == set(tiny.dit.state_dict()) and folder.config["num_layers"] == tiny.dit.config.num_layers
     assert native.vae_part().folder == tiny_layouts["unipic2"] / "vae"
     assert diffusers.vae_part().folder == tiny_layouts["diffusers"] / "vae"
 

@@ -186,7 +186,7 @@ def _set(**kv):
 CONFIGS = [  # (component, config file, change, fragment)
     ("DiT", "transformer/config.json", _set(num_layers=-1), "num_layers is -1, must be an integer in 1..1024"),
     ("DiT", "transformer/config.json", _set(pos_embed_max_size=10**6), "pos_embed_max_size is 1000000"),
-    ("DiT", "transformer/config.json", _set(pos_embed_max_size=1000), "implies at least 32,000,000 parameters"),
+    ("DiT", "transformer/config.json", _set(pos_embed_max_size=1000), "implies at least 192,000,000 parameters"),
     ("DiT", "transformer/config.json", _set(num_layers=4), "says 4 transformer blocks (num_layers) but the weights hold 3"),
     ("DiT", "transformer/config.json", _set(num_attention_heads="abc"), "num_attention_heads is \"abc\""),
     ("DiT", "transformer/config.json", lambda c: [c], "is a JSON list, not an object of settings"),
