@@ -363,3 +363,19 @@ def test_core_vae_loader_takes_a_real_sd3_vae(comfy_inprocess, sd3_vae, latent):
     dit_module = sys.modules[comfy_inprocess.nodes.NODE_CLASS_MAPPINGS["DeepGenVAELoader"].__module__]
     ours = dit_module.comfy_vae(sd3_vae)
     assert (ours.decode(latent).float() - want).abs().max() <= 1e-3
+
+
+def test_bench_dit_measures_the_comfyui_side(release, comfy_dir, tmp_path):
+    """bench/dit.py (docs/performance.md) loads the pack as ComfyUI does and times the MODEL's calls."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "dit.json"
+    proc = subprocess.run([sys.executable, str(repo / "bench" / "dit.py"), "--release", str(release), "--size", "64",
+                           "--calls", "1", "--json", str(out)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DEEPGEN_COMFY_DIR": str(comfy_dir)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["side"] == "comfy" and r["comfy_attention"] and r["t2i_call_cpu_s"]["median"] > 0
