@@ -717,7 +717,15 @@ def check_tokenizer(source, where=None) -> None:
 def check_prompt(text: str, name: str) -> None:
     """User text must not contain the placeholders the engine fills with image/video features (their count
     must match the pixels given). Other Qwen special tokens (<|im_end|>, <|vision_start|>...) typed by a
-    user are parsed as special tokens, exactly as the official code does."""
+    user are parsed as special tokens, exactly as the official code does. Text must be Unicode that UTF-8 can
+    carry (a JSON "\\ud800" escape gives a lone surrogate, which no tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DeepGenInputError(
+            f"{name} contains an unpaired surrogate (U+{ord(text[e.start]):04X} at character {e.start + 1}): that is "
+            f"not a character but half of a UTF-16 pair, usually left by cutting text or by a \\u escape in JSON; "
+            f"remove it from the {name} or type the character again.") from None
     found = [t for t in IMAGE_TOKENS if t in text]
     if found:
         raise DeepGenInputError(

@@ -379,6 +379,16 @@ def test_image_tokens_in_user_text_name_the_prompt(tiny, bridge, token):
         encode(tiny.vlm_base, tiny.tokenizer, bridge, f"{token}{token}", "", image, max_side=32)
 
 
+def test_lone_surrogates_in_user_text_name_the_input(tiny, bridge):
+    """A JSON "\\ud800" escape parses into a lone surrogate, which the tokenizer rejects with a raw TypeError."""
+    for kwargs, name in (({"prompts": "a \ud800 cat", "negative_prompts": ""}, "prompt"),
+                         ({"prompts": "a cat", "negative_prompts": "\udc00"}, "negative_prompt")):
+        with pytest.raises(DeepGenInputError) as err:
+            encode(tiny.vlm_base, tiny.tokenizer, bridge, **kwargs)
+        assert str(err.value).startswith(f"{name} contains an unpaired surrogate (U+"), err.value
+    validation.check_prompt("caf\u00e9 \U0001f431", "prompt")  # real characters outside the BMP are fine
+
+
 def test_other_special_tokens_are_parsed_as_special_tokens_like_the_official_code(tiny, bridge):
     """The release tokenises the user text with special-token parsing on: "<|im_end|>" typed by a user is the
     single special token (not its characters), and conditioning still works. Documented in docs/reliability.md."""
