@@ -288,7 +288,7 @@ def test_prompt_preview_fuzz_never_500(comfy_server, release):
     _healthy(comfy_server, good, want)
 
 
-# ------------------------------------------------------------------ compressed, chunked and undecodable bodies (issue 20)
+# ------------------------------------------------------------------ compressed, chunked, undecodable bodies
 
 PACK_POSTS = (ROUTE, "/api" + ROUTE)  # every pack route that reads a body (GET /deepgen/size_presets reads none)
 
@@ -417,7 +417,8 @@ def test_prompt_preview_fuzz_over_compressed_and_malformed_bodies(comfy_server, 
         if time.monotonic() > deadline:
             break
         if i % 9 == 0:
-            data = json.dumps({"mode": "t2i", "prompt": rng.choice("ab\ud800") * rng.randrange(200_000, 2_000_000)}).encode()
+            text = rng.choice("ab\ud800") * rng.randrange(200_000, 2_000_000)
+            data = json.dumps({"mode": "t2i", "prompt": text}).encode()
         elif i % 5 == 0:
             data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
         else:

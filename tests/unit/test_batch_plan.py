@@ -152,7 +152,7 @@ def test_long_names_are_cut_to_fit_and_stay_apart():
     names = output_names([long_a, long_b, "\u00e9" * 150 + ".jpg", "d/" + "y" * 250 + ".png"])
     assert all(len(n.rsplit("/", 1)[-1].encode()) <= 200 and n.endswith(".png") for n in names), names
     assert len({fold(n) for n in names}) == 4 and names[3].startswith("d/yyy")
-    assert names[2].encode().decode("utf-8") == names[2] and names[2].startswith("\u00e9" * 50)  # cut between characters
+    assert names[2].startswith("\u00e9" * 50) and "\ufffd" not in names[2]  # cut between characters
     assert output_names([long_a, long_b]) == names[:2]  # the same every run
     assert output_names(["a.png", "a.jpg"]) == ["a_png.png", "a_jpg.png"]  # short names as before
 

@@ -235,11 +235,13 @@ CONFIGS = [  # (component, config file, change, fragment)
     # issue 20: every field the engine reads, and the architecture's fixed values
     ("VLM", "vlm/config.json", _set(hidden_act="relu"), 'hidden_act is "relu", must be "silu" (Qwen2.5-VL-3B'),
     ("VLM", "vlm/config.json", _set(hidden_act=3), "hidden_act is 3, must be \"silu\""),
-    ("VLM", "vlm/config.json", _set(rope_scaling="x"), 'rope_scaling must be {"type": "mrope", "mrope_section": [2, 3, 3]}'),
+    ("VLM", "vlm/config.json", _set(rope_scaling="x"),
+     'rope_scaling must be {"type": "mrope", "mrope_section": [2, 3, 3]}'),
     ("VLM", "vlm/config.json", _set(rope_scaling=None), "rope_scaling must be"),
     ("VLM", "vlm/config.json", _set(**{"rope_scaling.mrope_section": [100, 100, 100]}),
      "rope_scaling.mrope_section is [100, 100, 100], must be [2, 3, 3]"),
-    ("VLM", "vlm/config.json", _set(rope_scaling={"type": "linear", "factor": 2.0}), 'rope_scaling type ["linear"] is not mrope'),
+    ("VLM", "vlm/config.json", _set(rope_scaling={"type": "linear", "factor": 2.0}),
+     'rope_scaling type ["linear"] is not mrope'),
     ("VLM", "vlm/config.json", _set(rope_theta=10.0), "rope_theta is 10.0, must be 1000000.0"),
     ("VLM", "vlm/config.json", _set(torch_dtype="abc"), 'torch_dtype is "abc", must be one of "float32"'),
     ("VLM", "vlm/config.json", _set(torch_dtype=5), "torch_dtype is 5"),
@@ -248,7 +250,8 @@ CONFIGS = [  # (component, config file, change, fragment)
      "vision_config.depth 2"),
     ("VLM", "vlm/config.json", _set(**{"vision_config.fullatt_block_indexes": "x"}), "must be a list of integers"),
     ("VLM", "vlm/config.json", _set(**{"vision_config.hidden_act": "gelu"}), 'vision_config.hidden_act is "gelu"'),
-    ("VLM", "vlm/config.json", _set(**{"vision_config.window_size": 56}), "vision_config.window_size is 56, must be 112"),
+    ("VLM", "vlm/config.json", _set(**{"vision_config.window_size": 56}),
+     "vision_config.window_size is 56, must be 112"),
     ("VLM", "vlm/config.json", _set(**{"vision_config.spatial_merge_size": 1}), "spatial_merge_size is 1, must be 2"),
     ("VLM", "vlm/config.json", _set(model_type="llama"), 'model_type is "llama", must be "qwen2_5_vl"'),
     ("VLM", "vlm/config.json", _set(use_sliding_window=True), "use_sliding_window is true, must be false"),
@@ -257,7 +260,8 @@ CONFIGS = [  # (component, config file, change, fragment)
     ("DiT", "transformer/config.json", _set(qk_norm="layer_norm"), 'qk_norm is "layer_norm", must be "rms_norm"'),
     ("DiT", "transformer/config.json", _set(in_channels=4), "in_channels is 4, must be 16"),
     ("VAE", "vae/config.json", _set(scaling_factor=0.18215), "scaling_factor is 0.18215, must be 1.5305 (the SD3 VAE)"),
-    ("VAE", "vae/config.json", _set(down_block_types=["DownBlock2D"] * 4), 'down_block_types must be "DownEncoderBlock2D"'),
+    ("VAE", "vae/config.json", _set(down_block_types=["DownBlock2D"] * 4),
+     'down_block_types must be "DownEncoderBlock2D"'),
     ("SCB", "connector/config.json", _set(hidden_act="relu"), 'hidden_act is "relu", must be "gelu_pytorch_tanh"'),
     ("scheduler", "scheduler/scheduler_config.json", _set(use_dynamic_shifting="yes"),
      'use_dynamic_shifting is "yes", must be true or false'),
@@ -268,7 +272,8 @@ CONFIGS = [  # (component, config file, change, fragment)
     ("scheduler", "scheduler/scheduler_config.json", _set(max_shift="1.15"), 'max_shift is "1.15", must be a number'),
     ("scheduler", "scheduler/scheduler_config.json", _set(time_shift_type="cubic"),
      'time_shift_type is "cubic", must be one of "exponential", "linear"'),
-    ("scheduler", "scheduler/scheduler_config.json", _set(use_karras_sigmas=True), "use_karras_sigmas is true, must be false"),
+    ("scheduler", "scheduler/scheduler_config.json", _set(use_karras_sigmas=True),
+     "use_karras_sigmas is true, must be false"),
     ("scheduler", "scheduler/scheduler_config.json", _set(_class_name="DDIMScheduler"),
      'must be "FlowMatchEulerDiscreteScheduler"'),
     ("scheduler", "scheduler/scheduler_config.json", _set(shift=-3), "shift is -3"),
@@ -288,14 +293,16 @@ def test_absurd_configs_are_refused_before_building(release, tripwires, componen
     assert "again" in msg, msg
 
 
-@pytest.mark.parametrize("field, token", [("image_token_id", "<|image_pad|>"), ("vision_start_token_id", "<|vision_start|>")])
+@pytest.mark.parametrize("field, token", [("image_token_id", "<|image_pad|>"),
+                                          ("vision_start_token_id", "<|vision_start|>")])
 def test_special_token_ids_must_be_the_tokenizers(release, field, token):
     """In the vocabulary, but not the tokenizer's id of that token: the image would silently be left out (issue 20)."""
     _edit_json(release / "vlm" / "config.json", _set(**{field: 5}))
     with pytest.raises(DeepGenLoadError) as err:
         vlm_loading.load_vlm(release)
     msg = str(err.value)
-    assert msg.startswith(f"VLM file {release / 'vlm' / 'config.json'}: {field} is 5, but the tokenizer's id of {token}")
+    config = release / "vlm" / "config.json"
+    assert msg.startswith(f"VLM file {config}: {field} is 5, but the tokenizer's id of {token}"), msg
     assert "download both again" in msg
 
 
@@ -668,7 +675,8 @@ def _fields(cfg: dict, component: str) -> list[tuple[str, ...]]:
         have = [(k,) for k in cfg] + [("vision_config", k) for k in cfg["vision_config"]]
     else:
         spec, have = [(k,) for k in validation.SPECS[component]], [(k,) for k in cfg]
-    return sorted(set(spec + have + [("rope_scaling", "mrope_section"), ("rope_scaling", "type")] * (component == "VLM")))
+    rope = [("rope_scaling", "mrope_section"), ("rope_scaling", "type")] if component == "VLM" else []
+    return sorted(set(spec + have + rope))
 
 
 def _assign(cfg: dict, field: tuple[str, ...], value):
