@@ -225,8 +225,8 @@ def check_overwrites(out_dir: Path, manifest: Manifest, items: list[Item], made:
 def _recorded(out_dir: Path, manifest: Manifest, seed_base: int) -> tuple[dict[str, str], dict[tuple[str, str], int]]:
     """From the manifest's rows, with names relative to the output folder (as the plan names results):
     (folded result name -> the input it was given to, (input, result) -> the seed to keep). A seed is kept
-    when it was derived under the same --seed (rows of deepgen-batch 0.1, which record no seed_base, count
-    as the same), so a finished item's picture and its resumed or redone run agree."""
+    when it was derived under the same --seed (rows written before deepgen-batch 0.2, which record no
+    seed_base, count as the same), so a finished item's picture and its resumed or redone run agree."""
     owned, seeds = {}, {}
     for row in manifest.rows():
         if not isinstance(row.get("output"), str):
