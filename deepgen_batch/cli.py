@@ -324,9 +324,6 @@ def _main(args, log) -> int:
     made = manifest.made()
     if not args.overwrite:
         check_overwrites(args.output, manifest, todo, made)
-    writable_folder(args.output)  # before anything is queued: a read-only or full output folder stops here
-    manifest.check_writable()
-    manifest.repair(log)
 
     headers = {}
     for h in args.header:
@@ -340,6 +337,9 @@ def _main(args, log) -> int:
         log("deepgen-batch: error: no ComfyUI server reachable (is it running? check --server)")
         return 3
 
+    writable_folder(args.output)  # before anything is queued: a read-only or full output folder stops here
+    manifest.check_writable()
+    manifest.repair(log)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops like Ctrl-C: prompts cancelled
     remove_stale_temps(args.output)
     settings = Settings(per_server=args.per_server, retries=args.retries, retry_wait=args.retry_wait,

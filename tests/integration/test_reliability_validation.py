@@ -260,6 +260,16 @@ def _random_body(rng, depth=0):
     return {rng.choice(keys): _random_body(rng, depth + 1) for _ in range(rng.randrange(5))}
 
 
+def _random_request(rng, raw: bool) -> bytes:
+    """Random bytes, or a random JSON body shaped like a request (usually with a valid mode)."""
+    if raw:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+    body = _random_body(rng)
+    if isinstance(body, dict) and rng.random() < 0.6:
+        body.setdefault("mode", rng.choice(["t2i", "edit"]))
+    return json.dumps(body).encode()
+
+
 def test_prompt_preview_fuzz_never_500(comfy_server, release):
     """Seeded random bodies (random JSON shaped like requests, random bytes), bounded in time: every answer is 200
     or a 400 with an error message; the server answers the same valid request identically afterwards."""
@@ -272,13 +282,7 @@ def test_prompt_preview_fuzz_never_500(comfy_server, release):
     for i in range(400):
         if time.monotonic() > deadline:
             break
-        if i % 7 == 0:
-            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
-        else:
-            body = _random_body(rng)
-            if isinstance(body, dict) and rng.random() < 0.6:
-                body.setdefault("mode", rng.choice(["t2i", "edit"]))
-            data = json.dumps(body).encode()
+        data = _random_request(rng, raw=i % 7 == 0)
         status, answer = _post_raw(comfy_server, data)
         assert status in (200, 400), (status, data[:300], answer[:300])
         if status == 400:
@@ -419,13 +423,8 @@ def test_prompt_preview_fuzz_over_compressed_and_malformed_bodies(comfy_server, 
         if i % 9 == 0:
             text = rng.choice("ab\ud800") * rng.randrange(200_000, 2_000_000)
             data = json.dumps({"mode": "t2i", "prompt": text}).encode()
-        elif i % 5 == 0:
-            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
         else:
-            body = _random_body(rng)
-            if isinstance(body, dict) and rng.random() < 0.6:
-                body.setdefault("mode", rng.choice(["t2i", "edit"]))
-            data = json.dumps(body).encode()
+            data = _random_request(rng, raw=i % 5 == 0)
         how = rng.choice([None, "gzip", "deflate"])
         if how:
             data = _compress(data, how)
