@@ -222,7 +222,7 @@ def check_overwrites(out_dir: Path, manifest: Manifest, items: list[Item], made:
                          + ". Move them away, pick another -o, or pass --overwrite to replace them")
 
 
-def _recorded(out_dir: Path, manifest: Manifest, seed_base: int) -> tuple[dict[str, str], dict[tuple[str, str], int]]:
+def _recorded(out_dir: Path, manifest: Manifest, seed_base: int) -> tuple[dict, dict]:
     """From the manifest's rows, with names relative to the output folder (as the plan names results):
     (folded result name -> the input it was given to, (input, result) -> the seed to keep). A seed is kept
     when it was derived under the same --seed (rows written before deepgen-batch 0.2, which record no

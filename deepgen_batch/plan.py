@@ -1,9 +1,9 @@
 """What to do: the items of a batch from a folder (+ one instruction) or a CSV/JSONL mapping file.
 
-Per item: the source file, the instruction, a 64-bit seed (``item_seed``: the mapping's, else the one the
-manifest records for the item, else derived from --seed and the item's name), optional size (width / height /
-max_side) and negative prompt, and its result's file name in the output folder (``output_names``: decided
-here, before any job is sent, and never shared by two items).
+Per item: the source file, the instruction, a 64-bit seed (the mapping's, else the one the manifest records
+for the item, else ``derive_seed`` of --seed and the item's name), optional size (width / height / max_side)
+and negative prompt, and its result's file name in the output folder (``output_names``: decided here, before
+any job is sent, and never shared by two items).
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 # docs/inference.md#reference-images: reference images are resized to multiples of 32; the ViT sees them at 28/32 scale.
 REFERENCE_UNIT = 32
 VIT_SCALE = 28 / 32
-# §1.1: the ViT's patches (14 px, 2 frames), merged 2x2 into one LLM token.
+# the ViT's patches (14 px, 2 frames), merged 2x2 into one LLM token (docs/inference.md#vlm).
 VIT_PATCH = 14
 VIT_MERGE = 2
 VIT_TEMPORAL = 2

@@ -39,7 +39,7 @@ MAX_JSON = 64 * 1024 * 1024  # bytes; configs are KBs, Qwen's tokenizer.json ~7 
 DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
               "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64,
               "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
-# what the weights of every component are stored as (spec §3: bf16 and fp32 files; fp16 conversions)
+# what weight files hold (bf16 and fp32 files, fp16 conversions; docs/inference.md#checkpoints)
 WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
 MAX_DIM = (1 << 63) - 1  # the largest dimension PyTorch can index (int64)
 # placeholders the engine fills with image/video features: typed by a user, they break the accounting
@@ -675,7 +675,7 @@ def check_metadata(meta: dict, component, path) -> dict:
 
 # ------------------------------------------------------------------ tokenizer
 
-# config field -> the special token whose id it must be (spec §1.1): the engine finds image tokens by these ids
+# config field -> the special token whose id it must be (docs/inference.md#vlm): image tokens are found by these ids
 TOKEN_FIELDS = {"image_token_id": IMAGE_PAD_TOKEN, "video_token_id": "<|video_pad|>",
                 "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>",
                 "vision_token_id": "<|vision_pad|>"}
