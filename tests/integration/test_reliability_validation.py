@@ -72,6 +72,26 @@ def _text(text):
     return damage
 
 
+def _header(change):
+    """Rewrite a safetensors header (the data stays): change(header, data bytes) edits it in place."""
+    def damage(f):
+        raw = f.read_bytes()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        change(header, len(raw) - 8 - n)
+        text = json.dumps(header).encode()
+        f.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    return damage
+
+
+def _as_i32(header, _size):  # F32 data declared I32: same bytes, other meaning
+    next(v for k, v in sorted(header.items()) if k != "__metadata__" and v["dtype"] == "F32")["dtype"] = "I32"
+
+
+def _huge_zero_size(header, size):  # a zero-size tensor with a dimension of 2^63
+    header["zz"] = {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [size, size]}
+
+
 LOADER_INPUTS = {
     "DeepGenSCBLoader": lambda name: {"scb_name": name, "weight_dtype": "fp32"},
     "DeepGenDiTLoader": lambda name: {"dit_name": name, "dit_base": "none", "weight_dtype": "fp32"},
@@ -109,6 +129,22 @@ CASES = [  # (case, loader node, damaged file, damage, component named, fragment
     ("vlm-positions", "DeepGenVLMLoader", "vlm/config.json", _config(max_position_embeddings=0), "VLM",
      "max_position_embeddings is 0"),
     ("vlm-hidden", "DeepGenVLMLoader", "vlm/config.json", _config(hidden_size=10**9), "VLM", "hidden_size is 1000000000"),
+    # issue 20
+    ("scb-i32", "DeepGenSCBLoader", "connector/model.safetensors", _header(_as_i32), "SCB", "is declared I32, but"),
+    ("dit-i32", "DeepGenCheckpointLoader", "transformer/diffusion_pytorch_model.safetensors", _header(_as_i32), "DiT",
+     "is declared I32, but"),
+    ("dit-2e63-dim", "DeepGenDiTLoader", "transformer/diffusion_pytorch_model.safetensors", _header(_huge_zero_size),
+     "DiT", "a dimension beyond 2^63 - 1"),
+    ("vlm-act", "DeepGenVLMLoader", "vlm/config.json", _config(hidden_act="relu"), "VLM", 'hidden_act is "relu"'),
+    ("vlm-mrope", "DeepGenCheckpointLoader", "vlm/config.json",
+     _config(rope_scaling={"type": "mrope", "mrope_section": [100, 100, 100]}), "VLM", "mrope_section is [100, 100, 100]"),
+    ("vlm-llama", "DeepGenVLMLoader", "vlm/config.json", _config(model_type="llama"), "VLM", 'model_type is "llama"'),
+    ("vlm-image-token", "DeepGenVLMLoader", "vlm/config.json", _config(image_token_id=5), "VLM",
+     "image_token_id is 5, but the tokenizer's id of <|image_pad|>"),
+    ("sched-base-nan", "DeepGenCheckpointLoader", "scheduler/scheduler_config.json",
+     _config(use_dynamic_shifting=True, base_shift=float("nan")), "scheduler", "base_shift is NaN"),
+    ("sched-zero-range", "DeepGenDiTLoader", "scheduler/scheduler_config.json",
+     _config(use_dynamic_shifting=True, max_image_seq_len=256), "scheduler", "below max_image_seq_len 256"),
 ]
 
 
