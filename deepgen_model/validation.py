@@ -209,17 +209,19 @@ def _ints(value) -> bool:
 
 # ------------------------------------------------------------------ configs
 
-INT, FLOAT, NUM, INTS, BOOL, ONE_OF, TEXT = "int", "float", "num", "ints", "bool", "one of", "text"
+INT, FLOAT, NUM, REAL, INTS, IDS, BOOL, ONE_OF, TEXT, MAP = ("int", "float", "num", "real", "ints", "ids", "bool",
+                                                             "one of", "text", "map")
 # field: (kind, low, high, required); ONE_OF: (ONE_OF, allowed values, None, required). Every field the engine or
 # the library it hands the config to (transformers, diffusers) reads is listed: sizes get generous ranges (the
 # release's values are far inside them) that refuse what cannot be a model; fields that are not sizes are taken
 # from the known architecture (ONE_OF its value): another value would load and quietly make another picture.
-# INT/INTS: integers in low..high; FLOAT: a finite number in (low, high] when low is 0, else low..high; NUM: a
-# finite number in low..high; TEXT: any string. Unknown fields pass untouched (the libraries ignore them).
+# INT/INTS: integers in low..high (IDS: one or a list); FLOAT: a finite number in (low, high] when low is 0, else
+# low..high; NUM: a finite number in low..high (REAL: written with a decimal point, as transformers 5 demands of
+# its float fields); TEXT: any string; MAP: a JSON object. ONE_OF compares JSON types too (1 is not 1.0, nor true). Unknown fields pass untouched (the libraries ignore them).
 _DIM, _COUNT, _ID = (1, 1 << 16), (1, 1024), (0, (1 << 22) - 1)
 DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64", "auto")
-_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id",
-              "bos_token_id", "eos_token_id", "pad_token_id")
+_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id")
+_GENERATION_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # never used (no generation); eos may be a list
 SPECS = {
     "VLM": {"hidden_size": (INT, *_DIM, True), "num_hidden_layers": (INT, *_COUNT, True),
             "num_attention_heads": (INT, *_COUNT, True), "num_key_value_heads": (INT, *_COUNT, False),
@@ -227,11 +229,19 @@ SPECS = {
             "max_position_embeddings": (INT, 1024, 1 << 24, True), "rms_norm_eps": (ONE_OF, (1e-6,), None, False),
             "rope_theta": (ONE_OF, (1e6,), None, False), "hidden_act": (ONE_OF, ("silu",), None, False),
             "use_sliding_window": (ONE_OF, (False,), None, False), "sliding_window": (INT, 1, 1 << 24, False),
-            "max_window_layers": (INT, 0, 1 << 16, False), "attention_dropout": (NUM, 0, 1, False),
-            "initializer_range": (NUM, 0, 10, False), "tie_word_embeddings": (BOOL, None, None, False),
+            "max_window_layers": (INT, 0, 1 << 16, False), "attention_dropout": (REAL, 0, 1, False),
+            "initializer_range": (REAL, 0, 10, False), "tie_word_embeddings": (BOOL, None, None, False),
             "use_cache": (BOOL, None, None, False), "torch_dtype": (ONE_OF, DTYPE_NAMES, None, False),
             "dtype": (ONE_OF, DTYPE_NAMES, None, False), "transformers_version": (TEXT, None, None, False),
-            **{field: (INT, *_ID, False) for field in _TOKEN_IDS}},
+            # transformers' own PretrainedConfig switches, as a saved config carries them
+            "return_dict": (ONE_OF, (True,), None, False), "output_attentions": (ONE_OF, (False,), None, False),
+            "output_hidden_states": (BOOL, None, None, False), "torchscript": (ONE_OF, (False,), None, False),
+            "pruned_heads": (ONE_OF, ({},), None, False), "chunk_size_feed_forward": (ONE_OF, (0,), None, False),
+            "is_encoder_decoder": (ONE_OF, (False,), None, False), "is_decoder": (BOOL, None, None, False),
+            "add_cross_attention": (ONE_OF, (False,), None, False), "id2label": (MAP, None, None, False),
+            "label2id": (MAP, None, None, False), "problem_type": (ONE_OF, (None,), None, False),
+            **{field: (INT, *_ID, False) for field in _TOKEN_IDS},
+            **{field: (IDS if field == "eos_token_id" else INT, *_ID, False) for field in _GENERATION_IDS}},
     "VLM vision": {"depth": (INT, *_COUNT, True), "hidden_size": (INT, *_DIM, True), "num_heads": (INT, *_COUNT, True),
                    "intermediate_size": (INT, 1, 1 << 20, True), "out_hidden_size": (INT, *_DIM, False),
                    "hidden_act": (ONE_OF, ("silu",), None, False), "patch_size": (ONE_OF, (VIT_PATCH,), None, False),
@@ -240,7 +250,7 @@ SPECS = {
                    "temporal_patch_size": (ONE_OF, (VIT_TEMPORAL,), None, False),
                    "window_size": (ONE_OF, (112,), None, False), "in_chans": (ONE_OF, (3,), None, False),
                    "in_channels": (ONE_OF, (3,), None, False), "tokens_per_second": (INT, 1, 1 << 16, False),
-                   "fullatt_block_indexes": (INTS, 0, 1023, False), "initializer_range": (NUM, 0, 10, False),
+                   "fullatt_block_indexes": (INTS, 0, 1023, False), "initializer_range": (REAL, 0, 10, False),
                    "model_type": (ONE_OF, ("qwen2_5_vl", "qwen2_5_vl_vision"), None, False),
                    "dtype": (ONE_OF, DTYPE_NAMES, None, False), "torch_dtype": (ONE_OF, DTYPE_NAMES, None, False)},
     "SCB": {"hidden_size": (INT, *_DIM, False), "num_attention_heads": (INT, *_COUNT, False),
@@ -277,7 +287,8 @@ SPECS = {
                       "stochastic_sampling")}, "shift_terminal": (ONE_OF, (None,), None, False)},
 }
 # fields whose null means "not set" to the libraries (JSON null elsewhere is passed on as None: refused)
-NULLABLE = frozenset({*_TOKEN_IDS, "sliding_window", "torch_dtype", "dtype", "shift_terminal"})
+NULLABLE = frozenset({*_TOKEN_IDS, *_GENERATION_IDS, "sliding_window", "torch_dtype", "dtype", "shift_terminal",
+                      "problem_type"})
 _ARCHITECTURE = {"VLM": "Qwen2.5-VL-3B, the VLM DeepGen is built on", "SCB": "DeepGen's SCB connector",
                  "DiT": "the SD3.5-Medium DiT DeepGen is built on", "VAE": "the SD3 VAE",
                  "scheduler": "DeepGen's flow-matching Euler schedule"}
@@ -353,23 +364,24 @@ def _check_fields(cfg: dict, spec: dict, component, path, prefix: str = "") -> N
                 _fail(component, path, f"{prefix}{field} is {json.dumps(value)[:60]}, must be {rule}",
                       _config_fix(component, path))
             continue
-        values = value if kind == INTS and isinstance(value, list) else [value]
+        values = value if kind in (INTS, IDS) and isinstance(value, list) else [value]
         ok = (kind != INTS or isinstance(value, list)) and all(_in_range(v, kind, lo, hi) for v in values)
         if not ok:
-            rule = {INT: "an integer", FLOAT: "a number", NUM: "a number", INTS: "a list of integers",
-                    BOOL: "true or false", TEXT: "a string"}[kind]
-            bound = ("" if kind in (BOOL, TEXT) else f" in ({lo}, {hi}]" if kind == FLOAT and lo == 0
+            rule = {INT: "an integer", FLOAT: "a number", NUM: "a number", REAL: "a number with a decimal point",
+                    INTS: "a list of integers",
+                    IDS: "an integer or a list of integers",
+                    BOOL: "true or false", TEXT: "a string", MAP: "a JSON object"}[kind]
+            bound = ("" if kind in (BOOL, TEXT, MAP) else f" in ({lo}, {hi}]" if kind == FLOAT and lo == 0
                      else f" in {lo}..{hi}")
             _fail(component, path, f"{prefix}{field} is {json.dumps(value)[:60]}, must be {rule}{bound}",
                   _config_fix(component, path))
 
 
 def _same(value, allowed) -> bool:
-    """JSON equality without Python's bool/int/float mixing (true is not 1, 1 is 1.0)."""
+    """JSON equality, types included: true is not 1, and 1 is not 1.0 (transformers 5 refuses an integer for a
+    float field and the other way round)."""
     if isinstance(allowed, bool) or isinstance(value, bool) or allowed is None or value is None:
         return value is allowed
-    if isinstance(allowed, (int, float)):
-        return isinstance(value, (int, float)) and value == allowed
     return type(value) is type(allowed) and value == allowed
 
 
@@ -378,11 +390,13 @@ def _in_range(v, kind, lo, hi) -> bool:
         return isinstance(v, bool)
     if kind == TEXT:
         return isinstance(v, str)
+    if kind == MAP:
+        return isinstance(v, dict)
     if isinstance(v, bool):
         return False
-    if kind in (INT, INTS):
+    if kind in (INT, INTS, IDS):
         return isinstance(v, int) and lo <= v <= hi
-    if not (isinstance(v, (int, float)) and math.isfinite(v)):
+    if not (isinstance(v, float if kind == REAL else (int, float)) and math.isfinite(v)):
         return False
     return (lo < v if kind == FLOAT and lo == 0 else lo <= v) and v <= hi
 
@@ -409,7 +423,8 @@ def _relations(cfg: dict, component: str):
         if layers is not None and layers != ["full_attention"] * t["num_hidden_layers"]:
             yield (f"layer_types must be \"full_attention\" for each of the {t['num_hidden_layers']} layers "
                    f"({_ARCHITECTURE['VLM']} has no sliding-window layers)")
-        beyond = [f for f in _TOKEN_IDS if isinstance(t.get(f), int) and t[f] >= t["vocab_size"]]
+        beyond = [f for f in (*_TOKEN_IDS, *_GENERATION_IDS)
+                  if any(i >= t["vocab_size"] for i in (t[f] if isinstance(t.get(f), list) else [t.get(f) or 0]))]
         if beyond:
             yield f"{beyond[0]} {t[beyond[0]]} is not below vocab_size {t['vocab_size']}"
     elif component == "SCB":

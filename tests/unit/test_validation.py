@@ -675,8 +675,15 @@ def _fields(cfg: dict, component: str) -> list[tuple[str, ...]]:
         have = [(k,) for k in cfg] + [("vision_config", k) for k in cfg["vision_config"]]
     else:
         spec, have = [(k,) for k in validation.SPECS[component]], [(k,) for k in cfg]
-    rope = [("rope_scaling", "mrope_section"), ("rope_scaling", "type")] if component == "VLM" else []
-    return sorted(set(spec + have + rope))
+    # and, for the VLM, what transformers' own PretrainedConfig reads when a saved config carries it
+    extra = [("rope_scaling", "mrope_section"), ("rope_scaling", "type"), *((k,) for k in _GENERIC)] \
+        if component == "VLM" else []
+    return sorted(set(spec + have + extra))
+
+
+_GENERIC = ("return_dict", "output_hidden_states", "output_attentions", "torchscript", "pruned_heads",
+            "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention", "problem_type",
+            "id2label", "label2id", "layer_types", "text_config")
 
 
 def _assign(cfg: dict, field: tuple[str, ...], value):
