@@ -217,7 +217,8 @@ INT, FLOAT, NUM, REAL, INTS, IDS, BOOL, ONE_OF, TEXT, MAP = ("int", "float", "nu
 # from the known architecture (ONE_OF its value): another value would load and quietly make another picture.
 # INT/INTS: integers in low..high (IDS: one or a list); FLOAT: a finite number in (low, high] when low is 0, else
 # low..high; NUM: a finite number in low..high (REAL: written with a decimal point, as transformers 5 demands of
-# its float fields); TEXT: any string; MAP: a JSON object. ONE_OF compares JSON types too (1 is not 1.0, nor true). Unknown fields pass untouched (the libraries ignore them).
+# its float fields); TEXT: any string; MAP: a JSON object. ONE_OF compares JSON types too (1 is not 1.0 nor
+# true). Unknown fields pass untouched (the libraries ignore them).
 _DIM, _COUNT, _ID = (1, 1 << 16), (1, 1024), (0, (1 << 22) - 1)
 DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64", "auto")
 _TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id")
