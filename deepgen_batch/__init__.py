@@ -4,4 +4,4 @@ Standard library only (tqdm optional for progress bars); never imports torch, nu
 deepgen_model, so it runs on any machine that can reach the servers. Entry point: ``deepgen_batch.cli:main``
 (``python -m deepgen_batch``). User guide: docs/batch.md.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2: seeds from item names (docs/batch.md, Seeds)

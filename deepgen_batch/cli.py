@@ -1,7 +1,9 @@
 """deepgen-batch command line: plan, resume, check the servers, run, summarise.
 
 Exit status: 0 all items done, 1 some items failed (see the manifest), 2 bad arguments/inputs/workflow,
-3 no server reachable, 130 interrupted (Ctrl-C; run the same command again to resume).
+3 no server reachable, 4 the output folder or manifest cannot be written (disk full, read-only: what was
+finished is kept; run the same command again once fixed), 130 interrupted (Ctrl-C; run the same command
+again to resume).
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from pathlib import Path
 
 from . import __version__
 from .api import ComfyClient, ItemError, TransientError
-from .manifest import Manifest
-from .plan import Item, PlanError, build_plan, fold, read_mapping
+from .manifest import Manifest, StorageError, writable_folder
+from .plan import SEED_MOD, Item, PlanError, build_plan, fold, read_mapping
 from .progress import Progress
 from .runner import Runner, Settings, prepare, remove_stale_temps
 from .workflow import DEFAULT_CKPT, Workflow, WorkflowError, builtin, load
@@ -34,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
         description="Edit a folder of images with DeepGen on one or more ComfyUI servers (HTTP API). "
                     "Re-running the same command resumes: finished items are skipped.",
         epilog="Guide: docs/batch.md. Exit status: 0 ok, 1 some items failed, 2 bad input, 3 no server, "
-               "130 interrupted.")
+               "4 cannot write the results or manifest (disk full, read-only), 130 interrupted.")
     p.add_argument("input", nargs="?", type=Path,
                    help="folder of images (default with --mapping: the mapping file's folder)")
     what = p.add_argument_group("what to do")
@@ -49,8 +51,10 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--limit", type=int, help="process at most N not-yet-done items in this run")
     what.add_argument("--force", action="store_true", help="redo every item, even those the manifest has as done")
     what.add_argument("--overwrite", action="store_true",
-                      help="replace files in the output folder that deepgen-batch did not make (by default such a "
-                           "file stops the run before anything is queued)")
+                      help="allow replacing pictures: redo finished items whose instruction, seed, image or "
+                           "settings changed (by default they keep their result), and replace files in the output "
+                           "folder that deepgen-batch did not make (by default such a file stops the run before "
+                           "anything is queued)")
     what.add_argument("--dry-run", action="store_true", help="print the plan and the first filled workflow; "
                                                              "contact no server")
     wf = p.add_argument_group("workflow")
@@ -67,7 +71,9 @@ def parser() -> argparse.ArgumentParser:
     wf.add_argument("--weight-dtype", choices=["auto", "bf16", "fp16", "fp32"], help="loader weight_dtype")
     wf.add_argument("--quantization", choices=["none", "8-bit", "4-bit nf4"], help="VLM quantization")
     wf.add_argument("--seed", type=lambda s: int(s, 0), default=0,
-                    help="base seed: item i (0-based, plan order) gets BASE+i unless the mapping gives one")
+                    help="base seed (default 0). An item's seed is the mapping's, else the one the manifest records "
+                         "for it, else the first 8 bytes of SHA-256 of 'BASE:<input path>#<k>' (k: its k-th row): "
+                         "it depends only on the item's name, so adding or removing files changes no other seed")
     wf.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                     help="set any widget input; NODE is a node id or a class_type (all its nodes); VALUE is "
                          "JSON (2, 4.5, true, \"text\") or plain text. Repeatable")
@@ -185,7 +191,13 @@ def check_paths(input_dir: Path, out_dir: Path, manifest: Path, items: list[Item
 
     if inside_input(manifest):
         raise UsageError(f"--manifest {manifest} is inside the input folder; keep it in the output folder")
+    book = fold(manifest.resolve().as_posix())
     for item in items:
+        result = fold((out_dir / item.output).resolve().as_posix())
+        if book == result or book.startswith(result + "/") or result.startswith(book + "/"):
+            raise UsageError(f"--manifest {manifest} is where the result of {item.input} goes "
+                             f"({out_dir / item.output}); give the manifest another name (e.g. the default "
+                             "OUTPUT/manifest.jsonl)")
         if inside_input(out_dir / item.output):
             raise UsageError(f"the result of {item.input} would be written inside the input folder {input_dir}; "
                              "pick an output folder outside it (or a sub-folder of it)")
@@ -210,15 +222,24 @@ def check_overwrites(out_dir: Path, manifest: Manifest, items: list[Item], made:
                          + ". Move them away, pick another -o, or pass --overwrite to replace them")
 
 
-def _owned(out_dir: Path, manifest: Manifest) -> dict[str, str]:
-    """Manifest.owners() with names relative to the output folder (as the plan names results)."""
-    owned = {}
+def _recorded(out_dir: Path, manifest: Manifest, seed_base: int) -> tuple[dict, dict]:
+    """From the manifest's rows, with names relative to the output folder (as the plan names results):
+    (folded result name -> the input it was given to, (input, result) -> the seed to keep). A seed is kept
+    when it was derived under the same --seed (rows written before deepgen-batch 0.2, which record no
+    seed_base, count as the same), so a finished item's picture and its resumed or redone run agree."""
+    owned, seeds = {}, {}
     for row in manifest.rows():
-        if isinstance(row.get("output"), str):
-            rel = os.path.relpath(manifest.root / row["output"], out_dir)
-            if not rel.startswith(".."):
-                owned[fold(Path(rel).as_posix())] = row.get("input")
-    return owned
+        if not isinstance(row.get("output"), str):
+            continue
+        rel = os.path.relpath(manifest.root / row["output"], out_dir)
+        if rel.startswith(".."):
+            continue
+        rel = Path(rel).as_posix()
+        owned[fold(rel)] = row.get("input")
+        seed = row.get("seed")
+        if isinstance(seed, int) and row.get("seed_base", seed_base % SEED_MOD) == seed_base % SEED_MOD:
+            seeds[(row.get("input"), rel)] = seed
+    return owned, seeds
 
 
 def main(argv=None) -> int:
@@ -232,6 +253,10 @@ def main(argv=None) -> int:
     except (UsageError, PlanError, WorkflowError, ValueError) as e:
         log(f"deepgen-batch: error: {e}")
         return 2
+    except StorageError as e:
+        log(f"deepgen-batch: error: {e}. Nothing was queued: free some space, make the folder writable or pick "
+            "another -o / --manifest")
+        return 4
     except KeyboardInterrupt:
         log("deepgen-batch: interrupted; run the same command again to resume")
         return 130
@@ -251,28 +276,37 @@ def _main(args, log) -> int:
     manifest = Manifest(args.manifest or args.output / "manifest.jsonl")
     if input_dir.is_dir():
         check_folders(input_dir, args.output)
+    owned, seeds = _recorded(args.output, manifest, args.seed)
     items = build_plan(input_dir, rows, instruction=args.instruction, seed_base=args.seed,
                        recursive=args.recursive, width=args.width, height=args.height, max_side=args.max_side,
-                       negative=args.negative, exclude=args.output, owned=_owned(args.output, manifest))
+                       negative=args.negative, exclude=args.output, owned=owned, seeds=seeds)
     check_paths(input_dir, args.output, manifest.path, items)
-    if not args.dry_run:
-        manifest.repair(log)
 
     latest = {} if args.force else manifest.latest()
-    todo = []
+    todo, changed = [], []
     for item in items:
+        row = latest.get((item.input, manifest.relative(args.output / item.output)))
+        if not Manifest.is_done(row, manifest.root):
+            todo.append(item)
+            continue
         try:
             fp = prepare(item, wf).fingerprint
         except ItemError:
-            fp = None  # fails again in the run, with its error row
-        if not Manifest.is_done(latest.get((item.input, manifest.relative(args.output / item.output))), fp,
-                                manifest.root):
-            todo.append(item)
+            fp = None  # the input is unreadable now: its finished result stays
+        if Manifest.changed(row, fp):
+            changed.append(item)
+            if args.overwrite:
+                todo.append(item)
     skipped = len(items) - len(todo)
     if args.limit is not None:
         todo = todo[:args.limit]
     log(f"deepgen-batch: {len(items)} items, {skipped} already done (manifest {manifest.path}), "
         f"{len(todo)} to run")
+    if changed:
+        log(f"deepgen-batch: {len(changed)} finished item(s) would be made differently now (instruction, seed, image "
+            "or settings changed): " + ("redoing them (--overwrite)" if args.overwrite else
+                                        "their results are kept; pass --overwrite to redo them") + ": "
+            + ", ".join(i.input for i in changed[:10]) + (" ..." if len(changed) > 10 else ""))
 
     if args.dry_run:
         for item in todo:
@@ -303,13 +337,15 @@ def _main(args, log) -> int:
         log("deepgen-batch: error: no ComfyUI server reachable (is it running? check --server)")
         return 3
 
+    writable_folder(args.output)  # before anything is queued: a read-only or full output folder stops here
+    manifest.check_writable()
+    manifest.repair(log)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops like Ctrl-C: prompts cancelled
-    args.output.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(args.output)
     settings = Settings(per_server=args.per_server, retries=args.retries, retry_wait=args.retry_wait,
                         timeout=args.timeout, server_wait=args.server_wait, overwrite=args.overwrite)
     progress = Progress(len(todo), min(len(todo), settings.per_server * len(clients)), bars=not args.no_progress)
-    reserved = {fold(manifest.relative(args.output / item.output)) for item in items}
+    reserved = {fold(manifest.relative(args.output / item.output)) for item in items} | {fold(manifest.path.name)}
     runner = Runner(clients, wf, args.output, manifest, settings, progress, reserved=reserved, made=made)
     t0 = time.monotonic()
     try:
@@ -325,4 +361,10 @@ def _main(args, log) -> int:
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more (status \"error\" in {manifest.path})")
     print(f"manifest: {manifest.path}")
+    if runner.storage_error is not None:
+        log(f"deepgen-batch: error: {runner.storage_error}. The run stopped there: the {len(rows) - len(failed)} "
+            f"result(s) finished before it are kept with their manifest rows; {len(todo) - len(rows)} item(s) were "
+            "not done (their prompts were cancelled on the servers). Free some space or make the folder writable, "
+            "then run the same command again: it does the rest.")
+        return 4
     return 1 if failed else 0

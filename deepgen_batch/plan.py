@@ -1,8 +1,9 @@
 """What to do: the items of a batch from a folder (+ one instruction) or a CSV/JSONL mapping file.
 
-Per item: the source file, the instruction, a 64-bit seed (the mapping's, else base + index), optional
-size (width / height / max_side) and negative prompt, and its result's file name in the output folder
-(``output_names``: decided here, before any job is sent, and never shared by two items).
+Per item: the source file, the instruction, a 64-bit seed (the mapping's, else the one the manifest records
+for the item, else ``derive_seed`` of --seed and the item's name), optional size (width / height / max_side)
+and negative prompt, and its result's file name in the output folder (``output_names``: decided here, before
+any job is sent, and never shared by two items).
 """
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
 import unicodedata
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SEED_MOD = 1 << 64
+# bytes of a result's file name: NAME_MAX (255) less the temp name's additions (".<name>.<8 random>.deepgen-part")
+# and room for the "_2_<hash>" of a workflow's extra images
+MAX_NAME_BYTES = 200
 _ALIASES = {"filename": ("filename", "file", "image", "input", "path"),
             "instruction": ("instruction", "prompt", "edit", "text"),
             "seed": ("seed",), "width": ("width",), "height": ("height",), "max_side": ("max_side", "max-side"),
@@ -35,6 +40,7 @@ class Item:
     instruction: str
     seed: int
     output: str           # result file, relative to the output folder (POSIX), e.g. "sub/cat.png"
+    seed_base: int | None = None  # the --seed the seed was derived under (None: the mapping gave it)
     width: int | None = None
     height: int | None = None
     max_side: int | None = None
@@ -121,16 +127,34 @@ def fold(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
+def _png(stem: str, tag: str | None = None, long_tag: str | None = None) -> str:
+    """stem[_tag].png, within MAX_NAME_BYTES of UTF-8: a stem too long is cut at a character boundary and then
+    always carries a tag (``long_tag`` when the name had none), so long names that begin alike stay apart."""
+    name = stem + (f"_{tag}" if tag else "") + ".png"
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    tag = tag or long_tag
+    room = MAX_NAME_BYTES - len(f"_{tag}.png")
+    return stem.encode("utf-8")[:room].decode("utf-8", "ignore") + f"_{tag}.png"
+
+
 def _forms(inp: str, k: int) -> list[str]:
     """The names entry (inp, k-th occurrence) may take, in order of preference (see output_names)."""
     p = PurePosixPath(inp)
     folder = "" if str(p.parent) == "." else p.parent.as_posix() + "/"
     ext = p.suffix.lstrip(".")
     rep = f"_{k}" if k > 1 else ""
-    kept = f"{p.stem}_{ext}" if ext else p.stem
+    kept = f"{p.stem}_{ext}{rep}" if ext else f"{p.stem}{rep}"
     tag = hashlib.sha256(f"{inp}#{k}".encode()).hexdigest()
-    return [f"{folder}{p.stem}{rep}.png", f"{folder}{kept}{rep}.png",
-            *(f"{folder}{kept}{rep}_{tag[:n]}.png" for n in (8, 16, 64))]
+    return [folder + name for name in (_png(f"{p.stem}{rep}", long_tag=tag[:8]), _png(kept, long_tag=tag[:8]),
+                                       *(_png(kept, tag[:n]) for n in (8, 16, 64)))]
+
+
+def derive_seed(base: int, inp: str, k: int = 1) -> int:
+    """The seed of the k-th entry of input ``inp`` under --seed ``base``: the first 8 bytes of
+    SHA-256("<base>:<inp>#<k>"). It depends on nothing but the item itself, so adding, removing or
+    renaming other files never changes it."""
+    return int.from_bytes(hashlib.sha256(f"{base}:{inp}#{k}".encode()).digest()[:8], "big")
 
 
 def output_names(inputs: list[str], owned: dict[str, str] | None = None) -> list[str]:
@@ -143,7 +167,7 @@ def output_names(inputs: list[str], owned: dict[str, str] | None = None) -> list
     took, no other input owns in the manifest (``owned``: folded name -> input) and no result needs as a
     folder. So a.png / a.jpg give a_png.png / a_jpg.png, and foo.png / foo.PNG two hashed names. A name
     the manifest already gives to this input is kept, so results of earlier runs keep their names when
-    new inputs arrive.
+    new inputs arrive. A name longer than MAX_NAME_BYTES is cut and tagged with the hash (``_png``).
     """
     owned = owned or {}
     seen, entries = Counter(), []
@@ -174,32 +198,48 @@ def output_names(inputs: list[str], owned: dict[str, str] | None = None) -> list
     return names
 
 
+def _mapping_name(input_dir: Path, name: str) -> str:
+    """A mapping row's file name as a POSIX path: "\\" is a folder separator (a path typed on Windows) unless
+    a file of that exact name exists (on Linux and macOS "\\" is an ordinary character in a file name)."""
+    if "\\" in name and not (os.sep == "/" and (input_dir / name).exists()):
+        name = name.replace("\\", "/")
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise PlanError(f"mapping file name {name!r} must be relative to the input folder")
+    return rel.as_posix()
+
+
 def build_plan(input_dir: Path, rows: list[dict] | None, *, instruction: str | None, seed_base: int = 0,
                recursive: bool = False, width: int | None = None, height: int | None = None,
                max_side: int | None = None, negative: str | None = None, exclude: Path | None = None,
-               owned: dict[str, str] | None = None) -> list[Item]:
-    """``exclude``: a folder left out of the scan (the output folder); ``owned``: output_names'."""
+               owned: dict[str, str] | None = None, seeds: dict[tuple[str, str], int] | None = None) -> list[Item]:
+    """``exclude``: a folder left out of the scan (the output folder); ``owned``: output_names';
+    ``seeds``: (input, output) -> the seed the manifest records for that item under this --seed, kept.
+
+    An item's seed: the mapping row's; else the one ``seeds`` keeps; else derive_seed(seed_base, input, k)."""
     if rows is None:
         if not instruction:
             raise PlanError("give --instruction (one edit for every image) or --mapping FILE")
-        rows = [{"filename": f} for f in scan_folder(input_dir, recursive, exclude)]
-        if not rows:
+        inputs = scan_folder(input_dir, recursive, exclude)  # real names: a "\\" in one is part of it
+        if not inputs:
             raise PlanError(f"no images ({', '.join(IMAGE_EXTS)}) in {input_dir}")
-    inputs = []
-    for row in rows:
-        rel = PurePosixPath(row["filename"].replace("\\", "/"))
-        if rel.is_absolute() or ".." in rel.parts:
-            raise PlanError(f"mapping file name {row['filename']!r} must be relative to the input folder")
-        inputs.append(rel.as_posix())
+        rows = [{"filename": f} for f in inputs]
+    else:
+        inputs = [_mapping_name(input_dir, row["filename"]) for row in rows]
+    seeds = seeds or {}
+    seen = Counter()
     items = []
     for i, (row, rel, name) in enumerate(zip(rows, inputs, output_names(inputs, owned))):
         text = row.get("instruction") or instruction
         if not text:
             raise PlanError(f"{rel}: no instruction in the mapping file and no --instruction fallback")
-        seed = row.get("seed")
+        seen[rel] += 1
+        seed, base = row.get("seed"), None
+        if seed is None:
+            base = seed_base % SEED_MOD
+            seed = seeds.get((rel, name), derive_seed(base, rel, seen[rel]))
         items.append(Item(
-            index=i, input=rel, source=input_dir / rel, instruction=text,
-            seed=seed if seed is not None else (seed_base + i) % SEED_MOD, output=name,
+            index=i, input=rel, source=input_dir / rel, instruction=text, seed=seed, seed_base=base, output=name,
             width=row.get("width") or width, height=row.get("height") or height,
             max_side=row.get("max_side") or max_side, negative=row.get("negative") or negative))
     return items

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from . import images
 from .api import (ComfyClient, ItemError, TransientError, describe_failure, execution_error, new_prompt_id,
                   output_images)
-from .manifest import Manifest
+from .manifest import Manifest, StorageError
 from .plan import Item, fold
 from .workflow import OUTPUT_SUBFOLDER, Workflow, fingerprint
 from .ws import TEXT
@@ -190,6 +190,7 @@ class Runner:
         self.reserved = set(reserved)
         self.made = made if made is not None else manifest.made()
         self._names = threading.Lock()
+        self.storage_error: StorageError | None = None  # the first failed write: the run stopped there
         self._ws_warned = set()
         self._active, self._active_lock = 0, threading.Lock()
 
@@ -232,22 +233,38 @@ class Runner:
             except queue.Empty:
                 return
             try:
-                row = self.commit(*self.process(slot, item))
+                try:
+                    row = self.commit(*self.process(slot, item))
+                except (Cancelled, StorageError):
+                    raise
+                except Exception as e:  # a bug must not take the batch down with it: report it on the item
+                    traceback.print_exc(file=sys.stderr)
+                    row = self._row(item, None, time.monotonic(), 1, error=f"internal error: {e!r}")
+                    self.manifest.append(row)
             except Cancelled:
                 return
-            except Exception as e:  # a bug must not take the batch down with it: report it on the item
-                traceback.print_exc(file=sys.stderr)
-                row = self._row(item, None, time.monotonic(), 1, error=f"internal error: {e!r}")
-                self.manifest.append(row)
+            except StorageError as e:
+                self._halt(e)
+                return
             self.rows.append(row)
             self.progress.finish(slot, row)
+
+    def _halt(self, error: StorageError):
+        """A result or row could not be written: queue nothing more and cancel this run's prompts on the
+        servers (their results could not be kept either). Items already written stay as they are."""
+        with self._names:
+            if self.storage_error is not None:
+                return
+            self.storage_error = error
+        self.stop.set()
+        self.progress.write(f"stopping: {error}; cancelling this run's prompts on the servers ...")
 
     # ------------------------------------------------------------------ one item
     def _row(self, item: Item, prep: Prepared | None, t0: float, attempts: int, *, prompt_id=None, server=None,
              files=(), error=None) -> dict:
         outs = [self.manifest.relative(p) for p, _ in files]
         return {"input": item.input, "output": self.manifest.relative(self.out_dir / item.output),
-                "instruction": item.instruction, "seed": item.seed, "width": item.width,
+                "instruction": item.instruction, "seed": item.seed, "seed_base": item.seed_base, "width": item.width,
                 "height": item.height, "max_side": item.max_side,
                 "fingerprint": prep.fingerprint if prep else None, "prompt_id": prompt_id, "server": server,
                 "status": "error" if error else "ok", "attempts": attempts,
@@ -304,26 +321,37 @@ class Runner:
         """Write the item's files and its row, in the order that keeps a kill harmless: every file to a
         temp name first, then the manifest row (which claims the files), then the renames. A kill before
         the row leaves only temp files (deleted by the next run); after it, a row whose file is missing
-        or old (its sha256 differs), so the next run simply redoes the item."""
+        or old (its sha256 differs), so the next run simply redoes the item. A write that fails (disk
+        full, read-only) raises StorageError with no row and no temp file left: the next run redoes it."""
         temps = []
         try:
             for path, data in files:
                 self._check_free(row["input"], path)
                 temps.append((self._write_temp(path, data), path))
-        except (OSError, ItemError) as e:
-            for tmp, _ in temps:
-                tmp.unlink(missing_ok=True)
-            reason = e if isinstance(e, ItemError) else f"could not write {e.filename}: {e.strerror or e}"
-            row = {**row, "status": "error", "outputs": [], "sha256": [], "error": str(reason)}
-            temps = []
-        self.manifest.append(row)
-        try:
-            for tmp, path in temps:
-                os.replace(tmp, path)
-        except OSError as e:
-            row = {**row, "status": "error", "error": f"could not write {e.filename}: {e.strerror or e}"}
             self.manifest.append(row)
+        except ItemError as e:  # a file appeared where the result goes: the item fails, the batch goes on
+            self._discard(temps)
+            row = {**row, "status": "error", "outputs": [], "sha256": [], "error": str(e)}
+            self.manifest.append(row)
+            return row
+        except OSError as e:
+            self._discard(temps)
+            raise StorageError(e.filename or path, e) from None
+        except StorageError:
+            self._discard(temps)
+            raise
+        for tmp, path in temps:
+            try:
+                os.replace(tmp, path)
+            except OSError as e:  # the row claims a file that is not in place: the next run redoes the item
+                self._discard(temps)
+                raise StorageError(path, e) from None
         return row
+
+    @staticmethod
+    def _discard(temps: list[tuple[Path, Path]]):
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
 
     def _check_free(self, input_name: str, path: Path):
         """Refuse to replace a file the batch did not make (unless --overwrite)."""

@@ -27,9 +27,12 @@ def check_names_and_shapes(model: torch.nn.Module, state: dict, source, optional
     unexpected = sorted(k for k in state if k not in expected)
     misshaped = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
                        for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape))
+    not_float = sorted(f"{k} ({str(state[k].dtype).removeprefix('torch.')})" for k in state if k in expected
+                       and expected[k].is_floating_point() and not state[k].is_floating_point())
     problems = [f"{what} ({len(keys)}): {preview(keys)}"
                 for what, keys in (("missing tensors", missing), ("unexpected tensors", unexpected),
-                                   ("mis-shaped tensors", misshaped)) if keys]
+                                   ("mis-shaped tensors", misshaped),
+                                   ("integer tensors where weights are floating point", not_float)) if keys]
     if problems:
         raise DeepGenLoadError(f"{source}: " + "; ".join(problems) + "; the weights are damaged or from another "
                                "model: download them again from the release")

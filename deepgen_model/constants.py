@@ -38,6 +38,10 @@ NUM_TRAIN_TIMESTEPS = 1000
 # docs/inference.md#reference-images: reference images are resized to multiples of 32; the ViT sees them at 28/32 scale.
 REFERENCE_UNIT = 32
 VIT_SCALE = 28 / 32
+# the ViT's patches (14 px, 2 frames), merged 2x2 into one LLM token (docs/inference.md#vlm).
+VIT_PATCH = 14
+VIT_MERGE = 2
+VIT_TEMPORAL = 2
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

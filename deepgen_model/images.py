@@ -12,13 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, VIT_SCALE
+from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, VIT_MERGE, VIT_PATCH, VIT_SCALE, VIT_TEMPORAL
 from .errors import DeepGenInputError
 from .validation import check_output_size
-
-PATCH = 14
-MERGE = 2
-TEMPORAL = 2
 
 
 def reference_size(width: int, height: int, max_side: int = 512) -> tuple[int, int]:
@@ -102,9 +98,9 @@ def vit_inputs(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     std = torch.tensor(CLIP_STD, device=x.device).to(x.dtype).view(1, 3, 1, 1)
     x = ((x + 1.0) / 2 - mean) / std
     _, c, h, w = x.shape
-    gh, gw = h // PATCH, w // PATCH
-    x = x[:, None].expand(1, TEMPORAL, c, h, w)
-    x = x.reshape(TEMPORAL, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    gh, gw = h // VIT_PATCH, w // VIT_PATCH
+    x = x[:, None].expand(1, VIT_TEMPORAL, c, h, w)
+    x = x.reshape(VIT_TEMPORAL, c, gh // VIT_MERGE, VIT_MERGE, VIT_PATCH, gw // VIT_MERGE, VIT_MERGE, VIT_PATCH)
     x = x.permute(2, 5, 3, 6, 1, 0, 4, 7)  # (h, w, m, n) rows ; (c, t, p, q) columns
-    rows = x.reshape(gh * gw, c * TEMPORAL * PATCH * PATCH)
+    rows = x.reshape(gh * gw, c * VIT_TEMPORAL * VIT_PATCH * VIT_PATCH)
     return rows, torch.tensor([[1, gh, gw]], dtype=torch.long, device=pixels.device)

@@ -175,3 +175,32 @@ def store_linear_weights(module: nn.Module, dtype) -> nn.Module:
                 if m.weight.dtype != dtype:
                     m.weight = nn.Parameter(m.weight.to(dtype), requires_grad=False)
     return module
+
+
+def _finite(t: torch.Tensor) -> bool:
+    if t.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return bool(torch.isfinite(t).all())
+    return not t.is_floating_point() or bool(torch.isfinite(t.to(torch.float32)).all())  # fp8: one tensor at a time
+
+
+def nonfinite_cause(stage: str, inputs: dict, weights: dict, compute_dtype: torch.dtype | None) -> str:
+    """Why `stage` (e.g. "sampling") produced NaN or infinite values, in words with the fix, looked for in order:
+    an input that already held them (name -> tensor), weights that hold them (a damaged file: component ->
+    named tensors), overflow in fp16 compute; else what was ruled out. Called only after a failure: it reads
+    every weight once."""
+    for name, t in inputs.items():
+        if isinstance(t, torch.Tensor) and not _finite(t):
+            return (f"{stage} produced NaN or infinite values because its {name} already holds them: the node that "
+                    f"made the {name} failed (look there first)")
+    for component, named in weights.items():
+        bad = [n for n, t in named if not _finite(t.detach())]
+        if bad:
+            return (f"{stage} produced NaN or infinite values because the {component} weights hold them ({len(bad)} "
+                    f"tensor(s), e.g. {bad[0]}): the weight file is damaged or was saved from a diverged model; "
+                    f"download the {component} weights again")
+    dtype = str(compute_dtype).removeprefix("torch.") if compute_dtype is not None else "its dtype"
+    if compute_dtype == torch.float16:
+        return (f"{stage} produced NaN or infinite values: numerical overflow while computing in float16; set "
+                "weight_dtype to bf16 or fp32 in the loader")
+    return (f"{stage} produced NaN or infinite values although its inputs and weights are finite and it computes in "
+            f"{dtype} (not a float16 overflow); try weight_dtype fp32, and if it persists report it with the workflow")

@@ -52,17 +52,25 @@ def dynamic_sigmas(steps: int, mu: float, num_train_timesteps: int = NUM_TRAIN_T
                    time_shift_type: str = "exponential") -> torch.Tensor:
     """fp32 Tensor[steps + 1] of `set_timesteps(steps, mu=mu)` with use_dynamic_shifting=True.
 
-    Here the construction-time table is left unshifted and the time shift is applied once.
-    """
+    Here the construction-time table is left unshifted and the time shift is applied once. A mu that
+    gives no schedule (overflow, or sigmas outside 0..1 or rising) is a DeepGenInputError naming it."""
     steps = _check_steps(steps)
     sigma_max, sigma_min = _endpoints(num_train_timesteps, None)
     sigmas = np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, steps) / num_train_timesteps
-    if time_shift_type == "exponential":
-        sigmas = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
-    elif time_shift_type == "linear":
-        sigmas = mu / (mu + (1 / sigmas - 1))
-    else:
+    if time_shift_type not in ("exponential", "linear"):
         raise DeepGenInputError(f"scheduler time_shift_type {time_shift_type!r} is not 'exponential' or 'linear'.")
+    with np.errstate(all="ignore"):
+        if time_shift_type == "exponential":
+            scale = math.exp(mu) if math.isfinite(mu) and abs(mu) < 700 else math.nan
+        else:
+            scale = mu
+        sigmas = scale / (scale + (1 / sigmas - 1))
+    if not (np.isfinite(sigmas).all() and (sigmas >= 0).all() and (sigmas <= 1).all() and (np.diff(sigmas) <= 0).all()):
+        raise DeepGenInputError(
+            f"the scheduler's dynamic shift gives mu = {mu:.4g} ({time_shift_type} time shift) for this image size, "
+            "which makes no valid schedule (sigmas must fall from at most 1 to 0): check base_shift, max_shift, "
+            "base_image_seq_len and max_image_seq_len in scheduler_config.json (the release's file has "
+            "use_dynamic_shifting false).")
     return torch.cat([torch.from_numpy(sigmas).to(torch.float32), torch.zeros(1)])
 
 
@@ -107,6 +115,9 @@ def dynamic_shift_mu(config: dict, image_seq_len: int) -> float:
 
     base_shift, max_shift = get("base_shift", 0.5), get("max_shift", 1.16)
     base_len, max_len = get("base_image_seq_len", 256), get("max_image_seq_len", 4096)
+    if base_len == max_len:
+        raise DeepGenInputError(f"scheduler_config.json has use_dynamic_shifting true with base_image_seq_len = "
+                                f"max_image_seq_len = {base_len}: the shift cannot be interpolated.")
     return base_shift + (max_shift - base_shift) * (image_seq_len - base_len) / (max_len - base_len)
 
 

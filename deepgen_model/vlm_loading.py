@@ -41,7 +41,9 @@ def load_vlm(release, *, base_vlm_path=None, dtype=None, device="cpu", attn_impl
         model = _vlm_from_pretrained(part.folder, **opts)
     else:
         model = _vlm_from_state(part.config, part.tensors, part.name, **opts)
-    return model, load_release_tokenizer(release)
+    tokenizer = load_release_tokenizer(release)
+    validation.check_token_ids(model.config, tokenizer, part.folder / "config.json" if part.folder else part.name)
+    return model, tokenizer
 
 
 def check_attn_implementation(attn: str) -> str:
@@ -113,8 +115,6 @@ def _vlm_from_state(config: dict, state: dict, source, *, dtype, device, attn, q
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     validation.check_tensors(state, validation.check_config(config, "VLM", source), "VLM", source)
-    if config.get("model_type") != "qwen2_5_vl":
-        raise DeepGenLoadError(f"{source}: config model_type {config.get('model_type')!r} is not qwen2_5_vl")
     cfg = Qwen2_5_VLConfig.from_dict(config)
     with init_empty_weights():  # parameters on meta; rotary buffers stay real
         model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation=attn)

@@ -22,6 +22,8 @@ from ..deepgen_model.constants import (DEFAULT_SIZE, EDIT_NEGATIVE, MAX_REFERENC
                                        SIZE_MULTIPLE, T2I_NEGATIVE)
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.images import output_size, reference_size, resized_uint8
+from ..deepgen_model.precision import nonfinite_cause
+from ..deepgen_model.vlm import compute_dtype as vlm_compute_dtype
 from .comfy_models import DeepGenSCB, DeepGenVLM, scb_module, vlm_parts_of
 from .memory import memory_guard, unload
 
@@ -43,8 +45,9 @@ def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int):
         finally:
             unload(vlm)  # the DiT needs the room more than the (3B) VLM does
     if not (torch.isfinite(cond.seq).all() and torch.isfinite(cond.pooled).all()):
-        raise DeepGenInputError("the VLM/SCB produced NaN or infinite conditioning (numerical overflow, typically fp16 "
-                                "weights): set weight_dtype to bf16 or fp32 in the VLM and SCB loaders.")
+        weights = {"VLM": model.named_parameters(), "SCB": scb_module(scb).named_parameters()}
+        inputs = {f"image{i}": image for i, image in enumerate(images or [], 1)}
+        raise DeepGenInputError(nonfinite_cause("encoding the prompt", inputs, weights, vlm_compute_dtype(model)) + ".")
     return cond
 
 

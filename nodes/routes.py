@@ -1,6 +1,7 @@
 """HTTP routes of the web extension (web/): the exact VLM prompt strings and size presets, from the engine.
 
-POST /deepgen/prompt_preview builds the strings with deepgen_model.prompts / images (the code the encode
+POST /deepgen/prompt_preview (the pack's only route that takes a body: at most MAX_BODY bytes as sent and as
+decoded, whatever its Content-Encoding) builds the strings with deepgen_model.prompts / images (the code the encode
 nodes run), so the in-graph preview cannot drift from what is encoded. Token counts need a tokenizer:
 only the tokenizer of a model the pack LISTS is loaded (never the VLM), picked by its widget value; the
 request never names a path. Inputs are checked strictly and answered with 400 {"error": ...}.
@@ -31,6 +32,7 @@ from . import paths
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024  # bytes of JSON: also bounds every prompt (long ones are previewed with a warning)
+BODY_SECONDS = 10  # to receive (and decode) a body of at most MAX_BODY bytes
 MAX_NESTING = 8  # the request schema nests 3 levels; deeper JSON is refused before it is parsed
 CHARS_PER_TOKEN = 4  # rough, for a long-prompt warning before a tokenizer is connected
 MAX_IMAGE_SIDE = 1 << 16
@@ -60,6 +62,10 @@ def ordered_templates(listing: dict) -> dict:
 
 
 class BadRequest(ValueError):
+    pass
+
+
+class BodyTooLarge(BadRequest):
     pass
 
 
@@ -256,6 +262,7 @@ def size_presets() -> list[dict]:
 def _register() -> None:
     try:
         from aiohttp import web
+        from aiohttp.http_exceptions import HttpProcessingError
         from server import PromptServer
     except ImportError:
         return
@@ -266,16 +273,37 @@ def _register() -> None:
     def error(status: int, message: str):
         return web.json_response({"error": message}, status=status)
 
+    async def read_body(request) -> bytes:
+        """The body as sent and as decoded (aiohttp inflates a gzip/deflate Content-Encoding while it is read),
+        each at most MAX_BODY bytes: reading stops there, so a small compressed body cannot become a huge one."""
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise BodyTooLarge(f"send a JSON body of at most {MAX_BODY} bytes")
+        data = bytearray()
+        try:
+            while chunk := await request.content.read(MAX_BODY + 1 - len(data)):
+                data += chunk
+                if len(data) > MAX_BODY:
+                    raise BodyTooLarge(f"the request body is over {MAX_BODY} bytes once decoded "
+                                       f"(Content-Encoding {request.headers.get('Content-Encoding', 'none')}); "
+                                       f"send a JSON body of at most {MAX_BODY} bytes")
+        except (web.RequestPayloadError, HttpProcessingError) as e:
+            raise BadRequest(f"the request body could not be read ({str(e).strip()[:160]})") from None
+        return bytes(data)
+
     @routes.post("/deepgen/prompt_preview")
     async def prompt_preview(request):
-        if request.content_length is None or request.content_length > MAX_BODY:
-            return error(413 if request.content_length else 411, f"send a JSON body of at most {MAX_BODY} bytes")
-        raw = await request.read()  # exactly Content-Length bytes (aiohttp's parser stops there)
         try:
-            return web.json_response(await asyncio.to_thread(preview, parse_body(raw)))
+            # bounded in time too: when aiohttp fails to decode a body that arrives after its headers, it answers
+            # 400 itself but never ends the stream this handler reads (aiohttp 3.14)
+            body = parse_body(await asyncio.wait_for(read_body(request), BODY_SECONDS))
+            return web.json_response(await asyncio.to_thread(preview, body))
+        except asyncio.TimeoutError:
+            return error(408, f"the request body did not arrive (or could not be decoded) within {BODY_SECONDS} s")
+        except BodyTooLarge as e:
+            return error(413, str(e))
         except BadRequest as e:
             return error(400, str(e))
-        except DeepGenInputError as e:  # e.g. a size the engine rejects
+        except DeepGenInputError as e:  # e.g. a size the engine rejects, a prompt that is not valid text
             return error(400, str(e))
 
     @routes.get("/deepgen/size_presets")

@@ -19,6 +19,7 @@ import torch
 
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS, MAX_STEPS
 from ..deepgen_model.errors import DeepGenInputError
+from ..deepgen_model.precision import nonfinite_cause
 from ..deepgen_model.validation import check_cfg, check_steps
 from .comfy_models import DeepGenMMDiT, model_sigmas
 from .memory import memory_guard
@@ -77,8 +78,11 @@ def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: in
             latent_image, noise_mask=latent.get("noise_mask"), callback=callback,
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     if not torch.isfinite(samples).all():
-        raise DeepGenInputError("sampling produced NaN or infinite values (numerical overflow, typically fp16 "
-                                "weights): set weight_dtype to bf16 or fp32 in the DiT/checkpoint loader.")
+        inputs = {"latent": latent_image, **{f"{name} conditioning": c[0] for name, cond in
+                                             (("positive", positive), ("negative", negative)) for c in cond or []}}
+        dit = getattr(model.model, "diffusion_model", torch.nn.Module())
+        dtype = getattr(model.model, "manual_cast_dtype", None) or model.model_dtype()
+        raise DeepGenInputError(nonfinite_cause("sampling", inputs, {"DiT": dit.named_parameters()}, dtype) + ".")
     out = latent.copy()
     out["samples"] = samples
     return out

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepgen_batch.plan import derive_seed
+
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "DeepGen-1.0-diffusers"
@@ -76,7 +78,7 @@ def test_ten_items_one_broken(comfy_server, release, tmp_path):
     by_name = {r["input"]: r for r in rows}
     for i, name in enumerate(names):
         r = by_name[name]
-        assert r["seed"] == (2**63 + 5 if i == 3 else 1000 + i)  # mapping seed, else base + index (64-bit)
+        assert r["seed"] == (2**63 + 5 if i == 3 else derive_seed(1000, name))  # mapping seed, else from the name
         assert r["instruction"] == f"make it look like painting number {i}" and r["server"] == comfy_server.url
         if name != "img_07.png":
             assert r["status"] == "ok" and r["output"] == name and r["seconds"] > 0
@@ -130,8 +132,11 @@ def test_interrupted_run_resumes_without_redoing(comfy_server, release, tmp_path
     third = batch(tmp_path / "in", "-o", out, "-i", "turn it upside down", "-s", comfy_server.url)
     assert third.returncode == 0 and "nothing to do" in third.stdout
     changed = batch(tmp_path / "in", "-o", out, "-i", "turn it upside down", "-s", comfy_server.url, "--limit", "1",
-                    "--seed", "7")  # other seeds: not the same edit any more, so it runs again
-    assert changed.returncode == 0 and "1 ok" in changed.stdout and len(manifest_rows(manifest)) == len(names) + 1
+                    "--seed", "7")  # other seeds would make other pictures: the finished ones are kept ...
+    assert changed.returncode == 0 and "nothing to do" in changed.stdout and "--overwrite" in changed.stderr
+    redo = batch(tmp_path / "in", "-o", out, "-i", "turn it upside down", "-s", comfy_server.url, "--limit", "1",
+                 "--seed", "7", "--overwrite")  # ... unless asked
+    assert redo.returncode == 0 and "1 ok" in redo.stdout and len(manifest_rows(manifest)) == len(names) + 1
 
 
 # ---------------------------------------------------------------- a second server

@@ -484,3 +484,112 @@ def test_server_that_never_comes_back(a, tmp_path):
     for name in set(inputs) - done:
         assert a.url in rows[name]["error"], rows[name]["error"]  # names the server that went away
     assert f"{4 - len(done)} failed" in out_text
+
+
+# ---------------------------------------------------------------- a disk that fails; a folder that grows
+
+def faulty_batch(folder: Path, mode: str, after: int, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The client with tests/disk_faults.py's disk under ``folder`` (full after ``after`` results or rows,
+    or read-only)."""
+    cmd = [sys.executable, str(REPO / "tests" / "disk_faults.py"), str(folder), mode, str(after), "--",
+           *map(str, args), *FAST]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    print(proc.stdout, proc.stderr[-4000:])
+    return proc
+
+
+def history_ids(server: Server) -> set[str]:
+    return set(server.get("/history"))
+
+
+@pytest.mark.parametrize("mode", ["full-result", "full-row"])
+def test_disk_full_mid_run_keeps_every_finished_result(a, tmp_path, mode):
+    """The disk fills up after two results (the third result's data, or its manifest row, cannot be
+    written): the run stops queueing, cancels what it had on the server, keeps the two, says so, exits 4;
+    the same command after space is freed does the rest with nothing lost."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    inputs = make_inputs(src, [f"f{i}.png" for i in range(5)], seed=9)
+    args = [src, "-o", out, "-i", "make it snowy", "-s", a.url, "--per-server", "2"]
+    proc = faulty_batch(out, mode, 2, *args)
+    assert proc.returncode == 4, proc.stderr
+    assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr
+    assert "the 2 result(s) finished before it are kept" in proc.stderr and "run the same command again" in proc.stderr
+    assert "2 ok, 0 failed" in proc.stdout
+    first = manifest_rows(out / "manifest.jsonl")  # valid JSONL: the cut row was taken back
+    assert len(first) == 2 and all(r["status"] == "ok" for r in first)
+    assert sorted(p.name for p in out.iterdir()) == sorted([r["output"] for r in first] + ["manifest.jsonl"])
+    wait_for(lambda: a.queue() == ([], []), 30, "the stopped run's prompts to leave the queue")
+    kept = {r["output"]: (out / r["output"]).stat().st_mtime_ns for r in first}
+
+    again = batch(*args)
+    assert again.returncode == 0, again.stderr
+    assert "3 ok, 0 failed, 2 skipped" in again.stdout
+    check_outcome(inputs, src, out)
+    assert {o: (out / o).stat().st_mtime_ns for o in kept} == kept  # the finished ones were not redone
+
+
+def test_unwritable_output_or_manifest_is_refused_before_queueing(a, tmp_path):
+    src, out, shelf = tmp_path / "in", tmp_path / "out", tmp_path / "shelf"
+    make_inputs(src, ["a.png", "b.png"], seed=10)
+    out.mkdir()
+    shelf.mkdir()
+    before = history_ids(a)
+    args = [src, "-o", out, "-i", "x", "-s", a.url]
+    proc = faulty_batch(out, "read-only", 0, *args)  # a read-only output folder
+    assert proc.returncode == 4 and f"could not write {out}: Read-only file system" in proc.stderr, proc.stderr
+    assert "Nothing was queued" in proc.stderr and "Traceback" not in proc.stderr
+    proc = faulty_batch(shelf, "read-only", 0, *args, "--manifest", shelf / "manifest.jsonl")  # --manifest read-only
+    assert proc.returncode == 4 and f"could not write {shelf}" in proc.stderr, proc.stderr
+    proc = batch(*args, "--manifest", out / "b.png")  # the manifest where a result goes
+    assert proc.returncode == 2 and f"--manifest {out / 'b.png'} is where the result of b.png goes" in proc.stderr
+    assert history_ids(a) == before and a.queue() == ([], [])  # nothing reached the server
+    assert list(out.iterdir()) == [] and list(shelf.iterdir()) == []
+
+
+def test_added_inputs_never_replace_finished_results(a, tmp_path):
+    """Seeds come from each item's name: files added before and between the finished ones change no seed,
+    so the re-run does only the new files. A finished result is only redone when asked (--overwrite)."""
+    from deepgen_batch.plan import derive_seed
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    inputs = make_inputs(src, ["b.png", "d.png"], seed=11)
+    args = [src, "-o", out, "-i", "add a rainbow", "-s", a.url]
+    assert batch(*args).returncode == 0
+    done = {r["input"]: r for r in manifest_rows(out / "manifest.jsonl")}
+    assert {n: r["seed"] for n, r in done.items()} == {n: derive_seed(0, n) for n in done}
+    pictures = snapshot(out)
+
+    inputs.update(make_inputs(src, ["a.png", "c.png"], seed=12))  # sorted before and between the others
+    again = batch(*args)
+    assert again.returncode == 0 and "2 ok, 0 failed, 2 skipped" in again.stdout, again.stderr
+    rows = check_outcome(inputs, src, out)
+    assert {n: snapshot(out)[done[n]["output"]] for n in done} == {n: pictures[done[n]["output"]] for n in done}
+    assert all(rows[n]["seed"] == derive_seed(0, n) for n in inputs)
+
+    other = batch(*args, "--seed", "5")  # other seeds would make other pictures: kept unless asked
+    assert other.returncode == 0 and "nothing to do" in other.stdout
+    assert "4 finished item(s) would be made differently now" in other.stderr and "--overwrite" in other.stderr
+    redo = batch(*args, "--seed", "5", "--overwrite", "--limit", "1")
+    assert redo.returncode == 0 and "1 ok, 0 failed" in redo.stdout
+    rows = check_outcome(inputs, src, out, superseded=True)
+    assert rows["a.png"]["seed"] == derive_seed(5, "a.png") and rows["b.png"]["seed"] == derive_seed(0, "b.png")
+
+
+def test_long_names_and_backslashes_in_names(a, tmp_path):
+    """A 255-byte file name (its result name would not fit next to its temp name) and a Linux file named
+    a\\b.png beside a/b.png: every file edited from its own bytes, a second run skips them all."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    long = "\u00e9" + "x" * 249 + ".png"  # 255 bytes in UTF-8
+    inputs = make_inputs(src, [long, "a\\b.png", "a/b.png"], seed=13)
+    args = [src, "-o", out, "-i", "make it pink", "--recursive", "-s", a.url]
+    proc = batch(*args)
+    assert proc.returncode == 0, proc.stderr
+    rows = check_outcome(inputs, src, out)
+    assert len(rows[long]["output"].encode()) <= 200 and rows[long]["output"].startswith("\u00e9xxx")
+    assert rows["a\\b.png"]["output"] == "a\\b.png" and rows["a/b.png"]["output"] == "a/b.png"
+    for name, data in inputs.items():  # each result was made from its own file
+        prompt = a.get(f"/history/{rows[name]['prompt_id']}")[rows[name]["prompt_id"]]["prompt"][2]
+        assert prompt["2"]["inputs"]["image"] == f"deepgen-batch/{hashlib.sha256(data).hexdigest()[:24]}.png"
+    again = batch(*args)
+    assert again.returncode == 0 and "nothing to do: all 3 items are done" in again.stdout, again.stderr
+    assert "Traceback" not in again.stderr

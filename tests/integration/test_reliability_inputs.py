@@ -38,6 +38,15 @@ def test_non_ascii_prompts_are_encoded_exactly(comfy, text):
     assert not torch.equal(img, ascii_img)
 
 
+@pytest.mark.parametrize("which", ["prompt", "negative_prompt"])
+def test_lone_surrogate_names_the_input(comfy, which):
+    """Issue 20: "\\ud800" in JSON is a lone surrogate, which no tokenizer takes (it was a raw TypeError)."""
+    prompt = t2i(**{"prompt" if which == "prompt" else "negative": "a cat \ud800 on a mat"})
+    msg = error_of(comfy, prompt, "3")
+    assert msg.startswith(f"{which} contains an unpaired surrogate (U+D800 at character 7)"), msg
+    image_of(comfy, t2i(prompt="a cat \u00e9 on a mat"))  # real characters, and the next prompt, work
+
+
 def test_long_prompt_is_encoded_in_full(comfy):
     words = " ".join(f"detail{i}" for i in range(700))  # > 1024 tokens: past the training length, still encoded
     image_of(comfy, t2i(prompt=words))

@@ -178,6 +178,31 @@ def test_nan_output_is_an_error_not_a_black_image(comfy, monkeypatch):
     assert "NaN" in err["exception_message"] and "weight_dtype" in err["exception_message"]
 
 
+@pytest.mark.parametrize("part, node, cause", [
+    ("dit", "5", "sampling produced NaN or infinite values because the DiT weights hold them"),
+    ("vlm", "3", "encoding the prompt produced NaN or infinite values because the VLM weights hold them")])
+def test_nan_weights_are_named_as_the_cause_not_fp16(comfy, part, node, cause):
+    """Issue 20: weights that hold NaN, loaded in fp32, were still told "typically fp16 weights"."""
+    image(comfy, graph(f"nan {part} weights"))  # the checkpoint loaded (and cached) as usual, weight_dtype fp32
+    patchers = comfy.node_output("1")
+    module = patchers[0][0].model.diffusion_model if part == "dit" else patchers[1][0].model.vlm
+    saved = {n: p.detach().clone() for n, p in module.named_parameters()}
+    try:
+        with torch.inference_mode():  # ComfyUI made them inside inference mode
+            for p in module.parameters():
+                p.fill_(float("nan"))
+        kind, err = failure(comfy, graph(f"nan {part} weights", seed=16) if part == "dit"
+                            else graph(f"nan {part} weights, again"))
+    finally:
+        with torch.inference_mode():
+            for n, p in module.named_parameters():
+                p.copy_(saved[n])
+    assert kind == "execution_error" and err["node_id"] == node, err
+    msg = err["exception_message"]
+    assert msg.startswith(cause) and "download" in msg and "fp16" not in msg and "float16" not in msg, msg
+    image(comfy, graph(f"nan {part} weights", seed=17))  # weights back: pictures again
+
+
 # ------------------------------------------------------------------ interrupts
 
 def test_interrupt_during_vlm_encode_stops_at_the_next_layer(comfy, baseline, monkeypatch):

@@ -72,6 +72,26 @@ def _text(text):
     return damage
 
 
+def _header(change):
+    """Rewrite a safetensors header (the data stays): change(header, data bytes) edits it in place."""
+    def damage(f):
+        raw = f.read_bytes()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        change(header, len(raw) - 8 - n)
+        text = json.dumps(header).encode()
+        f.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    return damage
+
+
+def _as_i32(header, _size):  # F32 data declared I32: same bytes, other meaning
+    next(v for k, v in sorted(header.items()) if k != "__metadata__" and v["dtype"] == "F32")["dtype"] = "I32"
+
+
+def _huge_zero_size(header, size):  # a zero-size tensor with a dimension of 2^63
+    header["zz"] = {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [size, size]}
+
+
 LOADER_INPUTS = {
     "DeepGenSCBLoader": lambda name: {"scb_name": name, "weight_dtype": "fp32"},
     "DeepGenDiTLoader": lambda name: {"dit_name": name, "dit_base": "none", "weight_dtype": "fp32"},
@@ -109,6 +129,23 @@ CASES = [  # (case, loader node, damaged file, damage, component named, fragment
     ("vlm-positions", "DeepGenVLMLoader", "vlm/config.json", _config(max_position_embeddings=0), "VLM",
      "max_position_embeddings is 0"),
     ("vlm-hidden", "DeepGenVLMLoader", "vlm/config.json", _config(hidden_size=10**9), "VLM", "hidden_size is 1000000000"),
+    # issue 20
+    ("scb-i32", "DeepGenSCBLoader", "connector/model.safetensors", _header(_as_i32), "SCB", "is declared I32, but"),
+    ("dit-i32", "DeepGenCheckpointLoader", "transformer/diffusion_pytorch_model.safetensors", _header(_as_i32), "DiT",
+     "is declared I32, but"),
+    ("dit-2e63-dim", "DeepGenDiTLoader", "transformer/diffusion_pytorch_model.safetensors", _header(_huge_zero_size),
+     "DiT", "a dimension beyond 2^63 - 1"),
+    ("vlm-act", "DeepGenVLMLoader", "vlm/config.json", _config(hidden_act="relu"), "VLM", 'hidden_act is "relu"'),
+    ("vlm-mrope", "DeepGenCheckpointLoader", "vlm/config.json",
+     _config(rope_scaling={"type": "mrope", "mrope_section": [100, 100, 100]}), "VLM",
+     "mrope_section is [100, 100, 100]"),
+    ("vlm-llama", "DeepGenVLMLoader", "vlm/config.json", _config(model_type="llama"), "VLM", 'model_type is "llama"'),
+    ("vlm-image-token", "DeepGenVLMLoader", "vlm/config.json", _config(image_token_id=5), "VLM",
+     "image_token_id is 5, but the tokenizer's id of <|image_pad|>"),
+    ("sched-base-nan", "DeepGenCheckpointLoader", "scheduler/scheduler_config.json",
+     _config(use_dynamic_shifting=True, base_shift=float("nan")), "scheduler", "base_shift is NaN"),
+    ("sched-zero-range", "DeepGenDiTLoader", "scheduler/scheduler_config.json",
+     _config(use_dynamic_shifting=True, max_image_seq_len=256), "scheduler", "below max_image_seq_len 256"),
 ]
 
 
@@ -260,6 +297,16 @@ def _random_body(rng, depth=0):
     return {rng.choice(keys): _random_body(rng, depth + 1) for _ in range(rng.randrange(5))}
 
 
+def _random_request(rng, raw: bool) -> bytes:
+    """Random bytes, or a random JSON body shaped like a request (usually with a valid mode)."""
+    if raw:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+    body = _random_body(rng)
+    if isinstance(body, dict) and rng.random() < 0.6:
+        body.setdefault("mode", rng.choice(["t2i", "edit"]))
+    return json.dumps(body).encode()
+
+
 def test_prompt_preview_fuzz_never_500(comfy_server, release):
     """Seeded random bodies (random JSON shaped like requests, random bytes), bounded in time: every answer is 200
     or a 400 with an error message; the server answers the same valid request identically afterwards."""
@@ -272,19 +319,169 @@ def test_prompt_preview_fuzz_never_500(comfy_server, release):
     for i in range(400):
         if time.monotonic() > deadline:
             break
-        if i % 7 == 0:
-            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
-        else:
-            body = _random_body(rng)
-            if isinstance(body, dict) and rng.random() < 0.6:
-                body.setdefault("mode", rng.choice(["t2i", "edit"]))
-            data = json.dumps(body).encode()
+        data = _random_request(rng, raw=i % 7 == 0)
         status, answer = _post_raw(comfy_server, data)
         assert status in (200, 400), (status, data[:300], answer[:300])
         if status == 400:
             assert json.loads(answer)["error"]
         seen[status] += 1
     assert seen[400] > 20 and seen[200] > 0, seen
+    _healthy(comfy_server, good, want)
+
+
+# ------------------------------------------------------------------ compressed, chunked, undecodable bodies
+
+PACK_POSTS = (ROUTE, "/api" + ROUTE)  # every pack route that reads a body (GET /deepgen/size_presets reads none)
+
+
+def _send(server, data: bytes, encoding: str | None = None, chunked: bool = False, path: str = ROUTE):
+    """POST raw bytes with a Content-Encoding (as given: it need not match the bytes), with a Content-Length or
+    chunked; -> (status, body)."""
+    import http.client
+
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"Content-Type": "application/json", **({"Content-Encoding": encoding} if encoding else {})}
+    try:
+        try:
+            if chunked:
+                conn.putrequest("POST", path)
+                for k, v in {**headers, "Transfer-Encoding": "chunked"}.items():
+                    conn.putheader(k, v)
+                conn.endheaders()
+                for i in range(0, len(data), 4096):
+                    part = data[i:i + 4096]
+                    conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+                conn.send(b"0\r\n\r\n")
+            else:
+                conn.request("POST", path, body=data, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered (and closed) before the whole body was sent: read that answer
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _compress(data: bytes, how: str) -> bytes:
+    import gzip
+    import zlib
+
+    return gzip.compress(data) if how == "gzip" else zlib.compress(data)
+
+
+def _rss_mib(server) -> float:
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.parametrize("how", ["gzip", "deflate"])
+def test_compressed_body_is_held_to_the_limit_once_decoded(comfy_server, release, how):
+    """14 KiB of gzip that inflates to a 10 MB prompt was read whole (8 s of work, +1.7 GiB): now reading stops
+    at 256 KiB of decoded body, on every pack route that takes a body, sent with a length or chunked."""
+    good = json.dumps({"mode": "t2i", "prompt": "a cat"}).encode()
+    status, want = _post_raw(comfy_server, good)
+    assert status == 200
+    assert _send(comfy_server, _compress(good, how), how) == (200, want)  # a small compressed body is fine
+    bomb = _compress(json.dumps({"mode": "t2i", "prompt": "a" * 10_000_000}).encode(), how)
+    assert len(bomb) < 15_000
+    before = _rss_mib(comfy_server)
+    for path in PACK_POSTS:
+        for chunked in (False, True):
+            t0 = time.monotonic()
+            status, body = _send(comfy_server, bomb, how, chunked, path)
+            took = time.monotonic() - t0
+            assert status == 413 and "once decoded" in json.loads(body)["error"], (path, chunked, status, body[:200])
+            assert took < 5, f"{path}: {took:.1f} s"
+    grew = _rss_mib(comfy_server) - before
+    assert grew < 100, f"the server grew by {grew:.0f} MiB"
+    _healthy(comfy_server, good, want)
+
+
+def test_undecodable_and_mislabelled_bodies_are_400(comfy_server, release):
+    good = json.dumps({"mode": "t2i", "prompt": "a cat"}).encode()
+    status, want = _post_raw(comfy_server, good)
+    for data, encoding, fragment in ((b"not gzip at all", "gzip", "could not be read"),
+                                     (b"\x78\x9c garbage", "deflate", "could not be read"),
+                                     (_compress(good, "gzip")[:-12], "gzip", ""),  # cut short
+                                     (good, "compress", "")):  # an encoding aiohttp does not decode: raw bytes
+        status, body = _send(comfy_server, data, encoding)
+        assert status in (200, 400), (encoding, status, body[:200])
+        if status == 400:
+            assert fragment in json.loads(body)["error"]
+    assert _send(comfy_server, good, chunked=True) == (200, want)  # no Content-Length: read, bounded
+    _healthy(comfy_server, good, want)
+
+
+def test_undecodable_body_after_its_headers_is_answered_not_left_hanging(comfy_server, release):
+    """Headers first, then a deflate body that cannot be decoded: aiohttp answers 400 itself but leaves the
+    route's read waiting for ever; the route's time bound answers instead (408) and the server stays healthy."""
+    import socket
+
+    good = json.dumps({"mode": "t2i", "prompt": "a cat"}).encode()
+    status, want = _post_raw(comfy_server, good)
+    data = bytes.fromhex("789cedc8a10d80300004c0559ad72824e3102a104d1b5247d8")  # found by the fuzz below
+    host, port = comfy_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"POST {ROUTE} HTTP/1.1\r\nHost: {host}\r\nContent-Encoding: deflate\r\n"
+                  f"Content-Length: {len(data)}\r\n\r\n".encode())
+        time.sleep(0.3)  # the body in a packet of its own
+        s.sendall(data)
+        t0 = time.monotonic()
+        answer = s.recv(65536)
+    assert answer.startswith((b"HTTP/1.1 408", b"HTTP/1.1 400")) and time.monotonic() - t0 < 15, answer[:200]
+    _healthy(comfy_server, good, want)
+
+
+@pytest.mark.parametrize("body", [{"mode": "t2i", "prompt": "a \ud800 cat"},
+                                  {"mode": "edit", "negative_prompt": "\udfff", "references": [None]},
+                                  {"mode": "t2i", "prompt": "x\ud800", "model": {"loader": "DeepGenVLMLoader",
+                                                                                 "name": RELEASE}}])
+def test_lone_surrogate_in_a_prompt_is_400(comfy_server, release, body):
+    """Issue 20: json.dumps writes "\\ud800", which JSON parses into a lone surrogate: it was a 500."""
+    status, answer = _post_raw(comfy_server, json.dumps(body).encode())
+    which = "negative_prompt" if "negative_prompt" in body else "prompt"
+    assert status == 400 and json.loads(answer)["error"].startswith(f"{which} contains an unpaired surrogate"), answer
+
+
+def test_prompt_preview_fuzz_over_compressed_and_malformed_bodies(comfy_server, release):
+    """Seeded and bounded in time: request-shaped JSON or random bytes, sent plain, gzip or deflate (sometimes cut,
+    corrupted, or labelled with another encoding), with a length or chunked, plus compressed bombs: every answer
+    is 200, a 400 or a 413 with an error message, each within seconds; the server answers as before afterwards."""
+    rng = random.Random(20)
+    good = json.dumps({"mode": "t2i", "prompt": "a cat"}).encode()
+    status, want = _post_raw(comfy_server, good)
+    assert status == 200
+    before = _rss_mib(comfy_server)
+    deadline, seen = time.monotonic() + 40, {200: 0, 400: 0, 408: 0, 413: 0}
+    for i in range(300):
+        if time.monotonic() > deadline:
+            break
+        if i % 9 == 0:
+            text = rng.choice("ab\ud800") * rng.randrange(200_000, 2_000_000)
+            data = json.dumps({"mode": "t2i", "prompt": text}).encode()
+        else:
+            data = _random_request(rng, raw=i % 5 == 0)
+        how = rng.choice([None, "gzip", "deflate"])
+        if how:
+            data = _compress(data, how)
+            if rng.random() < 0.2:
+                data = data[:rng.randrange(len(data))]
+            elif rng.random() < 0.2:
+                at = rng.randrange(len(data))
+                data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+        label = rng.choice([how, how, None, "gzip", "deflate", "identity", "compress"])
+        t0 = time.monotonic()
+        status, answer = _send(comfy_server, data, label, chunked=rng.random() < 0.3, path=rng.choice(PACK_POSTS))
+        assert status in seen, (status, label, data[:100], answer[:300])
+        assert time.monotonic() - t0 < 15
+        if answer.startswith(b"{"):
+            assert status == 200 or json.loads(answer)["error"], answer
+        else:  # aiohttp's own answer to bytes it cannot decode, before the route runs
+            assert status == 400 and label in ("gzip", "deflate"), (status, label, answer[:200])
+        seen[status] += 1
+    assert seen[400] > 20 and seen[413] > 3 and seen[200] > 0, seen
+    assert _rss_mib(comfy_server) - before < 200
     _healthy(comfy_server, good, want)
 
 

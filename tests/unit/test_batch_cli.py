@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from deepgen_batch import cli
+from deepgen_batch.plan import derive_seed
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "numpy", "PIL", "comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "execution",
@@ -20,6 +21,7 @@ for m in pkgutil.iter_modules(deepgen_batch.__path__):
     if m.name != "__main__":
         importlib.import_module("deepgen_batch." + m.name)
 from deepgen_batch import cli
+from deepgen_batch.plan import derive_seed
 from deepgen_batch.progress import Progress
 Progress(2, 2).close()
 rc = cli.main(sys.argv[1:])
@@ -47,7 +49,8 @@ def test_dry_run_prints_the_plan(tmp_path, capsys):
                      "--dry-run"]) == 0
     out = capsys.readouterr().out
     plan = [json.loads(line) for line in out.splitlines() if line.startswith('{"input"')]
-    assert [(p["input"], p["seed"], p["output"]) for p in plan] == [("a.png", 5, "a.png"), ("b.jpg", 6, "b.png")]
+    assert [(p["input"], p["seed"], p["output"]) for p in plan] == [("a.png", derive_seed(5, "a.png"), "a.png"),
+                                                                     ("b.jpg", derive_seed(5, "b.jpg"), "b.png")]
     assert '"steps": 8' in out and '"prompt": "add fog"' in out
 
 

@@ -1,12 +1,13 @@
 """deepgen_batch.plan: folders, CSV/TSV/JSONL mappings, seeds, sizes, output names."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from deepgen_batch.plan import PlanError, build_plan, fold, output_names, read_mapping, scan_folder
+from deepgen_batch.plan import PlanError, build_plan, derive_seed, fold, output_names, read_mapping, scan_folder
 
 
 def touch(folder, *names):
@@ -24,11 +25,17 @@ def test_scan_folder_takes_images_sorted(tmp_path):
         scan_folder(tmp_path / "nope")
 
 
-def test_folder_plan_seeds_are_base_plus_index_64_bit(tmp_path):
+def test_folder_plan_seeds_come_from_the_names(tmp_path):
     touch(tmp_path, "x.png", "y.png", "z.png")
     items = build_plan(tmp_path, None, instruction="make it blue", seed_base=2**64 - 2, max_side=256)
     assert [i.input for i in items] == ["x.png", "y.png", "z.png"]
-    assert [i.seed for i in items] == [2**64 - 2, 2**64 - 1, 0]  # wraps within 64 bits
+    assert [i.seed for i in items] == [derive_seed(2**64 - 2, n) for n in ("x.png", "y.png", "z.png")]
+    assert derive_seed(5, "x.png") == int(hashlib.sha256(b"5:x.png#1").hexdigest()[:16], 16)  # as docs/batch.md says
+    assert len({i.seed for i in items}) == 3 and all(0 <= i.seed < 2**64 and i.seed_base == 2**64 - 2 for i in items)
+    touch(tmp_path, "a.png", "w.png")  # files added before and between: no other item's seed moves
+    again = {i.input: i.seed for i in build_plan(tmp_path, None, instruction="x", seed_base=2**64 - 2)}
+    assert all(again[i.input] == i.seed for i in items)
+    assert build_plan(tmp_path, None, instruction="x", seed_base=2**64 + 3)[0].seed == derive_seed(3, "a.png")
     assert all(i.instruction == "make it blue" and i.max_side == 256 for i in items)
     assert [i.output for i in items] == ["x.png", "y.png", "z.png"]
     assert items[0].source == tmp_path / "x.png"
@@ -56,7 +63,8 @@ def test_tsv_and_jsonl_mappings(tmp_path):
     lines = [{"filename": "a.png", "instruction": "x", "seed": 5, "negative": "ugly"}, {"file": "b.png", "edit": "y"}]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     a, b = build_plan(tmp_path, read_mapping(tmp_path / "m.jsonl"), instruction=None, seed_base=7)
-    assert (a.seed, a.negative, b.seed, b.instruction) == (5, "ugly", 8, "y")
+    assert (a.seed, a.negative, b.seed, b.instruction) == (5, "ugly", derive_seed(7, "b.png"), "y")
+    assert (a.seed_base, b.seed_base) == (None, 7)  # the mapping's seed is not derived
 
 
 @pytest.mark.parametrize("content, message", [
@@ -137,3 +145,31 @@ def test_names_given_in_earlier_runs_stay(tmp_path):
 def test_scan_leaves_out_the_output_folder(tmp_path):
     touch(tmp_path, "a.png", "edited/a.png", "edited/sub/b.png", "other/c.png")
     assert scan_folder(tmp_path, recursive=True, exclude=tmp_path / "edited") == ["a.png", "other/c.png"]
+
+
+def test_long_names_are_cut_to_fit_and_stay_apart():
+    long_a, long_b = "x" * 300 + "a.png", "x" * 300 + "b.png"  # alike for their first 300 characters
+    names = output_names([long_a, long_b, "\u00e9" * 150 + ".jpg", "d/" + "y" * 250 + ".png"])
+    assert all(len(n.rsplit("/", 1)[-1].encode()) <= 200 and n.endswith(".png") for n in names), names
+    assert len({fold(n) for n in names}) == 4 and names[3].startswith("d/yyy")
+    assert names[2].startswith("\u00e9" * 50) and "\ufffd" not in names[2]  # cut between characters
+    assert output_names([long_a, long_b]) == names[:2]  # the same every run
+    assert output_names(["a.png", "a.jpg"]) == ["a_png.png", "a_jpg.png"]  # short names as before
+
+
+def test_backslashes_in_file_names(tmp_path):
+    touch(tmp_path, "a\\b.png", "a/b.png")  # on Linux "a\b.png" is one file in the input folder itself
+    assert scan_folder(tmp_path, recursive=True) == ["a/b.png", "a\\b.png"]
+    items = build_plan(tmp_path, None, instruction="x", recursive=True)
+    assert [(i.input, i.source, i.output) for i in items] == [
+        ("a/b.png", tmp_path / "a/b.png", "a/b.png"), ("a\\b.png", tmp_path / "a\\b.png", "a\\b.png")]
+    rows = [{"filename": "a\\b.png"}, {"filename": "sub\\c.png"}]  # a mapping: the existing file wins, else "\" = "/"
+    assert [i.input for i in build_plan(tmp_path, rows, instruction="x")] == ["a\\b.png", "sub/c.png"]
+
+
+def test_seeds_the_manifest_records_are_kept(tmp_path):
+    touch(tmp_path, "a.png", "b.png")
+    items = build_plan(tmp_path, None, instruction="x", seed_base=3, seeds={("b.png", "b.png"): 42})
+    assert [(i.seed, i.seed_base) for i in items] == [(derive_seed(3, "a.png"), 3), (42, 3)]
+    rows = [{"filename": "b.png", "seed": 7}]  # the mapping's seed comes first
+    assert build_plan(tmp_path, rows, instruction="x", seeds={("b.png", "b.png"): 42})[0].seed == 7

@@ -3,6 +3,7 @@ retries with back-off, server choice, resume."""
 from __future__ import annotations
 
 import functools
+import os
 import io
 import json
 import struct
@@ -14,7 +15,7 @@ import pytest
 from deepgen_batch import cli
 from deepgen_batch.api import ItemError, TransientError
 from deepgen_batch.manifest import Manifest
-from deepgen_batch.plan import build_plan
+from deepgen_batch.plan import build_plan, derive_seed
 from deepgen_batch.progress import Progress
 from deepgen_batch.runner import Cancelled, Runner, Scheduler, ServersGone, Settings
 from deepgen_batch.workflow import Workflow, builtin
@@ -139,12 +140,14 @@ def test_each_item_gets_a_row_and_errors_do_not_stop_the_batch(tmp_path):
     assert "missing output" in rows["n.png"]["error"] and rows["n.png"]["outputs"] == []
     assert rows["n.png"]["output"] == "n.png"  # the planned name: the row's key, also for errors
     seeds = {i.input: i.seed for i in items}
-    assert all(rows[k]["seed"] == seeds[k] for k in rows) and seeds["good.png"] == 10
+    assert all(rows[k]["seed"] == seeds[k] and rows[k]["seed_base"] == 10 for k in rows)
+    assert seeds["good.png"] == derive_seed(10, "good.png")
     lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
     assert sorted(json.loads(x)["input"] for x in lines) == sorted(rows)
     # the server got the item's values; the upload name is the content hash (same bytes -> same name)
     sent = next(p for p in server.prompts.values() if p["3"]["inputs"]["prompt"] == "add snow")
-    assert sent["4"]["inputs"]["seed"] == 10 and sent["2"]["inputs"]["image"].startswith("deepgen-batch/")
+    assert sent["4"]["inputs"]["seed"] == seeds["good.png"]
+    assert sent["2"]["inputs"]["image"].startswith("deepgen-batch/")
 
 
 def test_transient_failures_are_retried_with_backoff(tmp_path):
@@ -282,10 +285,11 @@ def test_manifest_resume_rules_and_torn_lines(tmp_path):
     with open(m.path, "a") as f:
         f.write('{"input": "d.png", "output": "d.png", "status": "o')  # a line cut short by a kill
     latest = m.latest()
-    assert Manifest.is_done(latest[("a.png", "a.png")], "f1", tmp_path)
-    assert not Manifest.is_done(latest[("a.png", "a.png")], "other", tmp_path)  # changed edit: redo
-    assert not Manifest.is_done(latest[("b.png", "b.png")], "f2", tmp_path)  # result gone
-    assert not Manifest.is_done(latest[("c.png", "c.png")], "f3", tmp_path)  # result changed since
+    assert Manifest.is_done(latest[("a.png", "a.png")], tmp_path)  # finished, whatever today's settings are ...
+    a_row = latest[("a.png", "a.png")]
+    assert Manifest.changed(a_row, "other") and not Manifest.changed(a_row, "f1")  # ... redone only when asked
+    assert not Manifest.is_done(latest[("b.png", "b.png")], tmp_path)  # result gone
+    assert not Manifest.is_done(latest[("c.png", "c.png")], tmp_path)  # result changed since
     assert ("d.png", "d.png") not in latest
     assert m.made() == {"a.png": {a_sha}, "b.png": {"0" * 64}, "c.png": {"0" * 64}}
     assert m.owners() == {"a.png": "a.png", "b.png": "b.png", "c.png": "c.png"}
@@ -321,7 +325,138 @@ def test_cli_resume_skips_done_items(tmp_path, monkeypatch, capsys):
     assert cli.main(base) == 0 and "nothing to do" in capsys.readouterr().out
     (tmp_path / "out" / "i0.png").unlink()  # a deleted result is made again
     assert cli.main(base) == 0 and len(server.prompts) == 6
-    assert cli.main(base + ["--instruction", "other edit"]) == 0 and len(server.prompts) == 11  # new edit: all redone
-    (tmp_path / "in" / "i1.png").write_bytes(b"garbage")
-    assert cli.main(base + ["--instruction", "other edit"]) == 1  # the unreadable file fails: exit status 1
+    capsys.readouterr()
+    other = base + ["--instruction", "other edit"]
+    assert cli.main(other) == 0 and len(server.prompts) == 6  # a finished picture is only redone when asked
+    out = capsys.readouterr()
+    assert "nothing to do" in out.out and "5 finished item(s) would be made differently now" in out.err
+    assert "pass --overwrite to redo them: i0.png, i1.png" in out.err
+    assert cli.main(other + ["--overwrite", "--limit", "2"]) == 0 and len(server.prompts) == 8
+    assert "redoing them (--overwrite)" in capsys.readouterr().err
+    assert cli.main(other) == 0 and len(server.prompts) == 8 and "3 finished item(s)" in capsys.readouterr().err
+    (tmp_path / "in" / "i1.png").write_bytes(b"garbage")  # changed since: its finished result stays
+    assert cli.main(other + ["--overwrite"]) == 1  # ... until asked: the unreadable file fails, exit status 1
     assert "FAILED i1.png: i1.png is not a readable image" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows if r["input"] == "i1.png"][-1] == "error"
+    assert (tmp_path / "out" / "i1.png").exists()  # the picture made before stays
+
+
+# ------------------------------------------------------------------ a disk that fills up or is read-only
+
+def _cli_against(monkeypatch, server):
+    monkeypatch.setattr(cli, "ComfyClient", lambda url, headers: server)
+    monkeypatch.setattr(cli, "preflight", lambda clients, wf, log: clients)
+    monkeypatch.setattr(cli, "Settings", functools.partial(Settings, poll=0.001))
+
+
+@pytest.mark.parametrize("mode", ["full-result", "full-row"])
+def test_disk_full_mid_run_stops_keeps_what_is_done_and_resumes(tmp_path, monkeypatch, capsys, mode):
+    from disk_faults import faulty_disk
+
+    make_inputs(tmp_path / "in", [(f"i{k}.png", "") for k in range(5)], plan=False)
+    server = FakeServer()
+    _cli_against(monkeypatch, server)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "in"), "-o", str(out), "-i", "edit", "--no-progress", "--per-server", "1"]
+    with faulty_disk(out, mode, after=2):
+        assert cli.main(args) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No space left on device" in err
+    assert "the 2 result(s) finished before it are kept" in err and "run the same command again" in err
+    assert len(server.prompts) == 3  # the third prompt ran but could not be kept; nothing was queued after it
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["i0.png", "i1.png", "manifest.jsonl"], files  # no temp file, no half result
+    text = (out / "manifest.jsonl").read_text()
+    assert text.endswith("\n") and [json.loads(x)["status"] for x in text.splitlines()] == ["ok", "ok"]  # no torn row
+    kept = {n: (out / n).read_bytes() for n in ("i0.png", "i1.png")}
+
+    assert cli.main(args) == 0  # space freed: the same command does the rest
+    captured = capsys.readouterr()
+    assert "3 ok, 0 failed, 2 skipped" in captured.out
+    assert {n: (out / n).read_bytes() for n in kept} == kept
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["input"] for r in rows) == [f"i{k}.png" for k in range(5)] and {r["status"] for r in rows} == {"ok"}
+
+
+def test_read_only_output_or_manifest_is_refused_before_anything_is_queued(tmp_path, monkeypatch, capsys):
+    from disk_faults import faulty_disk
+
+    make_inputs(tmp_path / "in", [("a.png", "")], plan=False)
+    server = FakeServer()
+    _cli_against(monkeypatch, server)
+    out, shelf = tmp_path / "out", tmp_path / "shelf"
+    out.mkdir()
+    shelf.mkdir()
+    args = [str(tmp_path / "in"), "-o", str(out), "-i", "edit", "--no-progress"]
+    with faulty_disk(out, "read-only"):
+        assert cli.main(args) == 4
+    err = capsys.readouterr().err
+    assert f"could not write {out}: Read-only file system" in err and "Nothing was queued" in err
+    with faulty_disk(shelf, "read-only"):  # --manifest on a read-only mount, results folder writable
+        assert cli.main(args + ["--manifest", str(shelf / "m.jsonl")]) == 4
+    assert f"could not write {shelf}" in capsys.readouterr().err
+    (shelf / "m.jsonl").write_text('{"input": "a.png", "output": "../out/a.png", "status": "o')  # torn: needs repair
+    with faulty_disk(shelf, "read-only"):
+        assert cli.main(args + ["--manifest", str(shelf / "m.jsonl")]) == 4
+    assert "Traceback" not in capsys.readouterr().err
+    assert server.prompts == {} and sorted(os.listdir(out)) == []
+
+
+def test_a_failed_manifest_write_is_cut_back_and_ends_the_appends(tmp_path):
+    from disk_faults import faulty_disk
+
+    from deepgen_batch.manifest import StorageError
+
+    m = Manifest(tmp_path / "manifest.jsonl")
+    with faulty_disk(tmp_path, "full-row", after=1):
+        m.append({"input": "a.png", "status": "ok"})
+        with pytest.raises(StorageError, match=r"could not write .*manifest\.jsonl: No space left on device"):
+            m.append({"input": "b.png", "status": "ok"})
+    assert m.path.read_text().count("\n") == 1 and [r["input"] for r in m.rows()] == ["a.png"]  # half a row: gone
+    with pytest.raises(StorageError):  # space back or not: nothing more is appended in this run
+        m.append({"input": "c.png", "status": "ok"})
+    assert [r["input"] for r in m.rows()] == ["a.png"]
+
+
+def test_manifest_of_deepgen_batch_0_1_keeps_its_seeds_and_pictures(tmp_path, monkeypatch, capsys):
+    """Rows written before seeds came from names (seed = base + index, no seed_base): a new file in the
+    folder, or the upgrade itself, must not make them look changed, let alone redo them."""
+    import dataclasses
+
+    from deepgen_batch.runner import prepare
+
+    make_inputs(tmp_path / "in", [("b.png", ""), ("d.png", "")], plan=False)
+    server = FakeServer()
+    _cli_against(monkeypatch, server)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "in"), "-o", str(out), "-i", "edit", "--no-progress"]
+    assert cli.main(args) == 0
+    wf, old = Workflow(builtin()), []
+    items = {i.input: i for i in build_plan(tmp_path / "in", None, instruction="edit")}
+    for line in (out / "manifest.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        del row["seed_base"]
+        row["seed"] = i = sorted(items).index(row["input"])  # 0.1: base 0 + index
+        row["fingerprint"] = prepare(dataclasses.replace(items[row["input"]], seed=i), wf).fingerprint
+        old.append(json.dumps(row))
+    (out / "manifest.jsonl").write_text("\n".join(old) + "\n")
+    pictures = {n: (out / n).read_bytes() for n in ("b.png", "d.png")}
+    capsys.readouterr()
+
+    make_inputs(tmp_path / "in", [("a.png", ""), ("c.png", "")], plan=False)
+    assert cli.main(args) == 0 and len(server.prompts) == 4  # only the two new files ran
+    captured = capsys.readouterr()
+    assert "2 ok, 0 failed, 2 skipped" in captured.out and "made differently" not in captured.err
+    assert {n: (out / n).read_bytes() for n in pictures} == pictures
+    seeds = {r["input"]: r["seed"] for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert seeds == {"b.png": 0, "d.png": 1, "a.png": derive_seed(0, "a.png"), "c.png": derive_seed(0, "c.png")}
+
+
+def test_manifest_where_a_result_goes_is_refused(tmp_path, capsys):
+    make_inputs(tmp_path / "in", [("a.png", ""), ("b.jpg", "")], plan=False)
+    out = tmp_path / "out"
+    for manifest in (out / "b.png", out / "B.PNG", out / "a.png" / "m.jsonl"):
+        assert cli.main([str(tmp_path / "in"), "-o", str(out), "-i", "x", "--manifest", str(manifest)]) == 2
+        assert f"--manifest {manifest} is where the result of" in capsys.readouterr().err
+    assert not out.exists()

@@ -190,3 +190,24 @@ def test_compute_dtype_of_reports_the_manual_cast():
     m = AllLayers().to(torch.bfloat16)
     assert compute_dtype_of(m) == torch.bfloat16
     assert compute_dtype_of(apply_manual_cast(m, torch.float32)) == torch.float32
+
+
+def test_nonfinite_cause_names_the_cause_it_finds():
+    """Issue 20: NaN out of a stage is explained by what holds NaN (an input, the weights) before fp16 is blamed."""
+    layer = nn.Linear(2, 2)
+    ok = {"latent": torch.zeros(2)}
+    weights = lambda: {"DiT": layer.named_parameters()}  # noqa: E731 (one pass per call, like the nodes)
+    msg = precision.nonfinite_cause("sampling", {"latent": torch.tensor([float("nan")])}, weights(), torch.float16)
+    assert msg.startswith("sampling produced NaN or infinite values because its latent already holds them")
+    with torch.no_grad():
+        layer.bias[0] = float("inf")
+    msg = precision.nonfinite_cause("sampling", ok, weights(), torch.float32)
+    assert "because the DiT weights hold them (1 tensor(s), e.g. bias)" in msg and "download the DiT" in msg
+    assert "float16" not in msg and "fp16" not in msg
+    with torch.no_grad():
+        layer.bias.zero_()
+    assert "overflow while computing in float16" in precision.nonfinite_cause("sampling", ok, weights(), torch.float16)
+    msg = precision.nonfinite_cause("sampling", ok, weights(), torch.float32)
+    assert "computes in float32 (not a float16 overflow)" in msg
+    fp8 = {"DiT": [("w", torch.full((2,), float("nan")).to(torch.float8_e4m3fn))]}  # fp8 storage is checked too
+    assert "DiT weights hold them" in precision.nonfinite_cause("sampling", ok, fp8, torch.bfloat16)

@@ -77,3 +77,16 @@ def test_dynamic_shifting_uses_target_seq_len_mu_like_diffusers():
     lin = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
     lin.set_timesteps(5, mu=1.3)
     assert torch.equal(dynamic_sigmas(5, 1.3, time_shift_type="linear"), lin.sigmas)
+
+
+@pytest.mark.parametrize("cfg, seq_len, fragment", [
+    ({"base_image_seq_len": 256, "max_image_seq_len": 257}, 147456, r"gives mu = 9\.715e\+04"),  # exp overflows
+    ({"base_shift": -10.0, "max_shift": 10.0}, 147456, "makes no valid schedule"),
+    ({"time_shift_type": "linear", "base_shift": -1.0, "max_shift": -1.0}, 1024, "linear time shift"),
+    ({"base_image_seq_len": 1024, "max_image_seq_len": 1024}, 1024, "base_image_seq_len = max_image_seq_len = 1024"),
+])
+def test_dynamic_shift_that_makes_no_schedule_is_named(cfg, seq_len, fragment):
+    """Issue 20: dynamic-shift fields that pass one by one but give no schedule for this size were an
+    OverflowError, a ZeroDivisionError or NaN sigmas (then blamed on fp16 weights)."""
+    with pytest.raises(DeepGenInputError, match=fragment):
+        sigmas_from_config({"use_dynamic_shifting": True, **cfg}, 8, image_seq_len=seq_len)

@@ -67,6 +67,17 @@ HEADERS = {  # name: (header, data, claimed length, expected fragment)
                      "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "overlapping"),
     "trailing bytes": (F32_4, b"\0" * 12, None, "trailing bytes"),
     "metadata not strings": ({"__metadata__": {"a": 1}, **F32_4}, b"\0" * 8, None, "__metadata__"),
+    "zero-size, dimension 2^63": ({"w": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}}, b"", None,
+                                  "a dimension beyond 2^63 - 1"),
+    "zero-size, dimension 2^64": ({"w": {"dtype": "BF16", "shape": [2**64, 0], "data_offsets": [0, 0]}}, b"", None,
+                                  "a dimension beyond 2^63 - 1"),
+    "F32 data declared I32": ({"w": {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+                              "tensor 'w' is declared I32, but the DiT (transformer/) holds floating-point weights"),
+    "F32 data declared U32": ({"w": {"dtype": "U32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+                              "is declared U32"),
+    "declared BOOL": ({"w": {"dtype": "BOOL", "shape": [8], "data_offsets": [0, 8]}}, b"\0" * 8, None, "declared BOOL"),
+    "declared F8_E4M3": ({"w": {"dtype": "F8_E4M3", "shape": [8], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+                         "declared F8_E4M3"),
 }
 
 
@@ -144,16 +155,20 @@ def _damage(f: Path, how: str):
     elif how == "folder":
         f.unlink()
         f.mkdir()
-    elif how == "no dtype":
+    elif how in ("no dtype", "F32 as I32"):
         n = struct.unpack("<Q", f.read_bytes()[:8])[0]
         raw = f.read_bytes()
         header = json.loads(raw[8:8 + n])
-        del header[next(k for k in header if k != "__metadata__")]["dtype"]
+        entry = next(v for k, v in sorted(header.items()) if k != "__metadata__" and v["dtype"] == "F32")
+        if how == "no dtype":
+            del entry["dtype"]
+        else:  # same size, other meaning: the tensor's bytes would be read as integers
+            entry["dtype"] = "I32"
         text = json.dumps(header).encode()
         f.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
 
 
-@pytest.mark.parametrize("how", ["empty", "2^62", "folder", "no dtype"])
+@pytest.mark.parametrize("how", ["empty", "2^62", "folder", "no dtype", "F32 as I32"])
 @pytest.mark.parametrize("component", list(LOADERS))
 def test_damaged_weights_are_named_by_every_loader(release, tripwires, component, how):
     rel, load = LOADERS[component]
@@ -164,6 +179,19 @@ def test_damaged_weights_are_named_by_every_loader(release, tripwires, component
         load(release)
     msg = str(err.value)
     assert msg.startswith(f"{component} file {f}:") and "again" in msg, msg
+    if how == "F32 as I32":
+        assert "is declared I32, but" in msg and "floating-point weights" in msg, msg
+
+
+def test_integer_tensors_for_weights_are_refused_also_from_model_pt():
+    """A native model.pt is no safetensors file: its tensors are checked where they are assigned."""
+    from deepgen_model.assign import assign
+
+    with torch.device("meta"):
+        model = torch.nn.Linear(2, 3)
+    with pytest.raises(DeepGenLoadError, match=r"^model\.pt: integer tensors where weights are floating point "
+                                               r"\(1\): weight \(int32\)"):
+        assign(model, {"weight": torch.zeros(3, 2, dtype=torch.int32), "bias": torch.zeros(3)}, "model.pt")
 
 
 def _edit_json(path: Path, change):
@@ -204,18 +232,78 @@ CONFIGS = [  # (component, config file, change, fragment)
     ("VLM", "vlm/config.json", _set(**{"vision_config.depth": 0}), "vision_config.depth is 0"),
     ("VLM", "vlm/config.json", _set(rms_norm_eps=float("nan")), "rms_norm_eps is NaN"),
     ("VLM", "vlm/config.json", lambda c: "hello", "is a JSON str"),
+    # issue 20: every field the engine reads, and the architecture's fixed values
+    ("VLM", "vlm/config.json", _set(hidden_act="relu"), 'hidden_act is "relu", must be "silu" (Qwen2.5-VL-3B'),
+    ("VLM", "vlm/config.json", _set(hidden_act=3), "hidden_act is 3, must be \"silu\""),
+    ("VLM", "vlm/config.json", _set(rope_scaling="x"),
+     'rope_scaling must be {"type": "mrope", "mrope_section": [2, 3, 3]}'),
+    ("VLM", "vlm/config.json", _set(rope_scaling=None), "rope_scaling must be"),
+    ("VLM", "vlm/config.json", _set(**{"rope_scaling.mrope_section": [100, 100, 100]}),
+     "rope_scaling.mrope_section is [100, 100, 100], must be [2, 3, 3]"),
+    ("VLM", "vlm/config.json", _set(rope_scaling={"type": "linear", "factor": 2.0}),
+     'rope_scaling type ["linear"] is not mrope'),
+    ("VLM", "vlm/config.json", _set(rope_theta=10.0), "rope_theta is 10.0, must be 1000000.0"),
+    ("VLM", "vlm/config.json", _set(torch_dtype="abc"), 'torch_dtype is "abc", must be one of "float32"'),
+    ("VLM", "vlm/config.json", _set(torch_dtype=5), "torch_dtype is 5"),
+    ("VLM", "vlm/config.json", _set(**{"vision_config.fullatt_block_indexes": [7]}),
+     "vision_config.fullatt_block_indexes [7] must name distinct vision blocks in increasing order, below "
+     "vision_config.depth 2"),
+    ("VLM", "vlm/config.json", _set(**{"vision_config.fullatt_block_indexes": "x"}), "must be a list of integers"),
+    ("VLM", "vlm/config.json", _set(**{"vision_config.hidden_act": "gelu"}), 'vision_config.hidden_act is "gelu"'),
+    ("VLM", "vlm/config.json", _set(**{"vision_config.window_size": 56}),
+     "vision_config.window_size is 56, must be 112"),
+    ("VLM", "vlm/config.json", _set(**{"vision_config.spatial_merge_size": 1}), "spatial_merge_size is 1, must be 2"),
+    ("VLM", "vlm/config.json", _set(model_type="llama"), 'model_type is "llama", must be "qwen2_5_vl"'),
+    ("VLM", "vlm/config.json", _set(use_sliding_window=True), "use_sliding_window is true, must be false"),
+    ("VLM", "vlm/config.json", _set(image_token_id=10**6), "image_token_id 1000000 is not below vocab_size 526"),
+    ("VLM", "vlm/config.json", _set(image_token_id="5"), 'image_token_id is "5", must be an integer'),
+    ("DiT", "transformer/config.json", _set(qk_norm="layer_norm"), 'qk_norm is "layer_norm", must be "rms_norm"'),
+    ("DiT", "transformer/config.json", _set(in_channels=4), "in_channels is 4, must be 16"),
+    ("VAE", "vae/config.json", _set(scaling_factor=0.18215), "scaling_factor is 0.18215, must be 1.5305 (the SD3 VAE)"),
+    ("VAE", "vae/config.json", _set(down_block_types=["DownBlock2D"] * 4),
+     'down_block_types must be "DownEncoderBlock2D"'),
+    ("SCB", "connector/config.json", _set(hidden_act="relu"), 'hidden_act is "relu", must be "gelu_pytorch_tanh"'),
+    ("scheduler", "scheduler/scheduler_config.json", _set(use_dynamic_shifting="yes"),
+     'use_dynamic_shifting is "yes", must be true or false'),
+    ("scheduler", "scheduler/scheduler_config.json", _set(use_dynamic_shifting=True, base_shift=float("nan")),
+     "base_shift is NaN, must be a number in -10..10"),
+    ("scheduler", "scheduler/scheduler_config.json", _set(use_dynamic_shifting=True, base_image_seq_len=4096),
+     "use_dynamic_shifting needs base_image_seq_len 4096 below max_image_seq_len 4096"),
+    ("scheduler", "scheduler/scheduler_config.json", _set(max_shift="1.15"), 'max_shift is "1.15", must be a number'),
+    ("scheduler", "scheduler/scheduler_config.json", _set(time_shift_type="cubic"),
+     'time_shift_type is "cubic", must be one of "exponential", "linear"'),
+    ("scheduler", "scheduler/scheduler_config.json", _set(use_karras_sigmas=True),
+     "use_karras_sigmas is true, must be false"),
+    ("scheduler", "scheduler/scheduler_config.json", _set(_class_name="DDIMScheduler"),
+     'must be "FlowMatchEulerDiscreteScheduler"'),
+    ("scheduler", "scheduler/scheduler_config.json", _set(shift=-3), "shift is -3"),
 ]
+CONFIG_LOADERS = {**{name: load for name, (_, load) in LOADERS.items()},
+                  "scheduler": lambda r: loading.load_scheduler_config(r)}
 
 
 @pytest.mark.parametrize("component, rel, change, fragment", CONFIGS, ids=[f"{c[0]}:{c[3][:40]}" for c in CONFIGS])
 def test_absurd_configs_are_refused_before_building(release, tripwires, component, rel, change, fragment):
     _edit_json(release / rel, change)
     with pytest.raises(DeepGenLoadError) as err:
-        LOADERS[component][1](release)
+        CONFIG_LOADERS[component](release)
     msg = str(err.value)
     assert msg.startswith((f"{component} file {release / rel}:", f"{component} folder {release / Path(rel).parent}:"))
     assert fragment in msg, msg
     assert "again" in msg, msg
+
+
+@pytest.mark.parametrize("field, token", [("image_token_id", "<|image_pad|>"),
+                                          ("vision_start_token_id", "<|vision_start|>")])
+def test_special_token_ids_must_be_the_tokenizers(release, field, token):
+    """In the vocabulary, but not the tokenizer's id of that token: the image would silently be left out (issue 20)."""
+    _edit_json(release / "vlm" / "config.json", _set(**{field: 5}))
+    with pytest.raises(DeepGenLoadError) as err:
+        vlm_loading.load_vlm(release)
+    msg = str(err.value)
+    config = release / "vlm" / "config.json"
+    assert msg.startswith(f"VLM file {config}: {field} is 5, but the tokenizer's id of {token}"), msg
+    assert "download both again" in msg
 
 
 def test_config_that_is_not_json_and_a_folder_for_config(release, tripwires):
@@ -298,6 +386,16 @@ def test_image_tokens_in_user_text_name_the_prompt(tiny, bridge, token):
         encode(tiny.vlm_base, tiny.tokenizer, bridge, f"{token}{token}", "", image, max_side=32)
 
 
+def test_lone_surrogates_in_user_text_name_the_input(tiny, bridge):
+    """A JSON "\\ud800" escape parses into a lone surrogate, which the tokenizer rejects with a raw TypeError."""
+    for kwargs, name in (({"prompts": "a \ud800 cat", "negative_prompts": ""}, "prompt"),
+                         ({"prompts": "a cat", "negative_prompts": "\udc00"}, "negative_prompt")):
+        with pytest.raises(DeepGenInputError) as err:
+            encode(tiny.vlm_base, tiny.tokenizer, bridge, **kwargs)
+        assert str(err.value).startswith(f"{name} contains an unpaired surrogate (U+"), err.value
+    validation.check_prompt("caf\u00e9 \U0001f431", "prompt")  # real characters outside the BMP are fine
+
+
 def test_other_special_tokens_are_parsed_as_special_tokens_like_the_official_code(tiny, bridge):
     """The release tokenises the user text with special-token parsing on: "<|im_end|>" typed by a user is the
     single special token (not its characters), and conditioning still works. Documented in docs/reliability.md."""
@@ -364,7 +462,7 @@ def test_fuzz_safetensors_reader(tmp_path):
 
     rng = random.Random(20260213)
     valid = save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16),
-                  "c": torch.zeros(3, dtype=torch.int64)}, metadata={"format": "pt"})
+                  "c": torch.zeros(3, dtype=torch.float64)}, metadata={"format": "pt"})
     n = struct.unpack("<Q", valid[:8])[0]
     f = tmp_path / "fuzz.safetensors"
     deadline, accepted, refused = time.monotonic() + 20, 0, 0
@@ -372,7 +470,7 @@ def test_fuzz_safetensors_reader(tmp_path):
         if time.monotonic() > deadline:
             break
         data = bytearray(valid)
-        op = rng.randrange(6)
+        op = rng.randrange(7)
         if op == 0:  # flip bytes in the header
             for _ in range(rng.randrange(1, 4)):
                 data[rng.randrange(8, 8 + n)] = rng.randrange(256)
@@ -385,10 +483,20 @@ def test_fuzz_safetensors_reader(tmp_path):
         elif op == 4:  # a random JSON header
             text = json.dumps(_random_json(rng)).encode()
             data = bytearray(struct.pack("<Q", len(text)) + text + bytes(rng.randrange(3) * 4))
-        else:  # a valid header with one field of one entry replaced
+        elif op == 5:  # a valid header with one field of one entry replaced
             header = json.loads(valid[8:8 + n])
             entry = header[rng.choice(["a", "b", "c"])]
             entry[rng.choice(["dtype", "shape", "data_offsets"])] = _random_json(rng)
+            text = json.dumps(header).encode()
+            data = bytearray(struct.pack("<Q", len(text)) + text + valid[8 + n:])
+        else:  # another dtype and a shape that spans the same bytes (or none, or huge dimensions of zero size)
+            header = json.loads(valid[8:8 + n])
+            entry = header[rng.choice(["a", "b", "c"])]
+            entry["dtype"] = rng.choice(sorted(validation.DTYPE_BITS) + ["F32", "BF16", "f32", "I4"])
+            span = entry["data_offsets"][1] - entry["data_offsets"][0]
+            count = 8 * span // validation.DTYPE_BITS.get(entry["dtype"], 8)
+            entry["shape"] = rng.choice([[count], [1, count], [count, 1, 1], [0, 2**rng.randrange(60, 66)],
+                                         [2**63 - 1, 0], [count, 0]])
             text = json.dumps(header).encode()
             data = bytearray(struct.pack("<Q", len(text)) + text + valid[8 + n:])
         f.write_bytes(bytes(data))
@@ -398,11 +506,56 @@ def test_fuzz_safetensors_reader(tmp_path):
             assert str(e).startswith(f"VAE file {f}:"), e
             refused += 1
             continue
+        assert all(e["dtype"] in validation.WEIGHT_DTYPES for k, e in header.items() if k != "__metadata__"), header
         with safe_open(str(f), framework="pt") as st:  # accepted: the library must read every tensor
             for k in st.keys():
                 assert list(st.get_tensor(k).shape) == header[k]["shape"]
         accepted += 1
     assert refused > 100 and accepted > 5, (accepted, refused)
+
+
+def test_fuzz_weight_dtypes_and_shapes_through_the_loaders(release):
+    """Seeded, bounded in time: one tensor of a component's file relabelled (another dtype over the same bytes,
+    another shape, zero-size shapes with huge dimensions): the loader refuses it naming the file and the tensor,
+    or, for a relabelling that changes nothing (e.g. the same dtype), loads a model that computes finite values."""
+    import random
+    import time
+
+    rng = random.Random(4)
+    files = {"SCB": ("connector/model.safetensors", lambda: loading.load_bridge(release)),
+             "DiT": ("transformer/diffusion_pytorch_model.safetensors", lambda: loading.load_dit(release)),
+             "VAE": ("vae/diffusion_pytorch_model.safetensors", lambda: loading.load_vae(release))}
+    intact = {c: (release / rel).read_bytes() for c, (rel, _) in files.items()}
+    deadline, refused, loaded = time.monotonic() + 15, 0, 0
+    for i in range(400):
+        if time.monotonic() > deadline:
+            break
+        component = rng.choice(sorted(files))
+        rel, load = files[component]
+        raw = intact[component]
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        name = rng.choice(sorted(k for k in header if k != "__metadata__"))
+        entry = header[name]
+        span = entry["data_offsets"][1] - entry["data_offsets"][0]
+        entry["dtype"] = rng.choice(["F32", "F32", "I32", "U32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E5M2"])
+        count = 8 * span // validation.DTYPE_BITS[entry["dtype"]]
+        entry["shape"] = rng.choice([entry["shape"], [count], [count, 1], [0, 2**rng.randrange(62, 65)]])
+        text = json.dumps(header).encode()
+        (release / rel).write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+        model = None
+        try:
+            model = load()
+            assert entry["dtype"] in validation.WEIGHT_DTYPES, (name, entry)
+            assert all(torch.isfinite(p).all() for p in model.parameters()), (component, name, entry)
+            loaded += 1
+        except DeepGenLoadError as e:
+            assert str(release / rel) in str(e) or str((release / rel).parent) in str(e), e
+            refused += 1
+        finally:
+            model = None  # the loaders may map the file: drop the model before the file is written again
+            (release / rel).write_bytes(raw)
+    assert refused > 20 and loaded > 2, (refused, loaded)
 
 
 def test_fuzz_config_checks(tiny):
@@ -445,6 +598,160 @@ def test_fuzz_config_checks(tiny):
         low = validation._expectations(checked, name)[0]
         assert low <= sum(math.prod(s) for s in shapes[name].values())
     assert refused > 100
+
+
+# ------------------------------------------------------------------ every config field, through the loaders
+
+# what the fuzz below puts into a field: wrong types, the architecture's neighbours, and values of the right type
+_FIELD_VALUES = [None, True, False, 0, 1, 2, 3, -1, 7, 14, 16, 112, 10**6, 2**62, 2**70, 0.5, 1e-6, 1e6, 1.5305, -2.5,
+                 float("nan"), float("inf"), "", "abc", "silu", "gelu", "relu", "rms_norm", "float16", "bfloat16",
+                 "mrope", "default", "linear", "exponential", "qwen2_5_vl", "llama", [], [1], [7], [1, 2],
+                 [2, 3, 3], [100, 100, 100], ["full_attention"], {}, {"type": "mrope"},
+                 {"type": "mrope", "mrope_section": [2, 3, 3]}, {"rope_type": "yarn", "factor": 4.0}]
+
+
+def _near(value, rng):
+    """A value close to a field's own: the same type, moved a little."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + rng.choice([-1, 1, value or 1])
+    if isinstance(value, float):
+        return value * rng.choice([0.5, 2.0, -1.0, 1.0 + 1e-6])
+    if isinstance(value, list):
+        return rng.choice([value[:-1], value + value[-1:], list(reversed(value))]) if value else [0]
+    if isinstance(value, dict):
+        out = dict(value)
+        if out:
+            key = rng.choice(sorted(out))
+            out[key] = _near(out[key], rng)
+        return out
+    return value
+
+
+class _Loaded:
+    """The tiny diffusers release in a private folder, and what its intact components compute (the baseline)."""
+
+    FILES = {"VLM": "vlm/config.json", "SCB": "connector/config.json", "DiT": "transformer/config.json",
+             "VAE": "vae/config.json", "scheduler": "scheduler/scheduler_config.json"}
+
+    def __init__(self, root: Path, bridge_module):
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        self.root, self.bridge = root, bridge_module
+        self.configs = {c: json.loads((root / f).read_text()) for c, f in self.FILES.items()}
+        g = torch.Generator().manual_seed(0)
+        self.latent = torch.randn(1, 16, 8, 8, generator=g)
+        self.context, self.pooled = torch.randn(1, 5, 32, generator=g), torch.randn(1, 32, generator=g)
+        self.baseline = {c: self.run(c) for c in self.FILES}
+
+    def run(self, component: str):
+        """Load the component through its loader (the config as it is on disk now) and compute with it."""
+        from deepgen_model.scheduler import sigmas_from_config
+
+        with torch.no_grad():
+            if component == "VLM":
+                vlm, tokenizer = vlm_loading.load_vlm(self.root)
+                return encode(vlm, tokenizer, self.bridge, "a cat", "").seq
+            if component == "SCB":
+                return loading.load_bridge(self.root)(torch.ones(1, 3, 6 * 64))[0]
+            if component == "DiT":
+                dit = loading.load_dit(self.root)
+                return dit(hidden_states=self.latent, encoder_hidden_states=self.context,
+                           pooled_projections=self.pooled, timestep=torch.tensor([500.0])).sample
+            if component == "VAE":
+                return loading.load_vae(self.root).decode(self.latent[:, :, :4, :4]).sample
+            return sigmas_from_config(loading.load_scheduler_config(self.root), 8, image_seq_len=16)
+
+    def write(self, component: str, cfg):
+        (self.root / self.FILES[component]).write_text(json.dumps(cfg))
+
+
+def _fields(cfg: dict, component: str) -> list[tuple[str, ...]]:
+    """Every field path of a config and every field its SPECS name (vision fields under vision_config)."""
+    if component == "VLM":
+        spec = [(k,) for k in validation.SPECS["VLM"]] + [("vision_config", k) for k in validation.SPECS["VLM vision"]]
+        have = [(k,) for k in cfg] + [("vision_config", k) for k in cfg["vision_config"]]
+    else:
+        spec, have = [(k,) for k in validation.SPECS[component]], [(k,) for k in cfg]
+    # and, for the VLM, what transformers' own PretrainedConfig reads when a saved config carries it
+    extra = [("rope_scaling", "mrope_section"), ("rope_scaling", "type"), *((k,) for k in _GENERIC)] \
+        if component == "VLM" else []
+    return sorted(set(spec + have + extra))
+
+
+_GENERIC = ("return_dict", "output_hidden_states", "output_attentions", "torchscript", "pruned_heads",
+            "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention", "problem_type",
+            "id2label", "label2id", "layer_types", "text_config")
+
+
+def _assign(cfg: dict, field: tuple[str, ...], value):
+    node = cfg
+    for k in field[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[field[-1]] = value
+
+
+def _spec(component: str, field: tuple[str, ...]):
+    table = validation.SPECS["VLM vision" if field[0] == "vision_config" else component]
+    return table.get(field[-1]) if len(field) <= 2 and (field[0] == "vision_config" or len(field) == 1) else None
+
+
+def test_fuzz_every_config_field_through_the_loaders(release, bridge):
+    """Seeded and bounded in time: each field of each config (every field SPECS names, and every field the tiny
+    release's files carry) gets a random value, the config is written to the release and the component is loaded
+    and run through its loader. It must end in one of:
+      - DeepGenLoadError naming that config file (refused), or DeepGenInputError (a schedule refused at sampling);
+      - loaded and run with finite output, where a field SPECS fixes to one value holds that value, and a field
+        the engine does not read (not in SPECS) left the output bit-identical to the intact release's.
+    Never another exception: a raw error from transformers or diffusers, or a picture that changed silently
+    because of a field nobody checks, fails here."""
+    import random
+    import time
+
+    rng = random.Random(20)
+    loaded = _Loaded(release, bridge)
+    jobs = [(c, f) for c in loaded.FILES for f in _fields(loaded.configs[c], c)]
+    rng.shuffle(jobs)
+    deadline, seen = time.monotonic() + 25, {"refused": 0, "ran": 0, "fields": set()}
+    for round_ in range(100):
+        for component, field in jobs:
+            if time.monotonic() > deadline and round_ > 0:
+                break
+            cfg = json.loads(json.dumps(loaded.configs[component]))
+            old = cfg
+            for k in field:
+                old = old.get(k) if isinstance(old, dict) else None
+            value = _near(old, rng) if old is not None and rng.random() < 0.4 else rng.choice(_FIELD_VALUES)
+            _assign(cfg, field, value)
+            loaded.write(component, cfg)
+            try:
+                out = loaded.run(component)
+            except DeepGenLoadError as e:  # naming the config file, or the folder it is in
+                assert str(release / loaded.FILES[component]).rsplit("/", 1)[0] in str(e), e
+                seen["refused"] += 1
+                continue
+            except DeepGenInputError as e:
+                assert component == "scheduler" and "scheduler" in str(e), e
+                continue
+            finally:
+                loaded.write(component, loaded.configs[component])
+            seen["ran"] += 1
+            seen["fields"].add((component, field))
+            assert torch.isfinite(out).all(), (component, field, value)
+            spec = _spec(component, field)
+            if spec is not None and spec[0] == validation.ONE_OF:
+                assert any(validation._same(value, v) for v in spec[1]) or value is None, (component, field, value)
+            elif spec is None and field[-1] not in ("rope_scaling", "type", "mrope_section"):
+                assert torch.equal(out, loaded.baseline[component]), f"{component} {field}={value!r} changed the output"
+        else:
+            continue
+        break
+    print(f"{len(jobs)} fields, {seen['refused']} refused, {seen['ran']} ran")
+    assert seen["refused"] > 30 and seen["ran"] > 10 and len(seen["fields"]) > 10, seen
 
 
 def test_fuzz_json_files(tmp_path):
