@@ -101,8 +101,6 @@ def _spec(server, release, chromium, artifacts) -> dict:
     name, w, h = LOAD_IMAGE
     g = np.random.default_rng(5)
     Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(server.base / "input" / name)
-    for example_input in (EXAMPLES / "input").glob("*.png"):  # what the example workflows' Load Image nodes open
-        shutil.copyfile(example_input, server.base / "input" / example_input.name)
     tokenizer = load_tokenizer(release / "tokenizer")
 
     sizes = [(w, h), EMPTY_IMAGE]
