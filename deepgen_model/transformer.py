@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import DeepGenInputError
+from .images import nearest_size
 
 
 class DeepGenTransformer(nn.Module):
@@ -41,11 +42,16 @@ class DeepGenTransformer(nn.Module):
         """Why the DiT cannot take an h x w latent (None: it can): sides must be multiples of its patch
         and within its position table. The one size rule of the engine and the nodes."""
         p, limit = self.dit.config.patch_size, self.max_latent_side
-        if h % p or w % p:
-            return f"sides must be multiples of {8 * p} px (latent sides multiples of {p})"
+        if h % p or w % p:  # in the artist's terms: pixels of the picture, not latent cells or patches
+            return f"DeepGen needs both sides in steps of {8 * p} px"
         if h > limit or w > limit:
-            return f"the DiT's position table allows at most {8 * limit} px per side (latent sides <= {limit})"
+            return f"DeepGen makes at most {8 * limit} px per side"
         return None
+
+    def nearest_size(self, h: int, w: int) -> tuple[int, int]:
+        """The (h, w) latent size nearest to h x w that size_problem accepts (images.nearest_size)."""
+        nw, nh = nearest_size(w, h, self.dit.config.patch_size, self.max_latent_side)
+        return nh, nw
 
     def _check_latent(self, z: torch.Tensor, what: str) -> None:
         cfg = self.dit.config
@@ -55,8 +61,9 @@ class DeepGenTransformer(nn.Module):
             )
         h, w = z.shape[-2:]
         if why := self.size_problem(h, w):
-            raise DeepGenInputError(f"{what} is {h}x{w} (about {8 * w}x{8 * h} px): {why}; "
-                                    "use a smaller width/height or reference size.")
+            nh, nw = self.nearest_size(h, w)
+            raise DeepGenInputError(f"{what} is {h}x{w} (a {8 * w}x{8 * h} px picture), but {why}; the nearest "
+                                    f"size it can make is {8 * nw}x{8 * nh} px.")
 
     @staticmethod
     def _per_sample_refs(references, batch: int) -> list[list[torch.Tensor]]:

@@ -16,7 +16,7 @@ import latent_preview
 
 import torch
 
-from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS
+from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS, REFERENCE_UNIT, VAE_DOWNSCALE
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.transformer import DeepGenTransformer
 from ..deepgen_model.validation import check_cfg, check_steps
@@ -26,38 +26,77 @@ from .memory import memory_guard
 MAX_STEPS = 1000
 
 
-def check_sizes(model, latent_image: torch.Tensor, conds) -> None:
-    """Refuse, naming the input, latents the DiT cannot take: sides not multiples of its patch (16 px
-    with the SD3 VAE) or beyond its position table; reference latents (DeepGenEditEncode max_side) too."""
+def _source(prompt, node_id, input_name) -> dict | None:
+    """The node linked to input `input_name` of node `node_id` in the queued (API-format) prompt."""
+    link = ((prompt or {}).get(str(node_id)) or {}).get("inputs", {}).get(input_name)
+    src = prompt.get(str(link[0])) if isinstance(link, list) and len(link) == 2 else None
+    if not isinstance(src, dict):
+        return None
+    kind = src.get("class_type", "?")
+    title = (src.get("_meta") or {}).get("title") or kind
+    name = f"{kind} (node {link[0]})" if title == kind else f'"{title}" ({kind}, node {link[0]})'
+    return {"id": str(link[0]), "class": kind, "inputs": src.get("inputs") or {}, "name": name}
+
+
+def _size_fix(src: dict | None, w: int, h: int, largest: int, reference: bool) -> str:
+    """What to change on the node that set a size DeepGen cannot make (w x h px: the nearest valid size)."""
+    inputs = (src or {}).get("inputs", {})
+    one_reference = not any(f"image{i}" in inputs for i in range(2, 5))
+    if src and src["class"] == "DeepGenEditEncode" and (reference or one_reference):  # max_side sets their size
+        return f"set its max_side to {largest // REFERENCE_UNIT * REFERENCE_UNIT} or less"
+    if reference:
+        return f"give it a reference picture of at most {largest} px per side ({w}x{h} px is the nearest)"
+    if all(isinstance(inputs.get(k), int) for k in ("width", "height")):
+        return f"set its width and height to {w}x{h}, the nearest size DeepGen can make"
+    return f"give it a picture DeepGen can take: {w}x{h} px is the nearest (e.g. resize it with Upscale Image)"
+
+
+def _point_at(src: dict | None) -> None:
+    """Asks the web extension (web/deepgen.js) to outline the node to change; nothing happens without a UI."""
+    from server import PromptServer
+
+    server = getattr(PromptServer, "instance", None)
+    if src and server is not None:
+        server.send_sync("deepgen.fix_node", {"node": src["id"]}, getattr(server, "client_id", None))
+
+
+def _refusal(dit, h: int, w: int, why: str, src: dict | None, fallback: str, reference: bool) -> DeepGenInputError:
+    """The error for an h x w latent (or reference latent) the DiT cannot take; outlines its source node."""
+    px = VAE_DOWNSCALE
+    nh, nw = dit.nearest_size(h, w)
+    said = f"gives a {px * w}x{px * h} px reference picture" if reference else f"asks for a {px * w}x{px * h} px image"
+    fix = _size_fix(src, px * nw, px * nh, px * dit.max_latent_side, reference)
+    _point_at(src)
+    return DeepGenInputError(f"{src['name'] if src else fallback} {said}, but {why}: {fix}.")
+
+
+def check_sizes(model, latent_image: torch.Tensor, conds, prompt=None, node_id=None) -> None:
+    """Refuse, before any work, latents and reference latents the DiT cannot take (its size_problem), naming
+    the node that set the size (found in the queued `prompt` from this sampler's `node_id`) and offering the
+    nearest valid size (its nearest_size); the web extension outlines that node."""
     dit = getattr(getattr(model, "model", None), "diffusion_model", None)
     if not isinstance(dit, DeepGenTransformer) or latent_image.ndim != 4:
         return  # not a DeepGen DiT: leave the checks to the model
-    p, limit = dit.dit.config.patch_size, dit.max_latent_side
 
     # references first: an edit's latent takes its reference's size, and max_side is what to change then
     for name, cond in conds:
         for _, info in cond or []:
             for r in info.get("reference_latents") or []:
-                rh, rw = r.shape[-2:]
-                if why := dit.size_problem(rh, rw):
-                    raise DeepGenInputError(
-                        f"{name} carries a reference latent of {8 * rw}x{8 * rh} px: {why}. Lower max_side of "
-                        "DeepGen Edit Encode (or the size of the image given to ReferenceLatent).")
-    h, w = latent_image.shape[-2:]
-    if why := dit.size_problem(h, w):
-        raise DeepGenInputError(
-            f"latent is {8 * w}x{8 * h} px ({w}x{h} latent): {why}. Set the empty latent's width/height to "
-            f"multiples of {8 * p} (e.g. {8 * p * max(1, w // p)}x{8 * p * max(1, h // p)}) within {8 * limit} px, "
-            "or scale/crop the encoded image to such a size.")
+                if why := dit.size_problem(*r.shape[-2:]):
+                    raise _refusal(dit, *r.shape[-2:], why, _source(prompt, node_id, name), name, reference=True)
+    if why := dit.size_problem(*latent_image.shape[-2:]):
+        raise _refusal(dit, *latent_image.shape[-2:], why, _source(prompt, node_id, "latent"), "The latent",
+                       reference=False)
 
 
-def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float) -> dict:
+def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, prompt=None,
+                   node_id=None) -> dict:
     """LATENT dict out; cfg <= 1 runs the conditional branch only (as the official pipeline).
 
     Sizes are checked before any work; an out-of-memory error becomes a clear one (memory_guard), and
     NaN/inf samples are an error rather than a black image. Interrupts pass through untouched."""
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    check_sizes(model, latent_image, (("positive", positive), ("negative", negative)))
+    check_sizes(model, latent_image, (("positive", positive), ("negative", negative)), prompt, node_id)
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     sigmas = model_sigmas(model, steps, latent_image.shape)
     callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
@@ -107,6 +146,7 @@ class DeepGenSampler(io.ComfyNode):
                                        "positive branch runs."),
             ],
             outputs=[io.Latent.Output(display_name="LATENT")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # to name the node that set a size DeepGen cannot make
         )
 
     @classmethod
@@ -117,7 +157,8 @@ class DeepGenSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, latent, seed, steps, cfg) -> io.NodeOutput:
         check_steps(steps, MAX_STEPS)  # again here: linked values skip validation
         check_cfg(cfg)
-        return io.NodeOutput(deepgen_sample(model, positive, negative, latent, seed, steps, cfg))
+        return io.NodeOutput(deepgen_sample(model, positive, negative, latent, seed, steps, cfg, cls.hidden.prompt,
+                                            cls.hidden.unique_id))
 
 
 class DeepGenScheduler(io.ComfyNode):

@@ -122,6 +122,26 @@ function onExecuted({ detail }) {
   node.setDirtyCanvas?.(true, false);
 }
 
+// The node a DeepGen size error asks the user to change (the sampler names it: nodes/sampling.py) gets
+// litegraph's error outline until the next run starts; the frontend itself outlines only the sampler.
+let outlined = null;
+
+function outlineFixNode({ detail }) {
+  const node = app.graph?.getNodeById?.(detail?.node);
+  if (!node || node.has_errors) return;
+  clearOutline();
+  node.has_errors = true;
+  outlined = node;
+  app.graph.setDirtyCanvas(true, true);
+}
+
+function clearOutline() {
+  if (!outlined) return;
+  outlined.has_errors = false;
+  outlined = null;
+  app.graph?.setDirtyCanvas(true, true);
+}
+
 function image1Size(node) {
   const ref = node.__deepgen?.answer?.references?.[0];
   return ref ? { width: ref.resized[0], height: ref.resized[1] } : null;
@@ -191,6 +211,8 @@ app.registerExtension({
   setup() {
     setInterval(pollAll, POLL_MS);
     api.addEventListener("executed", onExecuted);
+    api.addEventListener("deepgen.fix_node", outlineFixNode);
+    api.addEventListener("execution_start", clearOutline);
     window.__deepgenWeb = { version: VERSION, refresh: (node) => refresh(node, true), presets: () => presets };
   },
 });
