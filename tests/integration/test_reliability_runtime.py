@@ -62,7 +62,7 @@ def failure(comfy, prompt, fresh=False, on_event=None) -> tuple[str, dict]:
 
 # one prompt per test: the executor caches the last prompt's outputs, and each incident must hit a real run
 PROMPTS = {"vlm_oom": "vlm oom", "dit_oom": "dit oom", "load_oom": "load oom", "vlm_int": "vlm interrupt",
-           "dit_int": "dit interrupt", "vae_int": "vae interrupt"}
+           "dit_int": "dit interrupt", "vae_int": "vae interrupt", "bridge_int": "bridge interrupt"}
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +196,24 @@ def test_interrupt_during_vlm_encode_stops_at_the_next_layer(comfy, baseline, mo
     assert len(calls) == 3, f"{len(calls)} decoder layers ran; the 4th must not start"
     monkeypatch.undo()
     assert torch.equal(image(comfy, graph(PROMPTS["vlm_int"])), baseline["vlm_int"])
+
+
+def test_interrupt_during_the_bridge_stops_at_its_next_layer(comfy, baseline, monkeypatch):
+    cls = pack(comfy, "deepgen_model.bridge").ConnectorLayer
+    original, calls = cls.forward, []
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            comfy.interrupt()  # while the second bridge layer runs
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", counting)
+    kind, data = failure(comfy, graph(PROMPTS["bridge_int"]))
+    assert kind == "execution_interrupted" and data["node_id"] == "3"
+    assert len(calls) == 2, f"{len(calls)} bridge layers ran; the 3rd must not start"
+    monkeypatch.undo()
+    assert torch.equal(image(comfy, graph(PROMPTS["bridge_int"])), baseline["bridge_int"])
 
 
 def test_interrupt_during_sampling_then_identical_result(comfy, baseline):
