@@ -68,6 +68,16 @@ def long_prompt_warning(what: str, tokens: int) -> str | None:
             "so it may be followed less closely (nothing is truncated)")
 
 
+def empty_prompt_warning(what: str, prompt: str, edit: bool) -> str | None:
+    """The user-facing note for an empty (or blank) prompt: it runs, but the picture follows no text."""
+    if prompt.strip():
+        return None
+    if edit:
+        return (f"{what} is empty: DeepGen gets no edit instruction, so the picture may come back little changed; "
+                "say what should change")
+    return f"{what} is empty: DeepGen gets no description, so it draws nothing in particular; write what you want"
+
+
 def _check_length(vlm, mask: torch.Tensor, think_tokens: int, b: int, image_tokens: int) -> list[str]:
     """Refuses sequences beyond the VLM's positions; returns (and logs) the warnings for long prompts."""
     warnings = []
@@ -139,7 +149,11 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
 
     b = len(positives)
     ids, mask = tokenize_pair(tokenizer, texts[:b], texts[b:])
-    warnings = _check_length(vlm, mask, bridge.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
+    warnings = [w for i, p in enumerate(positives)
+                if (w := empty_prompt_warning("prompt" + (f" {i}" if b > 1 else ""), p, images is not None))]
+    for note in warnings:
+        log.warning(note)
+    warnings += _check_length(vlm, mask, bridge.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
     occurrences = pixel_values * (2 * b) if images is not None else None  # same objects: ViT runs once per ref
     grid_thw = torch.cat(grids * (2 * b)) if images is not None else None
     total, done = encode_steps(vlm, bridge, len(images) if images is not None else 0), 0

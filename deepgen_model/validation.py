@@ -480,6 +480,18 @@ def check_cfg(cfg, name: str = "cfg", high: float = 100.0) -> float:
     return float(cfg)
 
 
+AUTHORS_CFG = (3.5, 7.5)  # the guidance scales of the authors' scripts (4.0 in nearly all of them)
+HIGH_CFG = 10.0
+
+
+def cfg_warning(cfg: float, name: str = "cfg") -> str | None:
+    """The user-facing note for a valid but extreme guidance scale (None when it is ordinary)."""
+    if cfg <= HIGH_CFG:
+        return None
+    return (f"{name} is {cfg:g}, far above the {AUTHORS_CFG[0]:g}-{AUTHORS_CFG[1]:g} the authors use (4.0 by default): "
+            "expect harsh, oversaturated, burnt-looking pictures; try 4")
+
+
 def check_steps(steps, high: int, name: str = "steps") -> int:
     """A whole number of sampling steps in 1..high."""
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= high:

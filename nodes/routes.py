@@ -18,7 +18,7 @@ import logging
 import math
 import os
 
-from ..deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, long_prompt_warning
+from ..deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, empty_prompt_warning, long_prompt_warning
 from ..deepgen_model.constants import (DEFAULT_SIZE, IMAGE_PAD_TOKEN, MAX_REFERENCES, MAX_SIDE, NUM_THINK_TOKENS,
                                        REFERENCE_UNIT, SIZE_MULTIPLE)
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
@@ -222,7 +222,8 @@ def preview(body) -> dict:
                 raise
             out["tokens_note"] = f"no token count: {e}"
             out["retry"] = isinstance(e, ModelNotListed)
-    out["warnings"] = _length_warnings(out, prompt, negative)
+    empty = empty_prompt_warning("prompt", prompt, mode == "edit")  # the encode node's own note, before a run
+    out["warnings"] = ([empty] if empty else []) + _length_warnings(out, prompt, negative)
     return out
 
 

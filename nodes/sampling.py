@@ -7,6 +7,8 @@ same draw as deepgen_model.sampling.make_noise, so a seed gives the same image o
 """
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 import comfy.sample
@@ -19,11 +21,12 @@ import torch
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS, REFERENCE_UNIT, VAE_DOWNSCALE
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.transformer import DeepGenTransformer
-from ..deepgen_model.validation import check_cfg, check_steps
+from ..deepgen_model.validation import cfg_warning, check_cfg, check_steps
 from .comfy_models import model_sigmas
 from .memory import memory_guard
 
 MAX_STEPS = 1000
+log = logging.getLogger(__name__)
 
 
 def _source(prompt, node_id, input_name) -> dict | None:
@@ -157,8 +160,12 @@ class DeepGenSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, latent, seed, steps, cfg) -> io.NodeOutput:
         check_steps(steps, MAX_STEPS)  # again here: linked values skip validation
         check_cfg(cfg)
-        return io.NodeOutput(deepgen_sample(model, positive, negative, latent, seed, steps, cfg, cls.hidden.prompt,
-                                            cls.hidden.unique_id))
+        notes = [note for note in (cfg_warning(cfg),) if note]  # shown on the node by the web extension
+        for note in notes:
+            log.warning("DeepGen Sampler: %s", note)
+        latent = deepgen_sample(model, positive, negative, latent, seed, steps, cfg, cls.hidden.prompt,
+                                cls.hidden.unique_id)
+        return io.NodeOutput(latent, ui={"deepgen_warnings": notes})
 
 
 class DeepGenScheduler(io.ComfyNode):

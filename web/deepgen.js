@@ -5,6 +5,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { REFERENCE_INPUTS, isConnected, isDeepGenNode } from "./lib/graph.js";
 import { applyIdentity } from "./lib/identity.js";
+import { NOTES_STYLE, showNotes } from "./lib/notes.js";
 import { STYLE, buildRequest, createPreviewElement, render } from "./lib/preview.js";
 import { installGrowingReferences } from "./lib/references.js";
 import { addSizePresets, syncSizeWidgets } from "./lib/sizes.js";
@@ -109,13 +110,14 @@ function addTooltips(node) {
   }
 }
 
-/** The encode node's run-time notes (e.g. a prompt longer than DeepGen was trained on): its UI output,
- * sent with the "executed" event (and kept in /history). */
+/** A DeepGen node's run-time notes (e.g. a prompt longer than DeepGen was trained on, an extreme cfg): its UI
+ * output, sent with the "executed" event (and kept in /history); the encode nodes show them in their panel. */
 function onExecuted({ detail }) {
   const warnings = detail?.output?.deepgen_warnings;
   if (!Array.isArray(warnings)) return;
   const node = app.graph?.getNodeById?.(Number(detail.display_node ?? detail.node));
   const state = node?.__deepgen;
+  if (node && !state) return showNotes(node, warnings.map(String)); // e.g. the sampler's cfg note
   if (!state) return;
   state.runWarnings = warnings.map(String);
   if (state.answer) render(state.element, state.answer, state.names, state.notes, state.runWarnings);
@@ -177,7 +179,7 @@ app.registerExtension({
   async init() {
     const style = document.createElement("style");
     style.id = "deepgen-web-style";
-    style.textContent = STYLE;
+    style.textContent = STYLE + NOTES_STYLE;
     document.head.append(style);
     try {
       const resp = await api.fetchApi("/deepgen/size_presets");

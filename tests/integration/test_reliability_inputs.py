@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reliability_graphs import RELEASE, SIZE, edit, error_of, image_of, output, save_png, t2i
+from reliability_graphs import RELEASE, SIZE, assert_real_picture, edit, error_of, image_of, output, save_png, t2i
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,38 @@ def comfy(comfy_inprocess, release):  # the session's tiny release is the RELEAS
 
 # ------------------------------------------------------------------ prompts
 
-def test_empty_prompt_and_negative(comfy):
-    image_of(comfy, t2i(prompt="", negative=""))
+def notes_of(comfy, prompt) -> dict:
+    """{node id: deepgen_warnings} of a run that must succeed (a note is advice, never an error)."""
+    ok, outputs, msgs = comfy.run(prompt)
+    assert ok, repr(msgs)[-3000:]
+    assert_real_picture(output(comfy, "6")[0][0][0])
+    return {node: ui["deepgen_warnings"] for node, ui in outputs.items() if "deepgen_warnings" in ui}
+
+
+def test_empty_prompt_runs_with_a_note_on_the_encode_node(comfy):
+    from deepgen_model.conditioning import empty_prompt_warning
+
+    notes = notes_of(comfy, t2i(prompt="  ", negative=""))
+    assert notes == {"3": [empty_prompt_warning("prompt", "", edit=False)], "5": []}
+    assert notes["3"][0].startswith("prompt is empty: DeepGen gets no description") and "write what you want" in notes["3"][0]
+    assert notes_of(comfy, t2i(prompt="a red cat", negative="")) == {"3": [], "5": []}
+
+
+def test_empty_edit_instruction_runs_with_a_note_on_the_encode_node(comfy, comfy_base):
+    name = save_png(comfy_base, "h21_empty_edit.png", np.random.default_rng(21).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    notes = notes_of(comfy, edit([name], prompt=""))
+    assert notes["3"] == ["prompt is empty: DeepGen gets no edit instruction, so the picture may come back little "
+                          "changed; say what should change"]
+
+
+@pytest.mark.parametrize("cfg, noted", [(100.0, True), (10.5, True), (10.0, False), (4.0, False), (0.0, False)])
+def test_extreme_cfg_runs_with_a_note_on_the_sampler(comfy, cfg, noted):
+    notes = notes_of(comfy, t2i(prompt=f"a red cat, cfg {cfg}", cfg=cfg))
+    if noted:
+        assert notes["5"] == [f"cfg is {cfg:g}, far above the 3.5-7.5 the authors use (4.0 by default): expect harsh, "
+                              "oversaturated, burnt-looking pictures; try 4"]
+    else:
+        assert notes["5"] == []
 
 
 @pytest.mark.parametrize("text", ["猫がマットの上に座っている、写真", "🐱🎨✨ un café très chaud — naïve façade",

@@ -46,6 +46,20 @@ def test_t2i_strings_and_tokens_equal_engine(comfy_server, release, tokenizer):
     assert r["tokens"]["positive"] > r["tokens"]["negative"]  # left padding makes the negative row shorter
 
 
+@pytest.mark.parametrize("mode", ["t2i", "edit"])
+def test_an_empty_prompt_gets_the_encode_nodes_note_before_running(comfy_server, mode):
+    """The panel shows the note the encode node gives when it runs (deepgen_model.conditioning)."""
+    from deepgen_model.conditioning import empty_prompt_warning
+
+    body = {"mode": mode, "prompt": " \n", "negative_prompt": "", "model": MODEL}
+    if mode == "edit":
+        body["references"] = [{"width": 64, "height": 64}]
+    status, r = post(comfy_server, body)
+    assert status == 200 and r["warnings"] == [empty_prompt_warning("prompt", "", mode == "edit")], r
+    status, r = post(comfy_server, {**body, "prompt": "a cat"})
+    assert status == 200 and r["warnings"] == [], r
+
+
 def test_edit_strings_sizes_and_tokens_equal_engine(comfy_server, release, tokenizer):
     refs = [(1024, 576), (40, 72), (700, 700)]
     body = {"mode": "edit", "prompt": "put image 2 into image 1", "negative_prompt": EDIT_NEGATIVE,

@@ -11,7 +11,7 @@ from deepgen_model import loading
 from deepgen_model import vlm_loading
 from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.compat import text_config, vlm_parts
-from deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, encode, encode_steps
+from deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, empty_prompt_warning, encode, encode_steps
 from deepgen_model.constants import selected_layers
 from deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 
@@ -170,3 +170,27 @@ def test_dit_missing_tensor_is_named(release_copy):
     key = _edit(f, lambda k: k.startswith("transformer_blocks.1.attn.add_k_proj"), lambda s, k: s.pop(k))
     with pytest.raises(DeepGenLoadError, match=r"missing tensors \(1\): " + key.replace(".", r"\.")):
         loading.load_dit(release_copy, dtype="fp32")
+
+
+def test_an_empty_prompt_is_encoded_with_a_note(tiny, bridge, caplog):
+    """Blank prompts run (as the release does) but say why the picture follows no text; negatives may be empty."""
+    image = torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level(logging.WARNING, logger="deepgen_model.conditioning"):
+        t2i = encode(tiny.vlm_base, tiny.tokenizer, bridge, " \n", "")
+        edit = encode(tiny.vlm_base, tiny.tokenizer, bridge, "", "", images=[image], max_side=64)
+        both = encode(tiny.vlm_base, tiny.tokenizer, bridge, ["a cat", ""], "")
+    assert t2i.warnings == [empty_prompt_warning("prompt", "", edit=False)]
+    assert t2i.warnings[0] == ("prompt is empty: DeepGen gets no description, so it draws nothing in particular; "
+                               "write what you want")
+    assert edit.warnings == [empty_prompt_warning("prompt", "", edit=True)] and "edit instruction" in edit.warnings[0]
+    assert both.warnings == [empty_prompt_warning("prompt 1", "", edit=False)]
+    assert t2i.warnings[0] in caplog.text
+    assert encode(tiny.vlm_base, tiny.tokenizer, bridge, "a cat", "").warnings == []
+
+
+def test_cfg_note_only_above_the_authors_range():
+    from deepgen_model.validation import cfg_warning
+
+    assert [cfg_warning(c) for c in (0.0, 1.0, 4.0, 7.5, 10.0)] == [None] * 5
+    assert cfg_warning(100.0) == ("cfg is 100, far above the 3.5-7.5 the authors use (4.0 by default): expect harsh, "
+                                  "oversaturated, burnt-looking pictures; try 4")
