@@ -2,13 +2,16 @@
 
 Both run through ComfyUI's own sampling stack (comfy.samplers CFGGuider + the core "euler"
 sampler), so the progress bar, live latent previews, interruption at every step, model loading
-and cond batching are core's. Noise is comfy.sample.prepare_noise: fp32 on the CPU generator, the
+and cond batching are core's. DeepGenSampler shows live previews even where no preview method was chosen
+(preview_callback). Noise is comfy.sample.prepare_noise: fp32 on the CPU generator, the
 same draw as deepgen_model.sampling.make_noise, so a seed gives the same image on any device.
 """
 from __future__ import annotations
 
 import logging
+import sys
 
+from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
 import comfy.sample
@@ -92,6 +95,26 @@ def check_sizes(model, latent_image: torch.Tensor, conds, prompt=None, node_id=N
                        reference=False)
 
 
+def previews_left_to_us() -> bool:
+    """True when nobody chose a live-preview method: ComfyUI's default is none (no previews at all), and an
+    artist who never heard of --preview-method expects to watch the picture form. An explicit
+    `--preview-method ...` (none included), or a method a newer frontend sent with the prompt, is respected."""
+    return args.preview_method == LatentPreviewMethod.NoPreviews and not any(
+        a == "--preview-method" or a.startswith("--preview-method=") for a in sys.argv)
+
+
+def preview_callback(model, steps: int):
+    """Core's progress + live-preview callback; with no method chosen, core's latent2rgb previewer (the SD3
+    latent format's colour factors: one small matrix product and a JPEG per step, no extra model)."""
+    if not previews_left_to_us():
+        return latent_preview.prepare_callback(model, steps)
+    args.preview_method = LatentPreviewMethod.Latent2RGB  # core reads it only while building the previewer
+    try:
+        return latent_preview.prepare_callback(model, steps)
+    finally:
+        args.preview_method = LatentPreviewMethod.NoPreviews
+
+
 def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, prompt=None,
                    node_id=None) -> dict:
     """LATENT dict out; cfg <= 1 runs the conditional branch only (as the official pipeline).
@@ -102,7 +125,7 @@ def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: in
     check_sizes(model, latent_image, (("positive", positive), ("negative", negative)), prompt, node_id)
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     sigmas = model_sigmas(model, steps, latent_image.shape)
-    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    callback = preview_callback(model, sigmas.shape[-1] - 1)
     with memory_guard("sampling with the DiT"):
         samples = comfy.sample.sample_custom(
             model, noise, max(float(cfg), 1.0), comfy.samplers.sampler_object("euler"), sigmas, positive, negative,
