@@ -1,5 +1,6 @@
-// ComfyUI-DeepGen web extension: node identity, live VLM prompt preview, growing reference inputs and
-// output-size presets. Written for ComfyUI frontend 1.32.x (classic canvas); see docs/web-extension.md.
+// ComfyUI-DeepGen web extension: node identity, live VLM prompt preview, growing reference inputs,
+// output-size presets, run notes, the node to fix after a size error, and template card descriptions.
+// Written for ComfyUI frontend 1.32.x (classic canvas); see docs/web-extension.md.
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -8,6 +9,7 @@ import { applyIdentity } from "./lib/identity.js";
 import { NOTES_STYLE, showNotes } from "./lib/notes.js";
 import { STYLE, buildRequest, createPreviewElement, render } from "./lib/preview.js";
 import { installGrowingReferences } from "./lib/references.js";
+import { describeTemplateCards } from "./lib/templates.js";
 import { addSizePresets, syncSizeWidgets } from "./lib/sizes.js";
 
 const VERSION = "1.0.0";
@@ -212,6 +214,7 @@ app.registerExtension({
 
   setup() {
     setInterval(pollAll, POLL_MS);
+    describeTemplateCards((path) => api.fetchApi(path), setting("Comfy.Locale", "en"));
     api.addEventListener("executed", onExecuted);
     api.addEventListener("deepgen.fix_node", outlineFixNode);
     api.addEventListener("execution_start", clearOutline);

@@ -82,18 +82,24 @@ try {
   const dialog = page.locator(".workflow-template-selector-dialog");
   await dialog.getByText(spec.templates.category, { exact: true }).first().click({ timeout: 30000 });
   const cardIds = spec.templates.order.map((n) => `template-workflow-${n}`);
-  const cards = await page.waitForFunction((ids) => {
-    const found = [...document.querySelectorAll(".workflow-template-selector-dialog [data-testid^='template-workflow-']")];
-    const thumbs = found.map((c) => c.querySelector("img"));
-    return found.length === ids.length && thumbs.every((i) => i?.complete && i.naturalWidth > 0)
-      && found.map((c, k) => [c.dataset.testid, thumbs[k].naturalWidth, thumbs[k].naturalHeight]);
-  }, cardIds, { timeout: 20000 }).then((h) => h.jsonValue()).catch(() => page.evaluate(() =>
-    [...document.querySelectorAll(".workflow-template-selector-dialog [data-testid^='template-workflow-']")]
-      .map((c) => [c.dataset.testid, c.querySelector("img")?.naturalWidth ?? 0, 0])));
-  check("template browser: the pack's cards in the learning order",
-    JSON.stringify(cards.map((c) => c[0])) === JSON.stringify(cardIds), JSON.stringify(cards.map((c) => c[0])));
+  // in the page: our cards as shown; until they are all there with thumbnails and descriptions, false
+  function cardsInDialog([ids, descriptions, final]) {
+    const found = [...document.querySelectorAll(".workflow-template-selector-dialog [data-testid^='template-workflow-']")]
+      .map((c) => { const img = c.querySelector("img"), h = c.querySelector("h3"), p = c.querySelector("p");
+        return { id: c.dataset.testid, img: img?.complete ? [img.naturalWidth, img.naturalHeight] : [0, 0],
+          title: h?.textContent.trim(), titleCut: h ? h.scrollHeight > h.clientHeight + 1 || h.scrollWidth > h.clientWidth + 1 : null,
+          description: p?.textContent.trim() }; });
+    return final || (found.length === ids.length && found.every((c) => c.img[0] > 0 && c.description === descriptions[c.title]) && found);
+  }
+  const cards = await page.waitForFunction(cardsInDialog, [cardIds, spec.templates.descriptions, false], { timeout: 20000 })
+    .then((h) => h.jsonValue()).catch(() => page.evaluate(cardsInDialog, [cardIds, spec.templates.descriptions, true]));
+  check("template browser: the pack's cards in the numbered order",
+    JSON.stringify(cards.map((c) => c.id)) === JSON.stringify(cardIds), JSON.stringify(cards.map((c) => c.id)));
   check("template browser: every card shows its 640×480 thumbnail", cards.length === cardIds.length
-    && cards.every((c) => c[1] === 640 && c[2] === 480), JSON.stringify(cards));
+    && cards.every((c) => c.img[0] === 640 && c.img[1] === 480), JSON.stringify(cards));
+  check("template browser: cards carry the human title, whole, and the pack's description",
+    cards.length === cardIds.length && cards.every((c) => c.title === c.id.slice("template-workflow-".length)
+      && !c.titleCut && c.description === spec.templates.descriptions[c.title]), JSON.stringify(cards));
   await shot("web-extension-templates.png");
   await dialog.locator("button:has(i.pi-times)").first().click();  // Escape does not close this dialog
   await dialog.waitFor({ state: "hidden", timeout: 10000 });
@@ -368,7 +374,7 @@ try {
     });
     check(`example workflow ${name}: the read-me note is on screen when it opens`,
       note.x >= 0 && note.y >= 0 && note.right <= note.width && note.y < note.height / 2, JSON.stringify(note));
-    if (name === "text_to_image") {
+    if (name === "DeepGen 1 - Text to image") {
       await shot("web-extension-example-layout.png");
       const tips = await page.evaluate(() => {
         const n = window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode");
@@ -379,7 +385,7 @@ try {
         tips.prompt?.startsWith("The prompt (plain text") && tips.outputs.length === 2 && tips.outputs.every((t) => t?.length > 20),
         JSON.stringify(tips));
     }
-    if (name === "multi_reference_edit") {
+    if (name === "DeepGen 3 - Multi-image edit") {
       // the Load Image previews finish loading after the graph: the preview picks their sizes up
       const sized = await page.waitForFunction(() => window.app.graph.nodes.filter((n) => n.type === "DeepGenEditEncode")
         .every((n) => n.__deepgen?.answer?.complete && n.__deepgen.answer.references.length === 2),
@@ -390,7 +396,7 @@ try {
   }
 
   // ---- without the model's files the panel still shows the prompt text; it recovers once they are back
-  const t2iWorkflow = spec.workflows.find((w) => w.name === "text_to_image").workflow;
+  const t2iWorkflow = spec.workflows.find((w) => w.name === "DeepGen 1 - Text to image").workflow;
   const panelOf = () => page.evaluate(() => {
     const n = window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode");
     const el = n.__deepgen.element, q = (s) => el.querySelector(s).textContent;

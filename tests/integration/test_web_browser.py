@@ -84,11 +84,11 @@ def _expected_reference_inputs() -> dict:
 
 
 def _template_browser() -> dict:
-    """The category label and card order a newcomer should see: locales/en/main.json's, by title number."""
+    """The category label, card order and descriptions a newcomer should see (file names are the titles)."""
     messages = json.loads((EXAMPLES.parent / "locales" / "en" / "main.json").read_text(encoding="utf-8"))
-    titles = messages["templateWorkflows"]["template"]["ComfyUI-DeepGen"]
+    descriptions = messages["templateWorkflows"]["templateDescription"]["ComfyUI-DeepGen"]
     return {"category": messages["templateWorkflows"]["category"]["ComfyUI-DeepGen"],
-            "order": sorted(titles, key=lambda stem: int(titles[stem].split(" ", 1)[0]))}
+            "order": sorted(descriptions, key=lambda stem: int(stem.split(" ")[1])), "descriptions": descriptions}
 
 
 def _spec(server, release, chromium, artifacts) -> dict:
