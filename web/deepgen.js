@@ -23,6 +23,9 @@ const RETRY_MS = 3000; // the selected model's files were missing: ask again thi
 // covers the node below it); a NEW node gets a roomier panel once, at creation.
 const PANEL_MIN = 64;
 const PANEL_NEW = { DeepGenTextEncode: 150, DeepGenEditEncode: 240 };
+// The frontend shares a node's spare height equally among its DOM widgets; the prompt boxes stop growing at
+// these heights (they scroll beyond), so the rest goes to the panel, which then shows the prompt unscrolled.
+const TEXT_MAX = { prompt: 140, negative_prompt: 100 };
 let presets = [];
 
 function setting(id, fallback) {
@@ -89,6 +92,7 @@ function addPreview(node) {
   for (const name of ["prompt", "negative_prompt", "max_side", "width", "height"]) {
     const target = node.widgets?.find((x) => x.name === name);
     if (!target) continue;
+    if (TEXT_MAX[name] && target.options && !target.options.getMaxHeight) target.options.getMaxHeight = () => TEXT_MAX[name];
     const original = target.callback;
     target.callback = function (...args) {
       const r = original?.apply(this, args);
