@@ -180,40 +180,25 @@ def test_nan_output_is_an_error_not_a_black_image(comfy, monkeypatch):
 
 # ------------------------------------------------------------------ interrupts
 
-def test_interrupt_during_vlm_encode_stops_at_the_next_layer(comfy, baseline, monkeypatch):
-    cls = text_layer_class(comfy)
+@pytest.mark.parametrize("stage, at", [("vlm", 3), ("bridge", 2)])
+def test_interrupt_during_encode_stops_at_the_next_layer(comfy, baseline, monkeypatch, stage, at):
+    """Interrupted while VLM decoder layer 3, or bridge layer 2, runs: the next layer never starts."""
+    cls = text_layer_class(comfy) if stage == "vlm" else pack(comfy, "deepgen_model.bridge").ConnectorLayer
     original, calls = cls.forward, []
 
     def counting(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
-            comfy.interrupt()  # as POST /interrupt does, while layer 3 runs
+        if len(calls) == at:
+            comfy.interrupt()  # as POST /interrupt does, while that layer runs
         return original(self, *args, **kwargs)
 
+    key = f"{stage}_int"
     monkeypatch.setattr(cls, "forward", counting)
-    kind, data = failure(comfy, graph(PROMPTS["vlm_int"]))
+    kind, data = failure(comfy, graph(PROMPTS[key]))
     assert kind == "execution_interrupted" and data["node_id"] == "3"
-    assert len(calls) == 3, f"{len(calls)} decoder layers ran; the 4th must not start"
+    assert len(calls) == at, f"{len(calls)} {stage} layers ran; layer {at + 1} must not start"
     monkeypatch.undo()
-    assert torch.equal(image(comfy, graph(PROMPTS["vlm_int"])), baseline["vlm_int"])
-
-
-def test_interrupt_during_the_bridge_stops_at_its_next_layer(comfy, baseline, monkeypatch):
-    cls = pack(comfy, "deepgen_model.bridge").ConnectorLayer
-    original, calls = cls.forward, []
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            comfy.interrupt()  # while the second bridge layer runs
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, "forward", counting)
-    kind, data = failure(comfy, graph(PROMPTS["bridge_int"]))
-    assert kind == "execution_interrupted" and data["node_id"] == "3"
-    assert len(calls) == 2, f"{len(calls)} bridge layers ran; the 3rd must not start"
-    monkeypatch.undo()
-    assert torch.equal(image(comfy, graph(PROMPTS["bridge_int"])), baseline["bridge_int"])
+    assert torch.equal(image(comfy, graph(PROMPTS[key])), baseline[key])
 
 
 def test_interrupt_during_sampling_then_identical_result(comfy, baseline):
