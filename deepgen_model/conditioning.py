@@ -16,7 +16,7 @@ from .images import image_token_count, reference_size, resized_uint8, to_signed,
 from .prompts import edit_prompt, t2i_prompt, tokenize_pair
 from .compat import text_config
 from .validation import check_prompt
-from .vlm import compute_dtype, stacked_hidden_states
+from .vlm import calling_per_layer, compute_dtype, progress_steps, stacked_hidden_states
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,16 @@ def long_prompt_warning(what: str, tokens: int) -> str | None:
             "so it may be followed less closely (nothing is truncated)")
 
 
+def empty_prompt_warning(what: str, prompt: str, edit: bool) -> str | None:
+    """The user-facing note for an empty (or blank) prompt: it runs, but the picture follows no text."""
+    if prompt.strip():
+        return None
+    if edit:
+        return (f"{what} is empty: DeepGen gets no edit instruction, so the picture may come back little changed; "
+                "say what should change")
+    return f"{what} is empty: DeepGen gets no description, so it draws nothing in particular; write what you want"
+
+
 def _check_length(vlm, mask: torch.Tensor, think_tokens: int, b: int, image_tokens: int) -> list[str]:
     """Refuses sequences beyond the VLM's positions; returns (and logs) the warnings for long prompts."""
     warnings = []
@@ -87,6 +97,12 @@ def _check_length(vlm, mask: torch.Tensor, think_tokens: int, b: int, image_toke
     return warnings
 
 
+def encode_steps(vlm, bridge, references: int = 0) -> int:
+    """The progress steps `encode` reports with `references` reference images: ViT blocks, decoder layers,
+    bridge layers (with real weights on a CPU each bridge layer of a long prompt takes seconds)."""
+    return progress_steps(vlm, references) + len(bridge.connector.layers)
+
+
 def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: list[str] | str,
            images: list[torch.Tensor] | None = None, max_side: int = 512, *,
            layer_callback=None, progress=None) -> DeepGenConditioning:
@@ -94,8 +110,9 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
     rows [H, W, 3], 0..1) as a reference shared by all b prompts and by the negative branch.
 
     A single negative string is used for every prompt. References are resized by the CLI rule
-    (`reference_size`, long side at most `max_side`). layer_callback, progress: see stacked_hidden_states
-    (ComfyUI passes its interrupt check and its progress bar).
+    (`reference_size`, long side at most `max_side`). layer_callback: called before every ViT block,
+    decoder layer and bridge layer (ComfyUI passes its interrupt check); progress: called as progress(done,
+    total) after each of them, total = encode_steps(...) (ComfyUI passes its progress bar).
 
     Prompts are never truncated (the release does not truncate at inference); a sequence longer than
     the VLM's position range (max_position_embeddings, think tokens included) is refused, naming the
@@ -132,11 +149,23 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
 
     b = len(positives)
     ids, mask = tokenize_pair(tokenizer, texts[:b], texts[b:])
-    warnings = _check_length(vlm, mask, bridge.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
+    warnings = [w for i, p in enumerate(positives)
+                if (w := empty_prompt_warning("prompt" + (f" {i}" if b > 1 else ""), p, images is not None))]
+    for note in warnings:
+        log.warning(note)
+    warnings += _check_length(vlm, mask, bridge.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
     occurrences = pixel_values * (2 * b) if images is not None else None  # same objects: ViT runs once per ref
     grid_thw = torch.cat(grids * (2 * b)) if images is not None else None
+    total, done = encode_steps(vlm, bridge, len(images) if images is not None else 0), 0
+
+    def step():
+        nonlocal done
+        done += 1
+        progress(done, total)
+
+    tick = step if progress is not None else None
     stacked = stacked_hidden_states(vlm, tokenizer, bridge.meta_queries, ids, mask, occurrences, grid_thw,
-                                    layer_callback=layer_callback, progress=progress)
-    with torch.no_grad():
+                                    layer_callback=layer_callback, progress=tick)
+    with torch.no_grad(), calling_per_layer(bridge.connector.layers, layer_callback, tick):
         seq, pooled = bridge(stacked.to(*_device_and_dtype(bridge.projector_1)))
     return DeepGenConditioning(seq=seq, pooled=pooled, references=references, prompt_text=texts, warnings=warnings)

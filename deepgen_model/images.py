@@ -44,6 +44,18 @@ def output_size(width: int, height: int, references=()) -> tuple[int, int]:
     return check_output_size(width, height)
 
 
+def nearest_size(width: int, height: int, multiple: int, max_side: int) -> tuple[int, int]:
+    """The (w, h) nearest to width x height whose sides are positive multiples of `multiple` and at most
+    `max_side`: each side rounded to the nearest multiple (halves up); a size beyond max_side is first scaled
+    down to it keeping the aspect ratio. What a size error offers instead of the size that failed."""
+    if width <= 0 or height <= 0 or multiple <= 0 or max_side < multiple:
+        raise DeepGenInputError(f"no valid size near {width}x{height} (multiple {multiple}, at most {max_side}).")
+    scale = min(1.0, max_side / max(width, height))
+    top = max_side // multiple * multiple
+    return tuple(min(top, max(multiple, math.floor(side * scale / multiple + 0.5) * multiple))
+                 for side in (width, height))
+
+
 def _as_rgb(image: torch.Tensor) -> torch.Tensor:
     """[H, W, C] (or a ComfyUI batch of one [1, H, W, C]) with C in 1..4 -> [H, W, 3]."""
     if not isinstance(image, torch.Tensor):

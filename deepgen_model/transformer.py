@@ -14,26 +14,34 @@ import torch
 from torch import nn
 
 from .errors import DeepGenInputError
+from .images import nearest_size
 
 
 def latent_size_problem(h: int, w: int, patch: int, max_latent_side: int) -> str | None:
     """Why a DiT with this patch size and position table cannot take an h x w latent (None: it can): sides must
     be multiples of the patch and within the table. The one size rule of the engine and the nodes."""
-    if h % patch or w % patch:
-        return f"sides must be multiples of {8 * patch} px (latent sides multiples of {patch})"
+    if h % patch or w % patch:  # in the artist's terms: pixels of the picture, not latent cells or patches
+        return f"DeepGen needs both sides in steps of {8 * patch} px"
     if h > max_latent_side or w > max_latent_side:
-        return f"the DiT's position table allows at most {8 * max_latent_side} px per side (latent sides <= {max_latent_side})"
+        return f"DeepGen makes at most {8 * max_latent_side} px per side"
     return None
 
 
+def nearest_latent_size(h: int, w: int, patch: int, max_latent_side: int) -> tuple[int, int]:
+    """The (h, w) latent size nearest to h x w that latent_size_problem accepts (images.nearest_size)."""
+    nw, nh = nearest_size(w, h, patch, max_latent_side)
+    return nh, nw
+
+
 def check_latent(z: torch.Tensor, what: str, channels: int, patch: int, max_latent_side: int) -> None:
-    """Refuse, naming `what`, a latent [C, h, w] the DiT cannot take."""
+    """Refuse, naming `what`, a latent [C, h, w] the DiT cannot take, offering the nearest size it can."""
     if z.ndim != 3 or z.shape[0] != channels:
         raise DeepGenInputError(f"{what} must have shape [{channels}, h, w], got {list(z.shape)}; pass VAE latents.")
     h, w = z.shape[-2:]
     if why := latent_size_problem(h, w, patch, max_latent_side):
-        raise DeepGenInputError(f"{what} is {h}x{w} (about {8 * w}x{8 * h} px): {why}; "
-                                "use a smaller width/height or reference size.")
+        nh, nw = nearest_latent_size(h, w, patch, max_latent_side)
+        raise DeepGenInputError(f"{what} is {h}x{w} (a {8 * w}x{8 * h} px picture), but {why}; the nearest "
+                                f"size it can make is {8 * nw}x{8 * nh} px.")
 
 
 def per_sample_references(references, batch: int) -> list[list[torch.Tensor]]:
@@ -96,6 +104,10 @@ class DeepGenTransformer(nn.Module):
     def size_problem(self, h: int, w: int) -> str | None:
         """Why the DiT cannot take an h x w latent (None: it can); see latent_size_problem."""
         return latent_size_problem(h, w, self.dit.config.patch_size, self.max_latent_side)
+
+    def nearest_size(self, h: int, w: int) -> tuple[int, int]:
+        """The (h, w) latent size nearest to h x w that size_problem accepts."""
+        return nearest_latent_size(h, w, self.dit.config.patch_size, self.max_latent_side)
 
     def forward(
         self,

@@ -315,6 +315,14 @@ def check_config(cfg, component, path) -> dict:
         if isinstance(text, dict) and text.get("model_type") not in (None, "qwen2_5_vl", "qwen2_5_vl_text"):
             _fail(component, path, f"text_config.model_type is {json.dumps(text['model_type'])[:60]}, must be "
                                    f"\"qwen2_5_vl_text\" ({_ARCHITECTURE['VLM']})", _config_fix(component, path))
+        if isinstance(text, dict):
+            for field in _TEXT_MODEL_FIELDS:
+                if field not in text:
+                    _fail(component, path, f"text_config has no {field} (transformers builds the language model "
+                                           "from text_config alone when the config has one)", _config_fix(component, path))
+                if field in cfg and not _same(cfg[field], text[field]):
+                    _fail(component, path, f"{field} is {json.dumps(cfg[field])[:30]} but text_config.{field} is "
+                                           f"{json.dumps(text[field])[:30]}", _config_fix(component, path))
         _check_fields(_vlm_text(cfg), SPECS["VLM"], component, path)
         vision = cfg.get("vision_config")
         if not isinstance(vision, dict):
@@ -325,6 +333,10 @@ def check_config(cfg, component, path) -> dict:
     for problem in _relations(cfg, component):
         _fail(component, path, f"the {what} is inconsistent: {problem}", _config_fix(component, path))
     return cfg
+
+
+# the language model's sizes: transformers reads them from text_config alone when a config has one
+_TEXT_MODEL_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
 def _config_fix(component, path) -> str:
@@ -763,6 +775,18 @@ def check_cfg(cfg, name: str = "cfg", high: float = 100.0) -> float:
         raise DeepGenInputError(f"{name} is {cfg!r}: it must be a finite number in 0..{high:g} (the authors use "
                                 f"{DEFAULT_CFG}; 1 or below runs the positive branch only).")
     return float(cfg)
+
+
+AUTHORS_CFG = (3.5, 7.5)  # the guidance scales of the authors' scripts (4.0 in nearly all of them)
+HIGH_CFG = 10.0
+
+
+def cfg_warning(cfg: float, name: str = "cfg") -> str | None:
+    """The user-facing note for a valid but extreme guidance scale (None when it is ordinary)."""
+    if cfg <= HIGH_CFG:
+        return None
+    return (f"{name} is {cfg:g}, far above the {AUTHORS_CFG[0]:g}-{AUTHORS_CFG[1]:g} the authors use (4.0 by default): "
+            "expect harsh, oversaturated, burnt-looking pictures; try 4")
 
 
 def check_steps(steps, high: int = MAX_STEPS, name: str = "steps") -> int:

@@ -41,7 +41,7 @@ def _image_token_id(vlm, tokenizer) -> int:
     return int(tid)
 
 
-def _image_embeddings(visual, pixel_values, grid_thw: torch.Tensor, layer_callback=None) -> torch.Tensor:
+def _image_embeddings(visual, pixel_values, grid_thw: torch.Tensor, layer_callback=None, progress=None) -> torch.Tensor:
     """ViT tokens of every image occurrence, concatenated in row-major (batch, sequence) order.
 
     Each image runs through the ViT alone, as the release does. The same tensor object passed twice
@@ -56,7 +56,7 @@ def _image_embeddings(visual, pixel_values, grid_thw: torch.Tensor, layer_callba
     out = []
     for pv, grid in zip(pixel_values, grid_thw):
         if id(pv) not in cache:  # the ViT's patch embedding casts pv to its own weight dtype
-            with _calling_per_layer(getattr(visual, "blocks", ()), layer_callback):
+            with calling_per_layer(getattr(visual, "blocks", ()), layer_callback, progress):
                 cache[id(pv)] = visual_embeds(visual, pv.to(device), grid[None].to(device))
         out.append(cache[id(pv)])
     return torch.cat(out)
@@ -71,8 +71,8 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
     occurrence in row-major order (positive rows first, then the same images for the negative rows);
     grid_thw: [n_occurrences, 3]. meta_queries [Q, H] are appended as embeddings (never as ids).
     layer_callback: called with no arguments before every ViT block and decoder layer; whatever it
-    raises (e.g. ComfyUI's interrupt) ends the forward there. progress: called as progress(done, total)
-    after each decoder layer that runs (total: up to the deepest selected layer), for progress bars."""
+    raises (e.g. ComfyUI's interrupt) ends the forward there. progress: called with no arguments after
+    every ViT block and decoder layer that runs (progress_steps counts them), for progress bars."""
     visual, text_model = vlm_parts(vlm)
     embed = text_model.get_input_embeddings()
     device = embed.weight.device
@@ -91,7 +91,7 @@ def stacked_hidden_states(vlm, tokenizer, meta_queries: torch.Tensor, input_ids:
             grid = None
         else:
             grid = torch.as_tensor(grid_thw, dtype=torch.long).reshape(-1, 3)
-            image = _image_embeddings(visual, pixel_values, grid, layer_callback).to(device, dtype)
+            image = _image_embeddings(visual, pixel_values, grid, layer_callback, progress).to(device, dtype)
             if image.shape[0] != int(is_image.sum()):
                 raise DeepGenInputError(
                     f"{int(is_image.sum())} {IMAGE_PAD_TOKEN} tokens in the prompts but {image.shape[0]} image "
@@ -131,14 +131,23 @@ def fa2_pad_emulation(text_model, attention_mask: torch.Tensor):
 
 
 @contextmanager
-def _calling_per_layer(layers, callback):
-    """While active, `callback()` runs before each of `layers` (an interruption point per layer)."""
-    handles = [] if callback is None else [m.register_forward_pre_hook(lambda *_: callback()) for m in layers]
+def calling_per_layer(layers, before=None, after=None):
+    """While active, `before()` runs before each of `layers` (an interruption point per layer) and `after()`
+    after each (a progress step)."""
+    handles = [] if before is None else [m.register_forward_pre_hook(lambda *_: before()) for m in layers]
+    handles += [] if after is None else [m.register_forward_hook(lambda *_: after()) for m in layers]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def progress_steps(vlm, references: int) -> int:
+    """How many progress steps stacked_hidden_states reports: the ViT blocks of each reference (each runs
+    once, shared by both branches) and the decoder layers up to the deepest one the bridge reads."""
+    visual, text_model = vlm_parts(vlm)
+    return references * len(getattr(visual, "blocks", ())) + max(selected_layers(len(text_model.layers)))
 
 
 def _run_selected(text_model, inputs_embeds, mask, position_ids, layer_callback=None, progress=None) -> torch.Tensor:
@@ -152,7 +161,7 @@ def _run_selected(text_model, inputs_embeds, mask, position_ids, layer_callback=
             if k in chosen:
                 captured[k] = output[0] if isinstance(output, (tuple, list)) else output  # tuple in 4.x, tensor in 5.x
             if progress is not None:
-                progress(k, deepest)
+                progress()
             if k == deepest:
                 raise _StopForward
         return hook
@@ -160,7 +169,7 @@ def _run_selected(text_model, inputs_embeds, mask, position_ids, layer_callback=
     watched = range(1, deepest + 1) if progress is not None else chosen
     handles = [layers[k - 1].register_forward_hook(recorder(k)) for k in watched]
     try:
-        with fa2_pad_emulation(text_model, mask), _calling_per_layer(layers, layer_callback):
+        with fa2_pad_emulation(text_model, mask), calling_per_layer(layers, layer_callback):
             text_model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
     except _StopForward:
         pass

@@ -2,11 +2,14 @@
 
 loaders.py (the five loader nodes), encode.py (prompts and references -> CONDITIONING), sampling.py
 (sampler and scheduler); beside them comfy_models.py (DeepGen's models as ComfyUI objects), memory.py
-(the out-of-memory guard), paths.py (the model lists) and routes.py (the web extension's HTTP routes).
+(the out-of-memory guard), paths.py (the model lists), routes.py (the web extension's HTTP routes) and
+sample_inputs.py (the edit templates' pictures in ComfyUI's input folder).
 """
+import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 from . import comfy_compat, encode, loaders, sampling
+from .sample_inputs import install_sample_inputs
 from . import routes  # noqa: F401  (the web extension's /deepgen/* HTTP routes)
 
 comfy_compat.keep_legacy_lora_names()
@@ -20,4 +23,6 @@ class DeepGenExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> DeepGenExtension:
+    # here, not in on_load: ComfyUI 0.3.75 never calls on_load
+    install_sample_inputs(folder_paths.get_input_directory())
     return DeepGenExtension()

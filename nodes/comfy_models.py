@@ -45,7 +45,8 @@ from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 from ..deepgen_model.mmdit_format import mmdit_config, to_mmdit
 from ..deepgen_model.precision import cast_floating, cpu_compute_dtype, dominant_dtype, store_linear_weights
 from ..deepgen_model.scheduler import official_sigmas, scheduler_shift, sigmas_from_config
-from ..deepgen_model.transformer import check_latent, latent_size_problem, per_sample_references, reference_sequence
+from ..deepgen_model.transformer import (check_latent, latent_size_problem, nearest_latent_size, per_sample_references,
+                                        reference_sequence)
 
 
 # ------------------------------------------------------------------ comfy.ops class swapping
@@ -223,8 +224,15 @@ class DeepGenMMDiT(OpenAISignatureMMDITWrapper):
         p = self.x_embedder.patch_size[0]
         return self.in_channels, p, self.pos_embed_max_size * p
 
+    @property
+    def max_latent_side(self) -> int:
+        return self.size_limits[2]
+
     def size_problem(self, h: int, w: int) -> str | None:
         return latent_size_problem(h, w, *self.size_limits[1:])
+
+    def nearest_size(self, h: int, w: int) -> tuple[int, int]:
+        return nearest_latent_size(h, w, *self.size_limits[1:])
 
 
 class DeepGenModelConfig(comfy.supported_models_base.BASE):

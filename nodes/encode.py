@@ -17,7 +17,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..deepgen_model.conditioning import encode as joint_encode
+from ..deepgen_model.conditioning import encode as joint_encode, encode_steps
 from ..deepgen_model.constants import (DEFAULT_SIZE, EDIT_NEGATIVE, MAX_REFERENCES, MAX_SIDE, REFERENCE_UNIT,
                                        SIZE_MULTIPLE, T2I_NEGATIVE)
 from ..deepgen_model.errors import DeepGenInputError
@@ -28,27 +28,32 @@ from .comfy_models import DeepGenSCB, DeepGenVLM, scb_module, vlm_parts_of
 from .memory import memory_guard, unload
 
 
-def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int):
+def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int, after: int = 0):
     """Load VLM + bridge through ComfyUI's model management, encode, then move the VLM off the GPU.
 
-    ComfyUI's interrupt is checked before every ViT block and decoder layer, and its progress bar moves
-    after every decoder layer; an out-of-memory error becomes a clear one (memory_guard); nothing else
-    is caught."""
-    bar = comfy.utils.ProgressBar(1)
+    ComfyUI's progress bar moves through every stage: the loading, each ViT block, decoder layer and bridge
+    layer, the unloading, then `after` steps the caller reports itself (one per reference it VAE-encodes).
+    ComfyUI's interrupt is checked before every block and layer (and by every progress report); an
+    out-of-memory error becomes a clear one (memory_guard); nothing else is caught."""
+    model, tokenizer = vlm_parts_of(vlm)
+    bridge = scb_module(scb)
+    steps = encode_steps(model, bridge, len(images or ()))
+    bar = comfy.utils.ProgressBar(1 + steps + 1 + after)
     with memory_guard("encoding the prompt with the VLM"):
         mm.load_models_gpu([vlm, scb], force_full_load=True)
+        bar.update(1)
         try:
-            model, tokenizer = vlm_parts_of(vlm)
-            cond = joint_encode(model, tokenizer, scb_module(scb), prompt, negative, images, max_side,
+            cond = joint_encode(model, tokenizer, bridge, prompt, negative, images, max_side,
                                 layer_callback=mm.throw_exception_if_processing_interrupted,
-                                progress=bar.update_absolute)
+                                progress=lambda done, _: bar.update_absolute(1 + done))
         finally:
             unload(vlm)  # the DiT needs the room more than the (3B) VLM does
+        bar.update(1)
     if not (torch.isfinite(cond.seq).all() and torch.isfinite(cond.pooled).all()):
-        weights = {"VLM": model.named_parameters(), "SCB": scb_module(scb).named_parameters()}
+        weights = {"VLM": model.named_parameters(), "SCB": bridge.named_parameters()}
         inputs = {f"image{i}": image for i, image in enumerate(images or [], 1)}
         raise DeepGenInputError(nonfinite_cause("encoding the prompt", inputs, weights, vlm_compute_dtype(model)) + ".")
-    return cond
+    return cond, bar
 
 
 def _conditioning(cond, extra: dict) -> tuple[list, list]:
@@ -104,7 +109,7 @@ class DeepGenTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vlm, scb, prompt: str, negative_prompt: str) -> io.NodeOutput:
-        cond = _encode(vlm, scb, prompt, negative_prompt, None, DEFAULT_SIZE)
+        cond, _ = _encode(vlm, scb, prompt, negative_prompt, None, DEFAULT_SIZE)
         return io.NodeOutput(*_conditioning(cond, {}), ui=_ui(cond))
 
 
@@ -173,13 +178,14 @@ class DeepGenEditEncode(io.ComfyNode):
         refs = _references({"image1": image1, "image2": image2, "image3": image3, "image4": image4})
         out_w, out_h = output_size(width, height, [reference_size(r.shape[1], r.shape[0], max_side) for r in refs])
 
-        cond = _encode(vlm, scb, prompt, negative_prompt, refs, max_side)
+        cond, bar = _encode(vlm, scb, prompt, negative_prompt, refs, max_side, after=len(refs))
         # raw VAE latents of the same resized pixels, as core's ReferenceLatent stores them
         latents = []
         with memory_guard("encoding the reference images with the VAE"):
             for ref in refs:
                 pixels = torch.tensor(resized_uint8(ref, max_side), dtype=torch.float32)[None] / 255.0
                 latents.append(vae.encode(pixels))
+                bar.update(1)
         positive, negative = _conditioning(cond, {"reference_latents": latents})
         empty = torch.zeros([1, 16, out_h // 8, out_w // 8], device=mm.intermediate_device())
         return io.NodeOutput(positive, negative, {"samples": empty}, ui=_ui(cond))

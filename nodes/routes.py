@@ -6,7 +6,7 @@ nodes run), so the in-graph preview cannot drift from what is encoded. Token cou
 only the tokenizer of a model the pack LISTS is loaded (never the VLM), picked by its widget value; the
 request never names a path. Inputs are checked strictly and answered with 400 {"error": ...}.
 GET /deepgen/size_presets lists output sizes that follow the model's rules.
-GET /workflow_templates (ComfyUI's own route) gets our examples in their learning order (template_order).
+GET /workflow_templates (ComfyUI's own route) gets our examples in their numbered order (template_order).
 
 Registered only when a real PromptServer exists (in-process tests run a stub server without routes).
 """
@@ -18,8 +18,10 @@ import json
 import logging
 import math
 import os
+import re
+from pathlib import Path
 
-from ..deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, long_prompt_warning
+from ..deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, empty_prompt_warning, long_prompt_warning
 from ..deepgen_model.constants import (DEFAULT_SIZE, IMAGE_PAD_TOKEN, MAX_REFERENCES, MAX_SIDE, NUM_THINK_TOKENS,
                                        REFERENCE_UNIT, SIZE_MULTIPLE)
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
@@ -42,22 +44,27 @@ ASPECTS = (("1:1", 1, 1), ("4:3", 4, 3), ("3:4", 3, 4), ("3:2", 3, 2), ("2:3", 2
            ("9:16", 9, 16), ("21:9", 21, 9), ("9:21", 9, 21))
 
 
-# The template browser's order of our example_workflows/, first to last (the thumbnails' titles carry the
-# same numbers, from locales/en/main.json). ComfyUI lists a pack's templates in directory order (an unsorted glob:
-# a hash order on ext4) and the frontend keeps that order under its default sort, so without this the
-# first card a newcomer sees may be "reasoning edit".
-EXAMPLE_ORDER = ("text_to_image", "image_edit", "multi_reference_edit", "reasoning_generation", "reasoning_edit",
-                 "text_rendering", "low_vram_8bit_vlm", "sampler_custom_advanced")
+# The template browser's order of our example_workflows/: by the number in their names ("DeepGen 2 - Edit an
+# image"; the file name is the card's title on every frontend). ComfyUI lists a pack's templates in directory
+# order (an unsorted glob: a hash order on ext4) and the frontend keeps that order under its default sort, so
+# without this the first card a newcomer sees may be the fifth lesson.
+EXAMPLES = frozenset(p.stem for p in (Path(__file__).resolve().parents[1] / "example_workflows").glob("*.json"))
+EXAMPLE_NUMBER = re.compile(r"DeepGen (\d+) - ")
 TEMPLATE_ROUTES = ("/workflow_templates", "/api/workflow_templates")
 
 
+def example_rank(name: str) -> tuple:
+    """Sort key of a template name: its lesson number, then the name (unnumbered names last)."""
+    number = EXAMPLE_NUMBER.match(str(name))
+    return (int(number[1]) if number else math.inf, str(name))
+
+
 def ordered_templates(listing: dict) -> dict:
-    """ComfyUI's {pack folder: [workflow names]} with our list (the one holding every EXAMPLE_ORDER name,
-    whatever the pack's folder is called) sorted into EXAMPLE_ORDER; names not in it go last, by name."""
-    rank = {name: i for i, name in enumerate(EXAMPLE_ORDER)}
+    """ComfyUI's {pack folder: [workflow names]} with our list (the one holding every example of ours,
+    whatever the pack's folder is called) sorted by example_rank."""
     for folder, names in listing.items():
-        if isinstance(names, list) and rank.keys() <= set(names):
-            listing[folder] = sorted(names, key=lambda n: (rank.get(n, len(rank)), str(n)))
+        if isinstance(names, list) and EXAMPLES and EXAMPLES <= set(names):
+            listing[folder] = sorted(names, key=example_rank)
     return listing
 
 
@@ -228,7 +235,8 @@ def preview(body) -> dict:
                 raise
             out["tokens_note"] = f"no token count: {e}"
             out["retry"] = isinstance(e, ModelNotListed)
-    out["warnings"] = _length_warnings(out, prompt, negative)
+    empty = empty_prompt_warning("prompt", prompt, mode == "edit")  # the encode node's own note, before a run
+    out["warnings"] = ([empty] if empty else []) + _length_warnings(out, prompt, negative)
     return out
 
 

@@ -2,11 +2,12 @@
 
     python scripts/make_thumbnails.py            # rewrites example_workflows/*.jpg and example_workflows/input/*.png
 
-Thumbnails are schematic cards (title + the workflow's node chain as read from its JSON), never model
-outputs. The title is the numbered one of locales/en/main.json ("1 · Text to image"): ComfyUI's frontend
-(1.32) captions a custom node's template card with its file name, so the thumbnail is where the readable
-title and the learning order (nodes/routes.py EXAMPLE_ORDER, same numbers) show. Sample inputs are simple drawings for the edit workflows. Only Pillow's built-in font is used, so
-the files come out the same on every machine with the same Pillow.
+Thumbnails are schematic cards (title, description and the workflow's node chain as read from its JSON),
+never model outputs. The title is the file name ("DeepGen 1 - Text to image"), which is also the card's
+caption on every frontend, and the description is locales/en/main.json's: frontend 1.48 (ComfyUI 0.33) shows
+no description under a custom node's card, so the thumbnail carries it. Sample inputs are simple drawings for
+the edit workflows. Only Pillow's built-in font is used, so the files come out the same on every machine with
+the same Pillow.
 """
 from __future__ import annotations
 
@@ -32,18 +33,21 @@ def font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def title_of(workflow: dict, stem: str) -> str:
-    """The template title of locales/en/main.json, else the first note's heading (after the dash), else the
-    file name."""
-    titles = json.loads(LOCALE.read_text(encoding="utf-8"))["templateWorkflows"]["template"]["ComfyUI-DeepGen"]
-    if stem in titles:
-        return titles[stem]
-    for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY and node.get("widgets_values"):
-            first = str(node["widgets_values"][0]).splitlines()[0].lstrip("# ").strip()
-            title = first.split("—", 1)[-1].strip()
-            return title[:1].upper() + title[1:]
-    return stem.replace("_", " ")
+def description_of(stem: str) -> str:
+    """The template's description in locales/en/main.json ("" when it has none: a unit test requires one)."""
+    messages = json.loads(LOCALE.read_text(encoding="utf-8"))["templateWorkflows"]["templateDescription"]
+    return messages["ComfyUI-DeepGen"].get(stem, "")
+
+
+def wrapped(d: ImageDraw.ImageDraw, text: str, size: int, width: float) -> list[str]:
+    lines = [""]
+    for word in text.split():
+        trial = f"{lines[-1]} {word}".strip()
+        if d.textlength(trial, font=font(size)) <= width or not lines[-1]:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    return lines
 
 
 def colour(node_type: str) -> tuple[int, int, int]:
@@ -87,10 +91,17 @@ def thumbnail(path: Path) -> Image.Image:
     workflow = json.loads(path.read_text(encoding="utf-8"))
     img = Image.new("RGB", SIZE, BG)
     d = ImageDraw.Draw(img)
-    d.text((28, 24), "ComfyUI-DeepGen · DeepGen 1.0", font=font(18), fill=MUTED)
-    d.text((28, 50), title_of(workflow, path.stem), font=font(34), fill=FG)
+    d.text((28, 22), "ComfyUI-DeepGen · DeepGen 1.0", font=font(18), fill=MUTED)
+    title = path.stem.removeprefix("DeepGen ").replace(" - ", " · ", 1)
+    size = 34
+    while size > 20 and d.textlength(title, font=font(size)) > SIZE[0] - 56:
+        size -= 1
+    d.text((28, 46), title, font=font(size), fill=FG)
+    description = description_of(path.stem).replace("×", "x")  # the built-in font has no "×"
+    d.multiline_text((28, 92), "\n".join(wrapped(d, description, 24, SIZE[0] - 56)[:2]), font=font(24), fill=FG,
+                     spacing=4)
     cols = columns(workflow)
-    top, bottom, left, right = 130, SIZE[1] - 50, 28, SIZE[0] - 28
+    top, bottom, left, right = 166, SIZE[1] - 50, 28, SIZE[0] - 28
     col_w = (right - left) / len(cols)
     box_w, centre = min(150, col_w - 14), {}
     for c, col in enumerate(cols):

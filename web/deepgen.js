@@ -1,12 +1,15 @@
-// ComfyUI-DeepGen web extension: node identity, live VLM prompt preview, growing reference inputs and
-// output-size presets. Written for ComfyUI frontend 1.32.x (classic canvas); see docs/web-extension.md.
+// ComfyUI-DeepGen web extension: node identity, live VLM prompt preview, growing reference inputs,
+// output-size presets, run notes, the node to fix after a size error, and template card descriptions.
+// Written for ComfyUI frontend 1.32.x (classic canvas); see docs/web-extension.md.
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { REFERENCE_INPUTS, isConnected, isDeepGenNode } from "./lib/graph.js";
 import { applyIdentity } from "./lib/identity.js";
+import { NOTES_STYLE, showNotes } from "./lib/notes.js";
 import { STYLE, buildRequest, createPreviewElement, render } from "./lib/preview.js";
 import { installGrowingReferences } from "./lib/references.js";
+import { describeTemplateCards } from "./lib/templates.js";
 import { addSizePresets, syncSizeWidgets } from "./lib/sizes.js";
 
 const VERSION = "1.0.0";
@@ -20,6 +23,9 @@ const RETRY_MS = 3000; // the selected model's files were missing: ask again thi
 // covers the node below it); a NEW node gets a roomier panel once, at creation.
 const PANEL_MIN = 64;
 const PANEL_NEW = { DeepGenTextEncode: 150, DeepGenEditEncode: 240 };
+// The frontend shares a node's spare height equally among its DOM widgets; the prompt boxes stop growing at
+// these heights (they scroll beyond), so the rest goes to the panel, which then shows the prompt unscrolled.
+const TEXT_MAX = { prompt: 140, negative_prompt: 100 };
 let presets = [];
 
 function setting(id, fallback) {
@@ -86,6 +92,7 @@ function addPreview(node) {
   for (const name of ["prompt", "negative_prompt", "max_side", "width", "height"]) {
     const target = node.widgets?.find((x) => x.name === name);
     if (!target) continue;
+    if (TEXT_MAX[name] && target.options && !target.options.getMaxHeight) target.options.getMaxHeight = () => TEXT_MAX[name];
     const original = target.callback;
     target.callback = function (...args) {
       const r = original?.apply(this, args);
@@ -109,17 +116,38 @@ function addTooltips(node) {
   }
 }
 
-/** The encode node's run-time notes (e.g. a prompt longer than DeepGen was trained on): its UI output,
- * sent with the "executed" event (and kept in /history). */
+/** A DeepGen node's run-time notes (e.g. a prompt longer than DeepGen was trained on, an extreme cfg): its UI
+ * output, sent with the "executed" event (and kept in /history); the encode nodes show them in their panel. */
 function onExecuted({ detail }) {
   const warnings = detail?.output?.deepgen_warnings;
   if (!Array.isArray(warnings)) return;
   const node = app.graph?.getNodeById?.(Number(detail.display_node ?? detail.node));
   const state = node?.__deepgen;
+  if (node && !state) return showNotes(node, warnings.map(String)); // e.g. the sampler's cfg note
   if (!state) return;
   state.runWarnings = warnings.map(String);
   if (state.answer) render(state.element, state.answer, state.names, state.notes, state.runWarnings);
   node.setDirtyCanvas?.(true, false);
+}
+
+// The node a DeepGen size error asks the user to change (the sampler names it: nodes/sampling.py) gets
+// litegraph's error outline until the next run starts; the frontend itself outlines only the sampler.
+let outlined = null;
+
+function outlineFixNode({ detail }) {
+  const node = app.graph?.getNodeById?.(detail?.node);
+  if (!node || node.has_errors) return;
+  clearOutline();
+  node.has_errors = true;
+  outlined = node;
+  app.graph.setDirtyCanvas(true, true);
+}
+
+function clearOutline() {
+  if (!outlined) return;
+  outlined.has_errors = false;
+  outlined = null;
+  app.graph?.setDirtyCanvas(true, true);
 }
 
 function image1Size(node) {
@@ -157,7 +185,7 @@ app.registerExtension({
   async init() {
     const style = document.createElement("style");
     style.id = "deepgen-web-style";
-    style.textContent = STYLE;
+    style.textContent = STYLE + NOTES_STYLE;
     document.head.append(style);
     try {
       const resp = await api.fetchApi("/deepgen/size_presets");
@@ -190,7 +218,10 @@ app.registerExtension({
 
   setup() {
     setInterval(pollAll, POLL_MS);
+    describeTemplateCards((path) => api.fetchApi(path), setting("Comfy.Locale", "en"));
     api.addEventListener("executed", onExecuted);
+    api.addEventListener("deepgen.fix_node", outlineFixNode);
+    api.addEventListener("execution_start", clearOutline);
     window.__deepgenWeb = { version: VERSION, refresh: (node) => refresh(node, true), presets: () => presets };
   },
 });

@@ -215,3 +215,21 @@ def test_requeue_with_new_seed_reuses_the_encode(comfy_server, release):
     assert {"1", "2", "3", "6", "7"} <= cached
     executed = {d["node"] for d in second.of("executing") if d.get("node")}
     assert "8" in executed and "3" not in executed
+
+
+@pytest.mark.parametrize("refs", [0, 1, 2])
+def test_progress_moves_through_every_stage(comfy_inprocess, release, ref_images, refs):
+    """The encode node's bar moves after loading, every ViT block, decoder layer and bridge layer, the unloading
+    and each reference's VAE encode, and reaches its end only then (it used to sit at 100 % from the last
+    decoder layer through the bridge: ~40 s with real weights and a long prompt on a CPU)."""
+    from deepgen_model import tiny as deepgen_tiny
+    from deepgen_model.constants import selected_layers
+
+    names = sorted(SIZES)[:refs]
+    graph = edit_graph(names, negative=f"progress {refs}") if refs else text_graph(negative="progress 0")
+    run_ok(comfy_inprocess, graph)
+    values = [(d["value"], d["max"]) for e, d in comfy_inprocess.events if e == "progress" and d.get("node") == "3"]
+    steps = (refs * deepgen_tiny.TINY_VISION["depth"] + max(selected_layers(deepgen_tiny.TINY_TEXT["num_hidden_layers"]))
+             + deepgen_tiny.TINY_CONNECTOR["num_hidden_layers"])
+    total = 1 + steps + 1 + refs  # load, engine, unload, VAE encodes
+    assert values == [(k, total) for k in range(1, total + 1)]

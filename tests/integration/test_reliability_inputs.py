@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reliability_graphs import RELEASE, SIZE, edit, error_of, image_of, output, save_png, t2i
+from reliability_graphs import RELEASE, SIZE, assert_real_picture, edit, error_of, image_of, output, save_png, t2i
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,38 @@ def comfy(comfy_inprocess, release):  # the session's tiny release is the RELEAS
 
 # ------------------------------------------------------------------ prompts
 
-def test_empty_prompt_and_negative(comfy):
-    image_of(comfy, t2i(prompt="", negative=""))
+def notes_of(comfy, prompt) -> dict:
+    """{node id: deepgen_warnings} of a run that must succeed (a note is advice, never an error)."""
+    ok, outputs, msgs = comfy.run(prompt)
+    assert ok, repr(msgs)[-3000:]
+    assert_real_picture(output(comfy, "6")[0][0][0])
+    return {node: ui["deepgen_warnings"] for node, ui in outputs.items() if "deepgen_warnings" in ui}
+
+
+def test_empty_prompt_runs_with_a_note_on_the_encode_node(comfy):
+    from deepgen_model.conditioning import empty_prompt_warning
+
+    notes = notes_of(comfy, t2i(prompt="  ", negative=""))
+    assert notes == {"3": [empty_prompt_warning("prompt", "", edit=False)], "5": []}
+    assert notes["3"][0].startswith("prompt is empty: DeepGen gets no description") and "write what you want" in notes["3"][0]
+    assert notes_of(comfy, t2i(prompt="a red cat", negative="")) == {"3": [], "5": []}
+
+
+def test_empty_edit_instruction_runs_with_a_note_on_the_encode_node(comfy, comfy_base):
+    name = save_png(comfy_base, "h21_empty_edit.png", np.random.default_rng(21).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    notes = notes_of(comfy, edit([name], prompt=""))
+    assert notes["3"] == ["prompt is empty: DeepGen gets no edit instruction, so the picture may come back little "
+                          "changed; say what should change"]
+
+
+@pytest.mark.parametrize("cfg, noted", [(100.0, True), (10.5, True), (10.0, False), (4.0, False), (0.0, False)])
+def test_extreme_cfg_runs_with_a_note_on_the_sampler(comfy, cfg, noted):
+    notes = notes_of(comfy, t2i(prompt=f"a red cat, cfg {cfg}", cfg=cfg))
+    if noted:
+        assert notes["5"] == [f"cfg is {cfg:g}, far above the 3.5-7.5 the authors use (4.0 by default): expect harsh, "
+                              "oversaturated, burnt-looking pictures; try 4"]
+    else:
+        assert notes["5"] == []
 
 
 @pytest.mark.parametrize("text", ["猫がマットの上に座っている、写真", "🐱🎨✨ un café très chaud — naïve façade",
@@ -68,40 +98,69 @@ def test_prompt_longer_than_the_vlm_context_is_refused(comfy, which):
 
 # ------------------------------------------------------------------ sizes
 
-@pytest.mark.parametrize("node, width, height", [("EmptyLatentImage", 72, 64), ("EmptySD3LatentImage", 64, 40),
-                                                  ("EmptyLatentImage", 24, 16)])
-def test_latent_sides_not_multiples_of_16_name_the_latent(comfy, node, width, height):
-    msg = error_of(comfy, t2i(latent_node=node, width=width, height=height), "5")
-    assert msg.startswith(f"latent is {width}x{height} px") and "multiples of 16 px" in msg
+def fixed_node(comfy) -> list[str]:
+    """The nodes the sampler asked the web extension to outline in the last run."""
+    return [data["node"] for event, data in comfy.events if event == "deepgen.fix_node"]
 
 
-def test_encoded_image_of_odd_size_names_the_latent(comfy, comfy_base):
+FIX_SIZE = "set its width and height to {}, the nearest size DeepGen can make."
+
+
+@pytest.mark.parametrize("node, width, height, nearest", [("EmptyLatentImage", 72, 64, "80x64"),
+                                                           ("EmptySD3LatentImage", 64, 40, "64x48"),
+                                                           ("EmptyLatentImage", 24, 16, "32x16")])
+def test_latent_sides_not_multiples_of_16_name_the_size_node_and_the_nearest_size(comfy, node, width, height,
+                                                                                    nearest):
+    msg = error_of(comfy, t2i(latent_node=node, width=width, height=height), "5").strip()
+    assert msg == (f"{node} (node 4) asks for a {width}x{height} px image, but DeepGen needs both sides in steps "
+                   f"of 16 px: " + FIX_SIZE.format(nearest))
+    assert fixed_node(comfy) == ["4"]
+
+
+def test_the_issue_case_names_the_titled_size_node_and_offers_the_nearest_size(comfy, tiny):
+    """5008x5008 on the tiny DiT (at most 1024 px): the size node by its title, and 1024x1024, never the size
+    that failed (the old message suggested "e.g. 5008x5008 within 1024 px")."""
+    prompt = t2i(width=5008, height=5008)
+    prompt["4"]["_meta"] = {"title": "Image size"}
+    msg = error_of(comfy, prompt, "5").strip()
+    assert msg == ('"Image size" (EmptySD3LatentImage, node 4) asks for a 5008x5008 px image, but DeepGen makes at '
+                   "most 1024 px per side: " + FIX_SIZE.format("1024x1024"))
+    assert "5008x5008 within" not in msg and "patch" not in msg and "latent sides" not in msg
+    assert fixed_node(comfy) == ["4"]
+
+
+def test_encoded_image_of_odd_size_names_the_encoder(comfy, comfy_base):
     g = np.random.default_rng(3)
     name = save_png(comfy_base, "h13_odd.png", g.integers(0, 256, (56, 104, 3), dtype=np.uint8))
     prompt = t2i()
     prompt["i"] = {"class_type": "LoadImage", "inputs": {"image": name}}
     prompt["4"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["i", 0], "vae": ["1", 3]}}
-    msg = error_of(comfy, prompt, "5")
-    assert msg.startswith("latent is 104x56 px") and "multiples of 16" in msg
+    msg = error_of(comfy, prompt, "5").strip()
+    assert msg == ("VAEEncode (node 4) asks for a 104x56 px image, but DeepGen needs both sides in steps of 16 px: "
+                   "give it a picture DeepGen can take: 112x64 px is the nearest (e.g. resize it with Upscale Image).")
 
 
 def test_sizes_that_are_multiples_of_16_work(comfy):
     img = image_of(comfy, t2i(width=80, height=48, latent_node="EmptyLatentImage"))
     assert img.shape == (48, 80, 3)
+    assert fixed_node(comfy) == []
 
 
 def test_size_beyond_the_position_table_is_refused(comfy, tiny):
     limit = tiny.dit.config.pos_embed_max_size * tiny.dit.config.patch_size * 8  # 1024 px for the tiny DiT
-    msg = error_of(comfy, t2i(width=limit + 16, height=64), "5")
-    assert f"at most {limit} px per side" in msg and msg.startswith("latent is")
+    msg = error_of(comfy, t2i(width=limit + 16, height=64), "5").strip()
+    assert msg == (f"EmptySD3LatentImage (node 4) asks for a {limit + 16}x64 px image, but DeepGen makes at most "
+                   f"{limit} px per side: " + FIX_SIZE.format(f"{limit}x64"))
 
 
-def test_reference_beyond_the_position_table_names_max_side(comfy, comfy_base, tiny):
+def test_reference_beyond_the_position_table_names_the_encoder_and_max_side(comfy, comfy_base, tiny):
     limit = tiny.dit.config.pos_embed_max_size * tiny.dit.config.patch_size * 8
     g = np.random.default_rng(4)
     name = save_png(comfy_base, "h13_wide.png", g.integers(0, 256, (64, limit + 100, 3), dtype=np.uint8))
-    msg = error_of(comfy, edit([name, name], max_side=limit + 32), "5")
-    assert "reference latent" in msg and "max_side" in msg and f"at most {limit} px" in msg
+    msg = error_of(comfy, edit([name, name], max_side=limit + 32), "5").strip()
+    assert msg == (f"DeepGenEditEncode (node 3) gives a {limit + 32}x64 px reference picture, but DeepGen makes at "
+                   f"most {limit} px per side: set its max_side to {limit} or less.")
+    assert fixed_node(comfy) == ["3"]
 
 
 # ------------------------------------------------------------------ reference images

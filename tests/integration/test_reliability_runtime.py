@@ -62,7 +62,7 @@ def failure(comfy, prompt, fresh=False, on_event=None) -> tuple[str, dict]:
 
 # one prompt per test: the executor caches the last prompt's outputs, and each incident must hit a real run
 PROMPTS = {"vlm_oom": "vlm oom", "dit_oom": "dit oom", "load_oom": "load oom", "vlm_int": "vlm interrupt",
-           "dit_int": "dit interrupt", "vae_int": "vae interrupt"}
+           "dit_int": "dit interrupt", "vae_int": "vae interrupt", "bridge_int": "bridge interrupt"}
 
 
 @pytest.fixture(scope="module")
@@ -205,22 +205,25 @@ def test_nan_weights_are_named_as_the_cause_not_fp16(comfy, part, node, cause):
 
 # ------------------------------------------------------------------ interrupts
 
-def test_interrupt_during_vlm_encode_stops_at_the_next_layer(comfy, baseline, monkeypatch):
-    cls = text_layer_class(comfy)
+@pytest.mark.parametrize("stage, at", [("vlm", 3), ("bridge", 2)])
+def test_interrupt_during_encode_stops_at_the_next_layer(comfy, baseline, monkeypatch, stage, at):
+    """Interrupted while VLM decoder layer 3, or bridge layer 2, runs: the next layer never starts."""
+    cls = text_layer_class(comfy) if stage == "vlm" else pack(comfy, "deepgen_model.bridge").ConnectorLayer
     original, calls = cls.forward, []
 
     def counting(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
-            comfy.interrupt()  # as POST /interrupt does, while layer 3 runs
+        if len(calls) == at:
+            comfy.interrupt()  # as POST /interrupt does, while that layer runs
         return original(self, *args, **kwargs)
 
+    key = f"{stage}_int"
     monkeypatch.setattr(cls, "forward", counting)
-    kind, data = failure(comfy, graph(PROMPTS["vlm_int"]))
+    kind, data = failure(comfy, graph(PROMPTS[key]))
     assert kind == "execution_interrupted" and data["node_id"] == "3"
-    assert len(calls) == 3, f"{len(calls)} decoder layers ran; the 4th must not start"
+    assert len(calls) == at, f"{len(calls)} {stage} layers ran; layer {at + 1} must not start"
     monkeypatch.undo()
-    assert torch.equal(image(comfy, graph(PROMPTS["vlm_int"])), baseline["vlm_int"])
+    assert torch.equal(image(comfy, graph(PROMPTS[key])), baseline[key])
 
 
 def test_interrupt_during_sampling_then_identical_result(comfy, baseline):

@@ -12,6 +12,7 @@ import asyncio
 import copy
 import json
 import re
+import sys
 import time
 
 import pytest
@@ -182,12 +183,10 @@ def test_contexts_of_different_lengths_are_never_repeated(inproc, tiny, t2i):
     assert (got - _engine(tiny, SEED, STEPS, CFG, pos, repeated)).abs().max() > 1e-3
 
 
-def test_progress_and_live_previews_every_step(inproc, t2i):
-    """With live previews on, every step reports progress with its preview (ComfyUI 0.28 throttles
-    progress-only updates, never those that carry a preview)."""
+def _previews(inproc, prompt, preview_method=None) -> list:
+    """(step, format, image size) of every live preview of a run (the progress hook sees them before throttling)."""
     import comfy.utils
 
-    _, _, pk, nk = t2i
     previews, original = [], comfy.utils.PROGRESS_BAR_HOOK
 
     def hook(value, total, preview, prompt_id=None, node_id=None):
@@ -197,20 +196,45 @@ def test_progress_and_live_previews_every_step(inproc, t2i):
 
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        ok, _, msgs = inproc.run(_graph(pk, nk, steps=4, seed=SEED + 7), preview_method="latent2rgb")
+        ok, _, msgs = inproc.run(prompt, preview_method=preview_method)
     finally:
         comfy.utils.set_progress_bar_global_hook(original)
     assert ok, msgs
+    return previews
+
+
+@pytest.mark.parametrize("method", ["latent2rgb", None])
+def test_progress_and_live_previews_every_step(inproc, t2i, method):
+    """Every step reports progress with its preview (ComfyUI 0.28 throttles progress-only updates, never those
+    that carry a preview), with latent2rgb chosen, and by default: ComfyUI's default is no previews at all."""
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    _, _, pk, nk = t2i
+    previews = _previews(inproc, _graph(pk, nk, steps=4, seed=SEED + 7 + (method is None)), method)
     values = [d["value"] for e, d in inproc.events if e == "progress" and d.get("node") == "5"]
     assert values == [1, 2, 3, 4], values
     assert [(v, fmt) for v, fmt, _ in previews] == [(i, "JPEG") for i in (1, 2, 3, 4)], previews
     assert previews[0][2] == (W // 8, H // 8)  # an SD3 Latent2RGB image of the x0 prediction
+    assert args.preview_method == LatentPreviewMethod.NoPreviews  # ComfyUI's setting is left as it was
 
 
-def test_sampler_custom_advanced_matches_deepgen_sampler(inproc, tiny, t2i):
+@pytest.mark.parametrize("argv", [["--preview-method", "none"], ["--preview-method=none"]])
+def test_an_explicit_preview_method_none_is_respected(inproc, t2i, monkeypatch, argv):
     _, _, pk, nk = t2i
-    want = _run(inproc, _graph(pk, nk))
-    prompt = {
+    monkeypatch.setattr(sys, "argv", ["main.py", "--cpu", *argv])
+    assert _previews(inproc, _graph(pk, nk, steps=2, seed=SEED + 9 + len(argv))) == []
+
+
+def test_core_samplers_keep_comfyuis_own_preview_setting(inproc, t2i):
+    """Only DeepGen Sampler previews by default; core's SamplerCustomAdvanced follows --preview-method."""
+    _, _, pk, nk = t2i
+    prompt = _custom_advanced(pk, nk, seed=SEED + 11)
+    assert _previews(inproc, prompt) == []
+    assert len(_previews(inproc, _custom_advanced(pk, nk, seed=SEED + 12), "latent2rgb")) == STEPS
+
+
+def _custom_advanced(pk, nk, seed=SEED) -> dict:
+    return {
         "1": _loader(),
         "2": {"class_type": "H6TestConditioning", "inputs": {"key": pk}},
         "3": {"class_type": "H6TestConditioning", "inputs": {"key": nk}},
@@ -218,12 +242,17 @@ def test_sampler_custom_advanced_matches_deepgen_sampler(inproc, tiny, t2i):
         "5": {"class_type": "DeepGenScheduler", "inputs": {"model": ["1", 0], "steps": STEPS}},
         "6": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
         "7": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": CFG}},
-        "8": {"class_type": "RandomNoise", "inputs": {"noise_seed": SEED}},
+        "8": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
         "10": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["8", 0], "guider": ["7", 0], "sampler": ["6", 0],
                                                                  "sigmas": ["5", 0], "latent_image": ["4", 0]}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "h6_sca"}},
     }
-    _close(_run(inproc, prompt), want)
+
+
+def test_sampler_custom_advanced_matches_deepgen_sampler(inproc, tiny, t2i):
+    _, _, pk, nk = t2i
+    want = _run(inproc, _graph(pk, nk))
+    _close(_run(inproc, _custom_advanced(pk, nk)), want)
 
 
 def test_scheduler_is_the_official_list_at_the_model_shift(inproc, release):

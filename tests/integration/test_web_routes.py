@@ -46,6 +46,20 @@ def test_t2i_strings_and_tokens_equal_engine(comfy_server, release, tokenizer):
     assert r["tokens"]["positive"] > r["tokens"]["negative"]  # left padding makes the negative row shorter
 
 
+@pytest.mark.parametrize("mode", ["t2i", "edit"])
+def test_an_empty_prompt_gets_the_encode_nodes_note_before_running(comfy_server, mode):
+    """The panel shows the note the encode node gives when it runs (deepgen_model.conditioning)."""
+    from deepgen_model.conditioning import empty_prompt_warning
+
+    body = {"mode": mode, "prompt": " \n", "negative_prompt": "", "model": MODEL}
+    if mode == "edit":
+        body["references"] = [{"width": 64, "height": 64}]
+    status, r = post(comfy_server, body)
+    assert status == 200 and r["warnings"] == [empty_prompt_warning("prompt", "", mode == "edit")], r
+    status, r = post(comfy_server, {**body, "prompt": "a cat"})
+    assert status == 200 and r["warnings"] == [], r
+
+
 def test_edit_strings_sizes_and_tokens_equal_engine(comfy_server, release, tokenizer):
     refs = [(1024, 576), (40, 72), (700, 700)]
     body = {"mode": "edit", "prompt": "put image 2 into image 1", "negative_prompt": EDIT_NEGATIVE,
@@ -193,21 +207,20 @@ def test_long_prompts_are_previewed_with_the_engines_warning(comfy_server, relea
     assert r["warnings"] == [] and r["retry"] is False
 
 
-def test_template_cards_get_titles_and_descriptions(comfy_server):
-    """ComfyUI merges the pack's locales/en/main.json into /i18n (the frontend names the template category
-    "DeepGen 1.0" with it; scripts/make_thumbnails.py draws the numbered titles on the cards)."""
+def test_template_cards_get_descriptions_and_the_category_a_name(comfy_server):
+    """ComfyUI merges the pack's locales/en/main.json into /i18n: the frontend names the template category
+    "DeepGen 1.0" with it, and the web extension (web/lib/templates.js) writes each card's description from it."""
     messages = comfy_server.get("/i18n")["en"]["templateWorkflows"]
     assert messages["category"]["ComfyUI-DeepGen"] == "DeepGen 1.0"
-    assert messages["template"]["ComfyUI-DeepGen"]["text_to_image"] == "1 · Text to image"
-    assert messages["templateDescription"]["ComfyUI-DeepGen"]["image_edit"].startswith("Change one picture")
-    assert set(comfy_server.get("/workflow_templates")["ComfyUI-DeepGen"]) == set(messages["template"]["ComfyUI-DeepGen"])
+    descriptions = messages["templateDescription"]["ComfyUI-DeepGen"]
+    assert descriptions["DeepGen 2 - Edit an image"].startswith("Change one picture")
+    assert set(comfy_server.get("/workflow_templates")["ComfyUI-DeepGen"]) == set(descriptions)
 
 
-def test_template_cards_come_in_the_learning_order(comfy_server):
+def test_template_cards_come_in_the_numbered_order(comfy_server):
     """ComfyUI lists a pack's templates in directory order (unsorted glob); the frontend shows them in the
-    order served. nodes/routes.py reorders our list into the titles' numbering, on both paths."""
-    titles = comfy_server.get("/i18n")["en"]["templateWorkflows"]["template"]["ComfyUI-DeepGen"]
-    numbered = sorted(titles, key=lambda stem: int(titles[stem].split(" ", 1)[0]))
-    assert numbered[0] == "text_to_image"
+    order served. nodes/routes.py sorts our list by the number in the names, on both paths."""
     for path in ("/workflow_templates", "/api/workflow_templates"):
-        assert comfy_server.get(path)["ComfyUI-DeepGen"] == numbered, path
+        names = comfy_server.get(path)["ComfyUI-DeepGen"]
+        assert [int(n.split(" ")[1]) for n in names] == list(range(1, len(names) + 1)), (path, names)
+        assert names[0] == "DeepGen 1 - Text to image"

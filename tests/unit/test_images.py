@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deepgen_model.errors import DeepGenInputError
-from deepgen_model.images import image_token_count, reference_size, vit_inputs
+from deepgen_model.images import image_token_count, nearest_size, reference_size, vit_inputs
 from reference_images import resize_reference
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -24,6 +24,28 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ])
 def test_reference_size_cli_rule(w, h, s, expected):
     assert reference_size(w, h, s) == expected
+
+
+@pytest.mark.parametrize("w,h,expected", [
+    (5008, 5008, (1024, 1024)),  # the case: the nearest size, not the one that failed
+    (2048, 1000, (1024, 496)),   # too large: scaled down keeping the aspect ratio (500 -> 496)
+    (1000, 3000, (336, 1024)),   # portrait: 333.3 -> 336
+    (520, 520, (528, 528)),      # 32.5 multiples: halves go up
+    (72, 64, (80, 64)),
+    (104, 56, (112, 64)),        # 6.5 -> 7, 3.5 -> 4
+    (100, 8, (96, 16)),          # never below one multiple
+    (512, 512, (512, 512)),      # a valid size is its own nearest
+    (1030, 16, (1024, 16)),      # scaled by 1024/1030: 15.9 -> 16
+])
+def test_nearest_size_is_valid_and_close(w, h, expected):
+    got = nearest_size(w, h, 16, 1024)
+    assert got == expected
+    assert all(side % 16 == 0 and 16 <= side <= 1024 for side in got)
+
+
+def test_nearest_size_refuses_impossible_rules():
+    with pytest.raises(DeepGenInputError):
+        nearest_size(100, 100, 32, 16)
 
 
 def test_max_side_must_be_multiple_of_32():

@@ -113,7 +113,8 @@ def test_sizes_must_be_multiples_of_16(pipes, size):
 
 def test_latent_beyond_position_table_is_refused(pipes):
     limit_px = 8 * pipes["diffusers"].transformer.max_latent_side
-    with pytest.raises(DeepGenInputError, match="position table"):
+    with pytest.raises(DeepGenInputError, match=rf"at most {limit_px} px per side; the nearest size it can make is "
+                                                  rf"{limit_px}x32 px"):
         pipes["diffusers"]("x", width=limit_px + 16, height=32, steps=1)
 
 

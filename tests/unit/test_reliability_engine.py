@@ -11,7 +11,7 @@ from deepgen_model import loading
 from deepgen_model import vlm_loading
 from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.compat import text_config, vlm_parts
-from deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, encode
+from deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, empty_prompt_warning, encode, encode_steps
 from deepgen_model.constants import selected_layers
 from deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 
@@ -38,15 +38,16 @@ def test_layer_callback_runs_per_layer_and_can_stop_the_forward(tiny, bridge):
     plain = encode(vlm, tiny.tokenizer, bridge, "a cat", "")
     cond = encode(vlm, tiny.tokenizer, bridge, "a cat", "", layer_callback=lambda: calls.append(1))
     torch.testing.assert_close(cond.seq, plain.seq, rtol=0, atol=0)  # observing changes nothing
-    n_layers = len(vlm_parts(vlm)[1].layers)
-    assert len(calls) == max(selected_layers(n_layers))  # one per decoder layer run (the forward stops at 35)
+    n_layers, bridge_layers = len(vlm_parts(vlm)[1].layers), len(bridge.connector.layers)
+    # one per decoder layer run (the forward stops at 35), then one per bridge layer
+    assert len(calls) == max(selected_layers(n_layers)) + bridge_layers
 
     calls.clear()
     image = torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(0))
     encode(vlm, tiny.tokenizer, bridge, "make it red", "", images=[image], max_side=64,
            layer_callback=lambda: calls.append(1))
     vit_blocks = len(vlm_parts(vlm)[0].blocks)
-    assert len(calls) == vit_blocks + max(selected_layers(n_layers))  # the ViT runs once per reference
+    assert len(calls) == vit_blocks + max(selected_layers(n_layers)) + bridge_layers  # the ViT runs once per reference
 
     seen = []
 
@@ -59,6 +60,17 @@ def test_layer_callback_runs_per_layer_and_can_stop_the_forward(tiny, bridge):
         encode(vlm, tiny.tokenizer, bridge, "a cat", "", layer_callback=stop_at_four)
     assert len(seen) == 4
     assert _hooks(vlm) == hooks  # every hook removed again, also after the exception
+
+    bridge_hooks, seen = _hooks(bridge), []  # an interrupt inside the bridge: before its second layer
+
+    def stop_in_the_bridge():
+        seen.append(1)
+        if len(seen) == max(selected_layers(n_layers)) + 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        encode(vlm, tiny.tokenizer, bridge, "a cat", "", layer_callback=stop_in_the_bridge)
+    assert _hooks(vlm) == hooks and _hooks(bridge) == bridge_hooks
 
 
 def test_prompt_beyond_the_vlm_context_is_refused_and_long_ones_are_kept(tiny, bridge, caplog, monkeypatch):
@@ -89,15 +101,25 @@ def test_prompt_beyond_the_vlm_context_is_refused_and_long_ones_are_kept(tiny, b
     assert encode(vlm, tok, bridge, "a cat", "").warnings == []
 
 
-def test_progress_reports_every_decoder_layer_in_order(tiny, bridge):
+@pytest.mark.parametrize("references", [0, 2])
+def test_progress_reports_every_stage_in_order(tiny, bridge, references):
+    """One step per ViT block of each reference, per decoder layer and per bridge layer: after the last
+    decoder layer the bar keeps moving through the bridge (with real weights on a CPU that took ~40 s
+    at 100 % for a long prompt)."""
     vlm = tiny.vlm_base
     hooks, seen = _hooks(vlm), []
-    plain = encode(vlm, tiny.tokenizer, bridge, "a cat", "")
-    cond = encode(vlm, tiny.tokenizer, bridge, "a cat", "", progress=lambda done, total: seen.append((done, total)))
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(40, 56, 3, generator=g) for _ in range(references)] or None
+    plain = encode(vlm, tiny.tokenizer, bridge, "a cat", "", images=images, max_side=64)
+    cond = encode(vlm, tiny.tokenizer, bridge, "a cat", "", images=images, max_side=64,
+                  progress=lambda done, total: seen.append((done, total)))
     torch.testing.assert_close(cond.seq, plain.seq, rtol=0, atol=0)  # observing changes nothing
-    deepest = max(selected_layers(len(vlm_parts(vlm)[1].layers)))
-    assert seen == [(k, deepest) for k in range(1, deepest + 1)]
-    assert _hooks(vlm) == hooks
+    visual, text_model = vlm_parts(vlm)
+    total = (references * len(visual.blocks) + max(selected_layers(len(text_model.layers)))
+             + len(bridge.connector.layers))
+    assert encode_steps(vlm, bridge, references) == total
+    assert seen == [(k, total) for k in range(1, total + 1)]
+    assert _hooks(vlm) == hooks and _hooks(bridge) == 0
 
 
 # ------------------------------------------------------------------ loading errors name the file and the key
@@ -148,3 +170,27 @@ def test_dit_missing_tensor_is_named(release_copy):
     key = _edit(f, lambda k: k.startswith("transformer_blocks.1.attn.add_k_proj"), lambda s, k: s.pop(k))
     with pytest.raises(DeepGenLoadError, match=r"missing tensors \(1\): " + key.replace(".", r"\.")):
         loading.load_dit(release_copy, dtype="fp32")
+
+
+def test_an_empty_prompt_is_encoded_with_a_note(tiny, bridge, caplog):
+    """Blank prompts run (as the release does) but say why the picture follows no text; negatives may be empty."""
+    image = torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level(logging.WARNING, logger="deepgen_model.conditioning"):
+        t2i = encode(tiny.vlm_base, tiny.tokenizer, bridge, " \n", "")
+        edit = encode(tiny.vlm_base, tiny.tokenizer, bridge, "", "", images=[image], max_side=64)
+        both = encode(tiny.vlm_base, tiny.tokenizer, bridge, ["a cat", ""], "")
+    assert t2i.warnings == [empty_prompt_warning("prompt", "", edit=False)]
+    assert t2i.warnings[0] == ("prompt is empty: DeepGen gets no description, so it draws nothing in particular; "
+                               "write what you want")
+    assert edit.warnings == [empty_prompt_warning("prompt", "", edit=True)] and "edit instruction" in edit.warnings[0]
+    assert both.warnings == [empty_prompt_warning("prompt 1", "", edit=False)]
+    assert t2i.warnings[0] in caplog.text
+    assert encode(tiny.vlm_base, tiny.tokenizer, bridge, "a cat", "").warnings == []
+
+
+def test_cfg_note_only_above_the_authors_range():
+    from deepgen_model.validation import cfg_warning
+
+    assert [cfg_warning(c) for c in (0.0, 1.0, 4.0, 7.5, 10.0)] == [None] * 5
+    assert cfg_warning(100.0) == ("cfg is 100, far above the 3.5-7.5 the authors use (4.0 by default): expect harsh, "
+                                  "oversaturated, burnt-looking pictures; try 4")

@@ -1,7 +1,6 @@
-"""Template browser: every example workflow has a readable, numbered title and a description
-(locales/en/main.json), the numbers follow the order nodes/routes.py serves the cards in, and the committed
-thumbnails are what scripts/make_thumbnails.py draws from the current workflows and titles."""
-import ast
+"""Template browser: every example workflow's file name is its human, numbered title (what every frontend
+captions the card with), each has a description (locales/en/main.json), and the committed thumbnails are
+what scripts/make_thumbnails.py draws from the current workflows and descriptions."""
 import importlib.util
 import io
 import json
@@ -15,29 +14,27 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "example_workflows"
 STEMS = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+TITLE = re.compile(r"DeepGen (\d+) - [A-Z][^_/\\:*?\"<>|.#%]+")  # also a safe file name on every system
+CARD_CHARS = 32  # frontend 1.32.9 clamps a card's title to one line of about this many characters
 
 
-def titles() -> dict:
-    messages = json.loads((REPO / "locales" / "en" / "main.json").read_text(encoding="utf-8"))["templateWorkflows"]
-    return messages["template"]["ComfyUI-DeepGen"]
+def messages() -> dict:
+    return json.loads((REPO / "locales" / "en" / "main.json").read_text(encoding="utf-8"))["templateWorkflows"]
 
 
-def test_every_example_workflow_has_a_title_and_a_description():
-    messages = json.loads((REPO / "locales" / "en" / "main.json").read_text(encoding="utf-8"))["templateWorkflows"]
-    assert sorted(titles()) == STEMS == sorted(messages["templateDescription"]["ComfyUI-DeepGen"])
-    numbers = sorted(int(re.match(r"(\d+) · \S", t)[1]) for t in titles().values())
+def test_every_example_is_named_by_its_numbered_title():
+    assert len(STEMS) >= 8
+    assert all(TITLE.fullmatch(stem) and len(stem) <= CARD_CHARS for stem in STEMS), STEMS
+    numbers = sorted(int(TITLE.fullmatch(stem)[1]) for stem in STEMS)
     assert numbers == list(range(1, len(STEMS) + 1))  # a reading order, shown in the titles
-    assert all(len(d) > 20 for d in messages["templateDescription"]["ComfyUI-DeepGen"].values())
 
 
-def test_the_served_order_is_the_numbered_order():
-    """nodes/routes.py's EXAMPLE_ORDER (read from the source: nodes/ needs ComfyUI) lists every example once,
-    in the titles' numbering. The live order is checked in tests/integration/test_web_routes.py."""
-    tree = ast.parse((REPO / "nodes" / "routes.py").read_text(encoding="utf-8"))
-    order = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-                 and any(getattr(t, "id", None) == "EXAMPLE_ORDER" for t in node.targets))
-    by_number = sorted(titles(), key=lambda stem: int(titles()[stem].split(" ", 1)[0]))
-    assert list(order) == by_number
+def test_every_example_has_a_description_and_the_category_a_name():
+    descriptions = messages()["templateDescription"]["ComfyUI-DeepGen"]
+    assert sorted(descriptions) == STEMS
+    assert all(len(d) > 20 and d.endswith(".") for d in descriptions.values())
+    # the sidebar item, under the folder names the pack is installed as (git clone, registry)
+    assert set(messages()["category"].values()) == {"DeepGen 1.0"}
 
 
 def _make_thumbnails():
@@ -51,7 +48,7 @@ def _make_thumbnails():
 def test_thumbnail_is_up_to_date(stem):
     """Redrawn in memory and JPEG-encoded as the script does; another Pillow/FreeType may shade glyph edges a
     little differently, so a few strongly different pixels are allowed: a changed title, node or link moves
-    thousands (run `python scripts/make_thumbnails.py` after changing a workflow or a title)."""
+    thousands (run `python scripts/make_thumbnails.py` after changing a workflow or a description)."""
     buf = io.BytesIO()
     _make_thumbnails().thumbnail(EXAMPLES / f"{stem}.json").save(buf, "JPEG", quality=88, optimize=True)
     drawn = np.asarray(Image.open(buf).convert("RGB")).astype(int)

@@ -169,11 +169,13 @@ def test_size_limits_and_shapes(model):
     limit = CFG["pos_embed_max_size"] * CFG["patch_size"]  # 128 latent px for the tiny table of 64
     seq, pooled = context(1)
     t = torch.tensor([500.0])
-    with pytest.raises(DeepGenInputError, match=rf"{limit + 2}x8.*{limit}"):
+    px = 8 * limit
+    with pytest.raises(DeepGenInputError, match=rf"{limit + 2}x8.*at most {px} px per side; the nearest size it "
+                                                  rf"can make is 64x{px} px"):
         model(torch.zeros(1, C, limit + 2, 8), t, seq, pooled)
-    with pytest.raises(DeepGenInputError, match=rf"reference 0 of sample 0.*{limit}"):
+    with pytest.raises(DeepGenInputError, match=rf"reference 0 of sample 0.*{px} px"):
         model(torch.zeros(1, C, 8, 8), t, seq, pooled, references=[torch.zeros(C, 8, limit + 2)])
-    with pytest.raises(DeepGenInputError, match="multiples of 2"):
+    with pytest.raises(DeepGenInputError, match="steps of 16 px; the nearest size it can make is 64x64 px"):
         model(torch.zeros(1, C, 7, 8), t, seq, pooled)
     with pytest.raises(DeepGenInputError, match="shape"):
         model(torch.zeros(1, 4, 8, 8), t, seq, pooled)

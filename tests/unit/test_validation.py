@@ -700,6 +700,20 @@ def _spec(component: str, field: tuple[str, ...]):
     return table.get(field[-1]) if len(field) <= 2 and (field[0] == "vision_config" or len(field) == 1) else None
 
 
+@pytest.mark.parametrize("text_config", [{"rope_type": "yarn", "factor": 4.0}, "sizes differ"])
+def test_a_text_config_must_carry_the_language_models_sizes(text_config):
+    """transformers builds the language model from text_config alone when a config has one: a partial one would
+    build Qwen2.5-VL's default (7B) sizes, tens of GB, silently unrelated to the weights."""
+    from deepgen_model import tiny as deepgen_tiny
+
+    cfg = json.loads(json.dumps(deepgen_tiny.TINY_VLM_CONFIG))
+    if text_config == "sizes differ":
+        text_config = {k: cfg[k] for k in validation._TEXT_MODEL_FIELDS} | {"hidden_size": 2 * cfg["hidden_size"]}
+    cfg["text_config"] = text_config
+    with pytest.raises(DeepGenLoadError, match="text_config.*config.json|config.json.*text_config"):
+        validation.check_config(cfg, "VLM", "vlm/config.json")
+
+
 def test_fuzz_every_config_field_through_the_loaders(release, bridge):
     """Seeded and bounded in time: each field of each config (every field SPECS names, and every field the tiny
     release's files carry) gets a random value, the config is written to the release and the component is loaded
