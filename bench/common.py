@@ -194,12 +194,13 @@ def real_tokenizer_and_vlm_config():
     """The tiny offline tokenizer (no Qwen vocabulary offline) with the VLM config's special ids set to it."""
     from deepgen_model import tiny as deepgen_tiny
     from deepgen_model import configs
+    from deepgen_model.validation import TOKEN_FIELDS
 
     tokenizer = deepgen_tiny.load_tokenizer()
     cfg = configs.get("vlm")
-    for key, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                       ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
-        cfg[key] = tokenizer.convert_tokens_to_ids(token)
+    for key, token in TOKEN_FIELDS.items():
+        if key in cfg:
+            cfg[key] = tokenizer.convert_tokens_to_ids(token)
     return tokenizer, cfg
 
 

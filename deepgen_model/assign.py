@@ -1,14 +1,11 @@
 """Strict loading of weights into modules: every tensor present, named and shaped as the module expects.
 
-Modules are built on the meta device and the tensors assigned (no second copy); from_pretrained's
-loading info, which only warns, is turned into an error naming every bad key and the file.
+Modules are built on the meta device and the tensors assigned (no second copy); every missing, unknown or
+mis-shaped tensor is named with its file.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from safetensors import SafetensorError
 
 from .errors import DeepGenLoadError
 
@@ -53,31 +50,3 @@ def finish(model, dtype, device):
     if dtype is not None:
         model = model.to(dtype)
     return model.to(torch.device(device)).eval()
-
-
-# what from_pretrained raises for unreadable/truncated files (SafetensorError is no OSError) and for
-# tensors left on the meta device (NotImplementedError when moved)
-READ_ERRORS = (OSError, ValueError, RuntimeError, NotImplementedError, SafetensorError)
-
-
-def file_names(files) -> str:
-    return ", ".join(Path(f).name for f in files)
-
-
-def _mismatch(m) -> str:
-    """A mismatched_keys entry: (key, file shape, model shape) or just the key, by library version."""
-    if isinstance(m, str):
-        return m
-    m = list(m)
-    return f"{m[0]} {tuple(m[1])} (expected {tuple(m[2])})" if len(m) >= 3 else str(m)
-
-
-def check_loading_info(info: dict, folder: Path, weights, optional=()) -> None:
-    """from_pretrained only warns about missing tensors (and re-initialises them at random): refuse."""
-    missing = sorted(k for k in info.get("missing_keys", []) if k not in optional)
-    mismatched = sorted(_mismatch(m) for m in info.get("mismatched_keys", []))
-    problems = [f"{what} ({len(keys)}): {preview(keys)}"
-                for what, keys in (("missing tensors", missing), ("mis-shaped tensors", mismatched)) if keys]
-    if problems:
-        raise DeepGenLoadError(f"{folder} ({file_names(weights)}): " + "; ".join(problems)
-                               + "; the files are incomplete or from another model: download them again")

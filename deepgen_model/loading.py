@@ -1,8 +1,8 @@
 """Builders of the SCB bridge, the DiT and the VAE from a Release (deepgen_model/release.py).
 
-Each takes an opened Release (a path is opened on the spot), asks it where its component is (a Part:
-a folder to load with from_pretrained, or tensors + config) and builds on the meta device, assigning
-the tensors strictly (deepgen_model/assign.py); the VLM and its tokenizer are built by vlm_loading.py.
+Each takes an opened Release (a path is opened on the spot), asks it for its component (a Part: tensors and
+their checked config, whatever the layout) and only builds: on the meta device, assigning the tensors strictly
+(deepgen_model/assign.py). The VLM and its tokenizer are built by vlm_loading.py.
 """
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ from pathlib import Path
 
 import torch
 
-from . import validation
-from .assign import (READ_ERRORS, assign, check_loading_info, check_materialised, check_names_and_shapes,
-                     file_names, finish, preview)
+from .assign import assign, check_materialised, check_names_and_shapes, finish, preview
 from .bridge import BridgeConfig, SCBBridge
 from .errors import DeepGenLoadError
 from .keys import describe_families
 from .precision import cast_floating, parse_dtype
-from .release import Part, Release, stored_dtype
+from .release import Part, Release, folder_part
 
 log = logging.getLogger(__name__)
 
@@ -74,34 +72,11 @@ def _bridge_config(state: dict, name, heads) -> BridgeConfig:
 
 
 def _build(cls, part: Part, dtype, device):
-    """A diffusers module from a Part: from_pretrained on its folder, or built on meta from tensors + config."""
-    if part.folder is not None:
-        return _from_pretrained_folder(cls, part.folder, dtype, device)
-    config = _checked_config(part, cls.__name__)
+    """A diffusers module built on meta from a Part's config, its tensors assigned."""
     with torch.device("meta"):
-        model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        model = cls.from_config({k: v for k, v in part.config.items() if not k.startswith("_")})
     assign(model, cast_floating(part.tensors, dtype), part.name)
     check_materialised(model, part.name)
-    return finish(model, None, device)
-
-
-def _checked_config(part: Part, component: str) -> dict:
-    """The Part's config, checked, and its tensors checked against it."""
-    config = validation.check_config(part.config, component, part.name)
-    validation.check_tensors(part.tensors, config, component, part.name)
-    return config
-
-
-def _from_pretrained_folder(cls, folder: Path, dtype, device):
-    validation.check_folder(folder, cls.__name__)  # names each missing or damaged file
-    weights = sorted(folder.glob("*.safetensors"))
-    dtype = dtype or stored_dtype(weights)
-    try:
-        model, info = cls.from_pretrained(str(folder), torch_dtype=dtype, output_loading_info=True)
-    except READ_ERRORS as e:
-        raise DeepGenLoadError(f"{folder}: could not load {cls.__name__} from {file_names(weights)}: {e}") from e
-    check_loading_info(info, folder, weights)
-    check_materialised(model, folder)
     return finish(model, None, device)
 
 
@@ -120,11 +95,10 @@ def dit_weights(release) -> tuple[dict, dict]:
     from diffusers import SD3Transformer2DModel
 
     part = Release.of(release).dit_part()
-    config = _checked_config(part, "DiT")
     with torch.device("meta"):
-        reference = SD3Transformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        reference = SD3Transformer2DModel.from_config({k: v for k, v in part.config.items() if not k.startswith("_")})
     check_names_and_shapes(reference, part.tensors, part.name)
-    return part.tensors, config
+    return part.tensors, part.config
 
 
 def load_vae(release, *, base_path=None, dtype=None, device="cpu"):
@@ -140,7 +114,7 @@ def load_vae_folder(root, *, dtype=None, device="cpu"):
     """AutoencoderKL of a folder's vae/ (a diffusers release or a UniPic2 folder)."""
     from diffusers import AutoencoderKL
 
-    return _from_pretrained_folder(AutoencoderKL, Path(root) / "vae", parse_dtype(dtype), device)
+    return _build(AutoencoderKL, folder_part(Path(root) / "vae", "VAE"), parse_dtype(dtype), device)
 
 
 def load_scheduler_config(release, *, base_path=None) -> dict:

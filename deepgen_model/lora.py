@@ -68,12 +68,12 @@ def group_lora(lora: dict, source: str = "LoRA") -> dict[str, LoraPair]:
     return pairs
 
 
-def iter_merged(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA"):
+def iter_merged(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA", in_place=False):
     """Yield (weight key, merged tensor) one module at a time for `weights` (legacy or runtime names).
 
     Every target is checked before the first merge, so a bad LoRA fails before anything changes. The
-    delta is formed and added in fp32, then cast back to the weight's dtype; inputs are never modified
-    in place (they may be read-only mmaps)."""
+    delta is formed and added in fp32, then cast back to the weight's dtype. The weights are modified only
+    `in_place` (they may be read-only mmaps otherwise)."""
     pairs = group_lora(lora, source)
     key_of = runtime_key_map(weights)
     if pairs.pop("lm_head", None) is not None:
@@ -94,15 +94,31 @@ def iter_merged(weights: dict, lora: dict, *, scale: float = LORA_SCALE, source:
     for module, pair in sorted(pairs.items()):
         key = key_of[module + ".weight"]
         w = weights[key]
-        delta = pair.b.float() @ pair.a.float()
-        yield key, (w.float() + scale * (delta.T if pair.embedding else delta)).to(w.dtype)
+        yield key, _merged(w, pair, scale, out=w if in_place else torch.empty_like(w))
     log.info("%s: merged %d LoRA modules (scale %.1f)", source, len(pairs), scale)
 
 
+# rows merged at a time: whole-matrix fp32 temporaries of the 151,936-row embedding would be ~3.5 GiB (three fp32
+# copies), a block of rows is a few MiB; each element is computed exactly as in the whole-matrix formula
+MERGE_ROWS = 4096
+
+
+def _merged(w: torch.Tensor, pair: LoraPair, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """W + scale * B @ A (an embedding: W + scale * (B @ A)^T) into `out` (W itself will do: each block of rows is
+    read before it is written), formed in fp32 a block of rows at a time, in W's dtype."""
+    a, b = pair.a.float(), pair.b.float()
+    for start in range(0, w.shape[0], MERGE_ROWS):
+        rows = slice(start, start + MERGE_ROWS)
+        delta = (b @ a[:, rows]).T if pair.embedding else b[rows] @ a
+        out[rows] = (w[rows].float() + scale * delta).to(w.dtype)
+    return out
+
+
 def merge_lora_into_state(state: dict, lora: dict, *, scale: float = LORA_SCALE, source: str = "LoRA") -> dict:
-    """Replace the merged entries of `state` one by one (each old tensor can be freed at once)."""
-    for key, value in iter_merged(state, lora, scale=scale, source=source):
-        state[key] = value
+    """Merge into the tensors of `state` in place: they must be writable and `state`'s own (release.read_hf_weights),
+    so that the merged VLM costs no more memory than the unmerged one."""
+    for _ in iter_merged(state, lora, scale=scale, source=source, in_place=True):
+        pass
     return state
 
 

@@ -4,8 +4,8 @@
 deepgen_model/kinds.py, re-exported here) and reads a native model.pt at most once. It owns the rules of
 each layout: which file, folder, key family and config make each component, what may be combined
 (`require`), where the tokenizer is. It hands each component out as a `Part` (`bridge_part`, `dit_part`,
-`vae_part`, `vlm_part`; `scheduler_config`, `tokenizer_sources`), so the builders (loading.py,
-vlm_loading.py) never ask which layout they read. Every file of a release is opened here (`_torch_load`,
+`vae_part`, `vlm_part`; `scheduler_config`, `tokenizer_sources`): tensors and their checked config for every
+layout, folders included, so the builders (loading.py, vlm_loading.py) only build and assign. Every file of a release is opened here (`_torch_load`,
 `read_safetensors`, `safetensors_metadata`, `safetensors_header`, `json_file`, `read_tokenizer_files`), so
 checks on what a file holds belong here too: each safetensors header and JSON config is checked by
 deepgen_model/validation.py before anything is read or built from it.
@@ -31,7 +31,6 @@ from .kinds import (BRIDGE_FAMILIES, COMPONENTS, CONVERTED, CONVERTED_FILES, DIF
                     native_file)
 from .lora import merge_lora_into_state, split_lora
 from .mmdit_format import from_mmdit, is_mmdit, strip_saved_prefix
-from .precision import dominant_dtype
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +101,6 @@ def safetensors_header(path) -> dict:
         return json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
 
 
-_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
-
-
-def stored_dtype(files) -> torch.dtype | None:
-    """The dominant floating dtype recorded in safetensors headers (no tensor is read)."""
-    return dominant_dtype(torch.empty(v["shape"], dtype=_ST_DTYPES[v["dtype"]], device="meta")
-                          for f in files for k, v in safetensors_header(f).items()
-                          if k != "__metadata__" and v["dtype"] in _ST_DTYPES)
-
-
 def converted_metadata(source, component: str) -> dict[str, str]:
     """The metadata of one converted file, checked: it holds `component`, and its embedded configs (and
     tokenizer files) are sound. No tensor is read."""
@@ -133,10 +122,34 @@ def read_converted(source, component: str) -> tuple[dict[str, torch.Tensor], dic
     return _load_safetensors(converted_file(source, component)), meta  # the header was checked with the metadata
 
 
-def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a Qwen2.5-VL folder's *.safetensors (the vlm_base the native LoRA is merged into)."""
-    files = validation.check_weight_files(folder, "VLM")  # each missing or damaged shard named, headers checked
-    return {k: v for f in files for k, v in _load_safetensors(f).items()}
+def merged_vlm_part(folder: Path, lora: dict, source) -> "Part":
+    """A Qwen2.5-VL folder (the vlm_base) with the native LoRA merged in. Its tensors are read into memory of
+    their own rather than mapped, and merged there in place: a mapped file's pages would stay resident beside
+    merged copies until the last tensor of the file is freed (the merged VLM would peak at twice its size)."""
+    headers, config = validation.check_folder(folder, "VLM")  # each missing or damaged shard named first
+    tensors = {k: v for f, header in headers.items() for k, v in _read_unmapped(f, header).items()}
+    return Part(folder, tensors=merge_lora_into_state(tensors, lora, source=str(source)), config=config)
+
+
+_ST_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _read_unmapped(path: Path, header: dict) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose header was checked (validation.check_safetensors: offsets within
+    the file, weight dtypes only), read with plain file reads."""
+    out = {}
+    with open(path, "rb") as fh:
+        start = 8 + int.from_bytes(fh.read(8), "little")
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            fh.seek(start + begin)
+            data = bytearray(fh.read(end - begin))
+            dtype = _ST_TORCH[info["dtype"]]
+            out[name] = torch.frombuffer(data, dtype=dtype).reshape(info["shape"]) if data else \
+                torch.empty(info["shape"], dtype=dtype)
+    return out
 
 
 def read_tokenizer_files(source) -> dict[str, str]:
@@ -158,11 +171,17 @@ def json_file(path: Path, component: str) -> dict:
 
 
 def folder_part(folder: Path, component: str) -> "Part":
-    """A diffusers model folder as tensors + config: every file it should hold there and intact (each missing or
-    damaged one named), no tensor in two files, the config against the tensors (validation.check_folder)."""
-    validation.check_folder(folder, component)
-    tensors = {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in _load_safetensors(f).items()}
-    return Part(folder, tensors=tensors, config=json_file(folder / "config.json", component))
+    """A diffusers or transformers model folder as tensors (memory-mapped) + config: every file it should hold
+    there and intact (each missing or damaged one named), no tensor in two files, the config checked and against
+    the tensors (validation.check_folder)."""
+    headers, config = validation.check_folder(folder, component)
+    return Part(folder, tensors={k: v for f in headers for k, v in _load_safetensors(f).items()}, config=config)
+
+
+def checked_part(name, tensors: dict, config: dict, component: str) -> "Part":
+    """A Part whose (already checked) config is also checked against its tensors."""
+    validation.check_tensors(tensors, config, component, name)
+    return Part(name, tensors=tensors, config=config)
 
 
 def saved_dit_part(path: Path) -> "Part":
@@ -176,7 +195,7 @@ def saved_dit_part(path: Path) -> "Part":
     tensors, config = from_mmdit(state, path)
     log.info("%s: a DiT saved by ComfyUI (%d blocks, %d heads); no scheduler config inside, shift 3.0",
              path, config["num_layers"], config["num_attention_heads"])
-    return Part(path, tensors=tensors, config=config)
+    return checked_part(path, tensors, config, "DiT")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,13 +212,12 @@ class MissingPart(DeepGenLoadError):
 
 @dataclass
 class Part:
-    """Where one component of a release is: a `folder` to load with from_pretrained, or `tensors` and the
-    `config` the release records for them, to build on the meta device. `name` (a file or folder) names it
-    in logs and errors."""
+    """One component of a release, whatever its layout: its `tensors` and the `config` the release records for
+    them, checked (the config's fields, and the tensors against it), for a builder to build on the meta device
+    and assign. `name` (a file or folder) names it in logs and errors."""
 
     name: object
-    folder: Path | None = None
-    tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    tensors: dict[str, torch.Tensor] = field(repr=False)
     config: dict = field(default_factory=dict)
 
 
@@ -305,8 +323,9 @@ class Release:
     # ------------------------------------------------------------------ where each component is
 
     def _converted(self, component: str) -> Part:
-        tensors, meta = read_converted(self.path, component)
-        return Part(converted_file(self.path, component), tensors=tensors, config=json.loads(meta["config"]))
+        tensors, meta = read_converted(self.path, component)  # the embedded config is checked with the metadata
+        name = converted_file(self.path, component)
+        return checked_part(name, tensors, json.loads(meta["config"]), component)
 
     def bridge_part(self) -> Part:
         """The SCB bridge's tensors and the config the release records for it: the converted file's whole
@@ -348,7 +367,7 @@ class Release:
             if not cfg_file.is_file():
                 raise DeepGenLoadError(f"{cfg_file} is missing: base_path must be {UNIPIC2_HINT}")
             config = json_file(cfg_file, "DiT")
-        return Part(f"{name} (transformer.*)", tensors=tensors, config=config)
+        return checked_part(f"{name} (transformer.*)", tensors, config, "DiT")
 
     def vae_part(self) -> Part:
         """The VAE: deepgen_vae.safetensors, else the vae/ folder of the release or of its dit_base."""
@@ -356,7 +375,7 @@ class Release:
             return self._converted("vae")
         for root in self._roots():
             if (root / "vae" / "config.json").is_file():
-                return Part(root / "vae", folder=root / "vae")
+                return folder_part(root / "vae", "VAE")
         raise DeepGenLoadError(f"no vae/ folder found for {self}: the native model.pt has no VAE; "
                                f"pass base_path= {UNIPIC2_HINT}")
 
@@ -397,14 +416,13 @@ class Release:
             if folder == self.vlm_base:
                 log.warning("%s has no vlm/ folder; using the stock Qwen2.5-VL weights of %s WITHOUT the DeepGen "
                             "LoRA (outputs will differ from the release)", self.path, folder)
-            return Part(folder, folder=folder)
+            return folder_part(folder, "VLM")
         name = self.native_file()
         lora, _ = split_lora(self.native_state())
         if not lora:
             log.warning("%s has no VLM LoRA tensors; using stock Qwen2.5-VL weights from %s", name, folder)
-            return Part(folder, folder=folder)
-        tensors = merge_lora_into_state(read_hf_weights(folder), lora, source=str(name))
-        return Part(folder, tensors=tensors, config=json_file(folder / "config.json", "VLM"))
+            return folder_part(folder, "VLM")
+        return merged_vlm_part(folder, lora, name)
 
     def vlm_config(self) -> dict:
         """The VLM's hub-format config (no tensor is read); the converter copies it verbatim."""

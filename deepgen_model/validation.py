@@ -664,9 +664,9 @@ def _files_report(component, folder: Path, bad: list[tuple[Path, str]], fine: li
     return text
 
 
-def check_folder(folder, component) -> None:
-    """Every file of a from_pretrained folder (check_weight_files), then its config against the tensors,
-    before from_pretrained sees them."""
+def check_folder(folder, component) -> tuple[dict[Path, dict], dict]:
+    """Every file of a model folder (check_weight_files), then its config, and the config against the tensors'
+    shapes, before any tensor is read. Returns (the checked headers of its weight files, the checked config)."""
     folder = Path(folder)
     component = component_name(component)
     headers = check_weight_files(folder, component)
@@ -678,6 +678,7 @@ def check_folder(folder, component) -> None:
                   "remove stray or duplicated weight files from the folder")
         shapes.update(_shapes(header))
     check_tensors(shapes, cfg, component, folder)
+    return headers, cfg
 
 
 def parse_config(text, component, path) -> dict:

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from . import validation
-from .assign import READ_ERRORS, assign, check_loading_info, check_materialised, file_names, finish, preview
+from .assign import assign, check_materialised, finish, preview
 from .errors import DeepGenLoadError
 from .keys import normalize_vlm_keys, to_legacy
 from .precision import cast_floating, dominant_dtype, parse_dtype, resolve_dtypes
-from .release import QWEN_HINT, TOKENIZER_FILES, Release, read_tokenizer_files, stored_dtype
+from .release import QWEN_HINT, TOKENIZER_FILES, Release, read_tokenizer_files
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,10 @@ def load_vlm(release, *, base_vlm_path=None, dtype=None, device="cpu", attn_impl
     opts = dict(dtype=dtype, device=device, attn=attn, quant=quant)
     release = Release.of(release, vlm_base=base_vlm_path)
     part = release.vlm_part()
-    if part.folder is not None:
-        model = _vlm_from_pretrained(part.folder, **opts)
-    else:
-        model = _vlm_from_state(part.config, part.tensors, part.name, **opts)
+    model = _vlm_from_state(part.config, part.tensors, part.name, **opts)
     tokenizer = load_release_tokenizer(release)
-    validation.check_token_ids(model.config, tokenizer, part.folder / "config.json" if part.folder else part.name)
+    config_file = Path(part.name) / "config.json" if Path(part.name).is_dir() else part.name
+    validation.check_token_ids(model.config, tokenizer, config_file)
     return model, tokenizer
 
 
@@ -90,31 +88,11 @@ def _quant_kwargs(quant, device) -> dict:
     return {} if quant is None else {"quantization_config": quant, "device_map": {"": str(torch.device(device))}}
 
 
-def _vlm_from_pretrained(folder: Path, *, dtype, device, attn, quant):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    validation.check_folder(folder, "VLM")  # names each missing or damaged file
-    weights = sorted(folder.glob("*.safetensors"))
-    try:
-        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(folder), attn_implementation=attn, **_dtype_kw(dtype or stored_dtype(weights)),
-            output_loading_info=True, ignore_mismatched_sizes=True, **_quant_kwargs(quant, device))
-    except READ_ERRORS as e:
-        raise DeepGenLoadError(f"{folder}: could not load Qwen2.5-VL from {file_names(weights)}: {e}") from e
-    # mis-shaped tensors are only re-initialised (ignore_mismatched_sizes) so that they can be named here
-    check_loading_info(info, folder, weights, optional=("lm_head.weight",))
-    _tie_lm_head(model)
-    if quant is None:
-        check_materialised(model, folder)  # transformers 4.x may leave a missing tensor on meta, unreported
-    return model.eval() if quant is not None else finish(model, None, device)
-
-
 def _vlm_from_state(config: dict, state: dict, source, *, dtype, device, attn, quant):
     """Build on meta and assign `state` (legacy or runtime names); tied lm_head re-tied."""
     from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    validation.check_tensors(state, validation.check_config(config, "VLM", source), "VLM", source)
     cfg = Qwen2_5_VLConfig.from_dict(config)
     with init_empty_weights():  # parameters on meta; rotary buffers stay real
         model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation=attn)

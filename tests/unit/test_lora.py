@@ -137,3 +137,44 @@ def test_unmatched_incomplete_and_misshaped():
     bad["lmm.model.language_model.layers.0.mlp.up_proj.lora_B.default.weight"] = torch.zeros(4, 3)
     with pytest.raises(DeepGenLoadError, match=r"\(4, 6\) update but the weight model\.layers\.0\.mlp\.up_proj\.weight is \(5, 6\)"):
         merge_lora(Toy().state_dict(), bad)
+
+
+@pytest.mark.parametrize("embedding", [False, True])
+def test_the_merge_by_blocks_of_rows_equals_the_whole_matrix_formula(monkeypatch, embedding):
+    """The merge forms its fp32 temporaries a block of rows at a time (the real embedding's would be ~3.5 GiB):
+    bit-identical to W + s * B @ A formed whole, blocks that do not divide the rows included."""
+    import deepgen_model.lora as lora_module
+
+    monkeypatch.setattr(lora_module, "MERGE_ROWS", 7)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(50, 24, generator=g).bfloat16()
+    if embedding:  # A [r, vocab], B [hidden, r]
+        lora = {"lmm.model.embed_tokens.lora_embedding_A.default": torch.randn(4, 50, generator=g),
+                "lmm.model.embed_tokens.lora_embedding_B.default": torch.randn(24, 4, generator=g)}
+        key = "model.embed_tokens.weight"
+    else:
+        lora = {"lmm.model.layers.0.mlp.up_proj.lora_A.default.weight": torch.randn(4, 24, generator=g),
+                "lmm.model.layers.0.mlp.up_proj.lora_B.default.weight": torch.randn(50, 4, generator=g)}
+        key = "model.layers.0.mlp.up_proj.weight"
+    a, b = (lora[k] for k in sorted(lora))  # the A name sorts before the B name
+    delta = (b @ a).T if embedding else b @ a
+    want = (w.float() + 2.0 * delta).to(w.dtype)
+    assert torch.equal(merge_lora({key: w}, lora)[key], want)
+
+
+def test_merge_into_state_merges_in_place_with_the_same_values():
+    """release.read_hf_weights hands its own writable tensors: the merge writes into them (no second copy of
+    the VLM) and gives what the copying merge gives."""
+    from deepgen_model.lora import merge_lora_into_state
+
+    g = torch.Generator().manual_seed(1)
+    state = {"model.embed_tokens.weight": torch.randn(30, 8, generator=g).bfloat16(),
+             "model.layers.0.mlp.up_proj.weight": torch.randn(12, 8, generator=g).bfloat16()}
+    lora = {"lmm.model.embed_tokens.lora_embedding_A.default": torch.randn(2, 30, generator=g),
+            "lmm.model.embed_tokens.lora_embedding_B.default": torch.randn(8, 2, generator=g),
+            "lmm.model.layers.0.mlp.up_proj.lora_A.default.weight": torch.randn(2, 8, generator=g),
+            "lmm.model.layers.0.mlp.up_proj.lora_B.default.weight": torch.randn(12, 2, generator=g)}
+    want = merge_lora(state, lora)
+    pointers = {k: v.data_ptr() for k, v in state.items()}
+    merged = merge_lora_into_state(state, lora)
+    assert all(torch.equal(merged[k], want[k]) and merged[k].data_ptr() == pointers[k] for k in want)

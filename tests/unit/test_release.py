@@ -94,7 +94,7 @@ def test_complete_releases_refuse_unused_bases_and_name_missing_parts(tiny_layou
 
 
 def test_each_layout_hands_out_its_components(tiny, tiny_layouts, tmp_path):
-    """The Release says where each component is (the builders never ask which layout): the same bridge tensors
+    """The Release hands out each component as tensors + config (the builders never ask which layout): the same bridge tensors
     in every layout, with only what the release records of their config; model.pt's DiT without its prefix
     and with the dit_base's config; the base VLM with model.pt's LoRA merged; the tokenizer's sources."""
     convert(tiny_layouts["diffusers"], tmp_path, components=("scb", "vlm"))
@@ -102,7 +102,7 @@ def test_each_layout_hands_out_its_components(tiny, tiny_layouts, tmp_path):
     native = Release.open(tiny_layouts["native_lora_new"], tiny_layouts["qwen"], tiny_layouts["unipic2"])
     bridges = {r.layout: r.bridge_part() for r in (diffusers, native, converted)}
     for part in bridges.values():
-        assert part.folder is None and set(part.tensors) == set(tiny.bridge_state)
+        assert set(part.tensors) == set(tiny.bridge_state)
         assert all(torch.equal(part.tensors[k], v) for k, v in tiny.bridge_state.items())
     # connector/config.json: only what shapes cannot tell; model.pt records nothing; the converted file all of it
     assert bridges[DIFFUSERS].config == {k: tiny.connector_config[k] for k in ("num_attention_heads", "layer_norm_eps")}
@@ -113,17 +113,21 @@ def test_each_layout_hands_out_its_components(tiny, tiny_layouts, tmp_path):
     assert set(dit.tensors) == set(tiny.dit.state_dict()) and dit.name == f"{tiny_layouts['native_lora_new']} (transformer.*)"
     assert dit.config["num_layers"] == tiny.dit_base.config.num_layers
     folder = diffusers.dit_part()  # transformer/ read as tensors + config.json, like every other layout's DiT
-    assert folder.name == tiny_layouts["diffusers"] / "transformer" and folder.folder is None
+    assert folder.name == tiny_layouts["diffusers"] / "transformer"
     assert set(folder.tensors) == set(tiny.dit.state_dict()) and folder.config["num_layers"] == tiny.dit.config.num_layers
-    assert native.vae_part().folder == tiny_layouts["unipic2"] / "vae"
-    assert diffusers.vae_part().folder == tiny_layouts["diffusers"] / "vae"
+    for release, root in ((native, "unipic2"), (diffusers, "diffusers")):  # vae/ folders: tensors + config too
+        vae = release.vae_part()
+        assert vae.name == tiny_layouts[root] / "vae" and set(vae.tensors) == set(tiny.vae.state_dict())
+        assert vae.config["latent_channels"] == tiny.vae.config.latent_channels
 
     vlm = native.vlm_part()
     assert vlm.name == tiny_layouts["qwen"] and vlm.config["model_type"] == "qwen2_5_vl"
     assert set(vlm.tensors) == set(tiny.vlm_merged_state)
     for k, v in tiny.vlm_merged_state.items():
         torch.testing.assert_close(vlm.tensors[k], v, rtol=0, atol=1e-6, msg=k)
-    assert diffusers.vlm_part().folder == tiny_layouts["diffusers"] / "vlm"
+    stock = diffusers.vlm_part()  # the release's vlm/ folder (merged already): its tensors + config.json
+    assert stock.name == tiny_layouts["diffusers"] / "vlm" and set(stock.tensors) == set(tiny.vlm_merged_state)
+    assert stock.config["hidden_size"] == vlm.config["hidden_size"]
     assert native.tokenizer_sources() == [tiny_layouts["qwen"]]
     assert diffusers.tokenizer_sources()[0] == tiny_layouts["diffusers"] / "tokenizer"
     assert converted.tokenizer_sources() == [tmp_path / "deepgen_vlm.safetensors"]
