@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import DeepGenInputError
-from .images import image_token_count, reference_size, resized_uint8, to_signed, vit_inputs
+from .images import image_token_count, resized_uint8, to_signed, vit_inputs
 from .prompts import edit_prompt, t2i_prompt, tokenize_pair
 from .compat import text_config
-from .validation import check_prompt
+from .validation import check_max_side, check_prompt
 from .vlm import calling_per_layer, compute_dtype, progress_steps, stacked_hidden_states
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
         negatives = negatives * len(positives)
     if len(negatives) != len(positives):
         raise DeepGenInputError(f"got {len(positives)} prompts but {len(negatives)} negative prompts.")
-    reference_size(1, 1, max_side)  # validates max_side
+    check_max_side(max_side)  # before the VLM runs, and for text-to-image too (where nothing is resized)
 
     references, pixel_values, grids = [], [], []
     if images is None:

@@ -23,6 +23,7 @@ from ..deepgen_model.constants import (DEFAULT_SIZE, EDIT_NEGATIVE, MAX_REFERENC
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.images import output_size, reference_size, resized_uint8
 from ..deepgen_model.precision import nonfinite_cause
+from ..deepgen_model.validation import check_max_side
 from ..deepgen_model.vlm import compute_dtype as vlm_compute_dtype
 from .comfy_models import DeepGenSCB, DeepGenVLM, scb_module, vlm_parts_of
 from .memory import memory_guard, unload
@@ -173,8 +174,7 @@ class DeepGenEditEncode(io.ComfyNode):
     @classmethod
     def execute(cls, vlm, scb, vae, prompt: str, negative_prompt: str, image1, max_side: int, width: int,
                 height: int, image2=None, image3=None, image4=None) -> io.NodeOutput:
-        if max_side % REFERENCE_UNIT:
-            raise DeepGenInputError(f"max_side must be a multiple of {REFERENCE_UNIT}, got {max_side}.")
+        check_max_side(max_side)
         refs = _references({"image1": image1, "image2": image2, "image3": image3, "image4": image4})
         out_w, out_h = output_size(width, height, [reference_size(r.shape[1], r.shape[0], max_side) for r in refs])
 

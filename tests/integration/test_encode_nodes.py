@@ -182,7 +182,7 @@ def test_edit_encode_default_negative_is_the_long_edit_negative(comfy_inprocess)
 
 def test_edit_encode_errors_name_the_input(comfy_inprocess, release, ref_images):
     text = run_error(comfy_inprocess, edit_graph(["ref_a.png"], max_side=80))
-    assert "max_side must be a multiple of 32" in text
+    assert "max_side must be a positive multiple of 32, got 80." in text
     batch = edit_graph(["ref_a.png"])
     batch["rep"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["img1", 0], "amount": 2}}
     batch["3"]["inputs"]["image1"] = ["rep", 0]
