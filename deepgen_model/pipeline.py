@@ -28,7 +28,7 @@ from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
 from .precision import FP8_DTYPES, apply_manual_cast, compute_dtype_of, resolve_dtypes, store_linear_weights
 from .release import COMPONENTS, Release
 from .sampling import make_noise, sample
-from .scheduler import sigmas_from_config
+from .scheduler import latent_seq_len, sigmas_from_config
 from .transformer import DeepGenTransformer
 from .validation import check_cfg, check_seed, check_steps
 from .vae import decode, encode_reference
@@ -157,7 +157,8 @@ class DeepGenPipeline:
 
     def sigmas(self, steps: int = DEFAULT_STEPS, width: int = DEFAULT_SIZE, height: int = DEFAULT_SIZE) -> torch.Tensor:
         """The official sigma list [steps + 1] for this release's scheduler config."""
-        return sigmas_from_config(self.scheduler_config, steps, image_seq_len=(height // 16) * (width // 16))
+        seq_len = latent_seq_len(height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
+        return sigmas_from_config(self.scheduler_config, steps, image_seq_len=seq_len)
 
     def reference_latents(self, conditioning: DeepGenConditioning) -> list[torch.Tensor]:
         """VAE latents (posterior mean, normalised) of the resized references, for the DiT.

@@ -2,14 +2,16 @@
 import ast
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from deepgen_model.errors import DeepGenInputError
-from deepgen_model.scheduler import (dynamic_shift_mu, dynamic_sigmas, official_sigmas, scheduler_shift,
-                                     sigmas_from_config)
+from deepgen_model.pipeline import DeepGenPipeline
+from deepgen_model.scheduler import (dynamic_shift_mu, dynamic_sigmas, latent_seq_len, official_sigmas,
+                                     scheduler_shift, sigmas_from_config)
 
 
 def test_four_steps_match_the_spec_numbers():
@@ -79,6 +81,16 @@ def test_dynamic_shifting_uses_target_seq_len_mu_like_diffusers():
     lin = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
     lin.set_timesteps(5, mu=1.3)
     assert torch.equal(dynamic_sigmas(5, 1.3, time_shift_type="linear"), lin.sigmas)
+
+
+def test_the_pipeline_shifts_by_the_target_latent_tokens():
+    """A 64x48 px image is a 8x6 latent, 4x3 DiT tokens (as diffusers' SD3 pipeline counts them)."""
+    assert latent_seq_len(6, 8) == 12 and latent_seq_len(64, 64) == 1024
+    cfg = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 1,
+           "max_image_seq_len": 64}
+    sch = FlowMatchEulerDiscreteScheduler(**cfg)
+    sch.set_timesteps(6, mu=dynamic_shift_mu(cfg, (48 // 8 // 2) * (64 // 8 // 2)))
+    assert torch.equal(DeepGenPipeline.sigmas(SimpleNamespace(scheduler_config=cfg), 6, width=64, height=48), sch.sigmas)
 
 
 @pytest.mark.parametrize("cfg, seq_len, fragment", [
