@@ -21,7 +21,7 @@ from ..deepgen_model.conditioning import encode as joint_encode, encode_steps
 from ..deepgen_model.constants import (DEFAULT_SIZE, EDIT_NEGATIVE, MAX_REFERENCES, MAX_SIDE, REFERENCE_UNIT,
                                        SIZE_MULTIPLE, T2I_NEGATIVE)
 from ..deepgen_model.errors import DeepGenInputError
-from ..deepgen_model.images import output_size, reference_size, resized_uint8
+from ..deepgen_model.images import output_size, reference_size
 from ..deepgen_model.precision import nonfinite_cause
 from ..deepgen_model.validation import check_max_side
 from ..deepgen_model.vlm import compute_dtype as vlm_compute_dtype
@@ -179,12 +179,11 @@ class DeepGenEditEncode(io.ComfyNode):
         out_w, out_h = output_size(width, height, [reference_size(r.shape[1], r.shape[0], max_side) for r in refs])
 
         cond, bar = _encode(vlm, scb, prompt, negative_prompt, refs, max_side, after=len(refs))
-        # raw VAE latents of the same resized pixels, as core's ReferenceLatent stores them
+        # raw VAE latents of the pixels the VLM saw (resized once, by the encode), as core's ReferenceLatent stores them
         latents = []
         with memory_guard("encoding the reference images with the VAE"):
-            for ref in refs:
-                pixels = torch.tensor(resized_uint8(ref, max_side), dtype=torch.float32)[None] / 255.0
-                latents.append(vae.encode(pixels))
+            for pixels in cond.reference_pixels:
+                latents.append(vae.encode(torch.tensor(pixels, dtype=torch.float32)[None] / 255.0))
                 bar.update(1)
         positive, negative = _conditioning(cond, {"reference_latents": latents})
         empty = torch.zeros([1, 16, out_h // 8, out_w // 8], device=mm.intermediate_device())
