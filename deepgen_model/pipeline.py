@@ -58,6 +58,9 @@ class DeepGenPipeline:
     """VLM + SCB bridge -> DiT with reference latents -> VAE, with the official schedule and CFG."""
 
     OFFLOAD = ("none", "encoder", "all")
+    # the components in the order they run (diffusers' name for it): offloading moves each in only for its stage,
+    # "encoder" those that run before the DiT, "all" every one
+    model_cpu_offload_seq = "vlm->bridge->transformer->vae"
 
     def __init__(self, vlm, tokenizer, bridge, dit, vae, scheduler_config: dict | None = None, *,
                  offload: str = "none", device=None, offload_device="cpu"):
@@ -74,11 +77,8 @@ class DeepGenPipeline:
             else self.transformer.device
         self._ref_cache: tuple[list, object, list] | None = None  # (references, vae, latents) of the last call
         if offload != "none":
-            for m in (self.vlm, self.bridge) + ((self.transformer, self.vae) if offload == "all" else ()):
-                _move(m, self.offload_device)
-            if offload == "encoder":
-                self.transformer.to(self.device)
-                self.vae.to(self.device)
+            for name in self.model_cpu_offload_seq.split("->"):
+                _move(getattr(self, name), self.offload_device if name in self.offloaded(offload) else self.device)
 
     @contextmanager
     def _resident(self, *modules):
@@ -96,10 +96,15 @@ class DeepGenPipeline:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    @classmethod
+    def offloaded(cls, offload: str) -> tuple[str, ...]:
+        """The components (model_cpu_offload_seq's names) that wait on the offload device between their stages."""
+        order = cls.model_cpu_offload_seq.split("->")
+        return {"none": (), "encoder": tuple(order[:order.index("transformer")]), "all": tuple(order)}[offload]
+
     def _stage_modules(self, *names: str) -> tuple:
-        """Modules that move for a stage: the encoder pair always, DiT/VAE only with offload="all"."""
-        movable = {"vlm", "bridge"} | ({"transformer", "vae"} if self.offload == "all" else set())
-        return tuple(getattr(self, n) for n in names if n in movable)
+        """Modules that move for a stage: those of `names` that are offloaded."""
+        return tuple(getattr(self, n) for n in names if n in self.offloaded(self.offload))
 
     @classmethod
     def from_pretrained(cls, path, vlm_path=None, base_path=None, dtype=None, device=None,
