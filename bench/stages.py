@@ -114,7 +114,8 @@ def _residency(pipe) -> list[dict]:
                                            ("vae", pipe.vae))}
     phases = {"encode (VLM+bridge)": ("vlm", "bridge"), "reference VAE encode": ("vae",), "sampling (DiT)": ("dit",),
               "VAE decode": ("vae",)}
-    stay = {"none": set(size), "encoder": {"dit", "vae"}, "all": set()}
+    ours = {"vlm": "vlm", "bridge": "bridge", "transformer": "dit", "vae": "vae"}  # the pipeline's names -> this table's
+    stay = {mode: set(size) - {ours[n] for n in pipe.offloaded(mode)} for mode in pipe.OFFLOAD}
     rows = []
     for mode, resident in stay.items():
         row = {"offload": mode}

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .errors import DeepGenInputError
-from .images import image_token_count, reference_size, resized_uint8, to_signed, vit_inputs
+from .images import image_token_count, resized_uint8, to_signed, vit_inputs
 from .prompts import edit_prompt, t2i_prompt, tokenize_pair
 from .compat import text_config
-from .validation import check_prompt
+from .validation import check_max_side, check_prompt
 from .vlm import calling_per_layer, compute_dtype, progress_steps, stacked_hidden_states
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ class DeepGenConditioning:
     seq: torch.Tensor
     pooled: torch.Tensor
     references: list[torch.Tensor] = field(default_factory=list)  # resized refs [3, h, w] in [-1, 1], fp32
+    # the same resized refs as RGB uint8 [h, w, 3]: what a caller with its own VAE (ComfyUI's, in 0..1) encodes,
+    # so that nobody resizes a reference a second time
+    reference_pixels: list[np.ndarray] = field(default_factory=list)
     prompt_text: list[str] = field(default_factory=list)  # the exact 2b strings fed to the tokenizer
     warnings: list[str] = field(default_factory=list)  # for the user (e.g. prompts longer than trained on)
 
@@ -125,9 +129,9 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
         negatives = negatives * len(positives)
     if len(negatives) != len(positives):
         raise DeepGenInputError(f"got {len(positives)} prompts but {len(negatives)} negative prompts.")
-    reference_size(1, 1, max_side)  # validates max_side
+    check_max_side(max_side)  # before the VLM runs, and for text-to-image too (where nothing is resized)
 
-    references, pixel_values, grids = [], [], []
+    resized, references, pixel_values, grids = [], [], [], []
     if images is None:
         texts = [t2i_prompt(p) for p in positives + negatives]
     else:
@@ -140,6 +144,7 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
         counts = []
         for image in images:
             pixels = resized_uint8(image, max_side)
+            resized.append(pixels)
             references.append(to_signed(pixels, torch.float32))
             pv, grid = vit_inputs(to_signed(pixels, vlm_dtype))  # the release does this in the model dtype
             pixel_values.append(pv)
@@ -168,4 +173,5 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
                                     layer_callback=layer_callback, progress=tick)
     with torch.no_grad(), calling_per_layer(bridge.connector.layers, layer_callback, tick):
         seq, pooled = bridge(stacked.to(*_device_and_dtype(bridge.projector_1)))
-    return DeepGenConditioning(seq=seq, pooled=pooled, references=references, prompt_text=texts, warnings=warnings)
+    return DeepGenConditioning(seq=seq, pooled=pooled, references=references, reference_pixels=resized,
+                               prompt_text=texts, warnings=warnings)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 
+from .constants import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS
+
 # docs/inference.md#vlm: hub-format config.json of Qwen/Qwen2.5-VL-3B-Instruct (flat text fields; 4.5x and 5.x load it).
 QWEN25_VL_3B_CONFIG = {
     "architectures": ["Qwen2_5_VLForConditionalGeneration"],
@@ -96,8 +98,8 @@ SD3_VAE_CONFIG = {
 # docs/inference.md#scheduler: used only when no scheduler_config.json is available (native model.pt without a UniPic2 folder).
 FALLBACK_SCHEDULER_CONFIG = {
     "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
+    "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+    "shift": DEFAULT_SHIFT,
     "use_dynamic_shifting": False,
 }
 

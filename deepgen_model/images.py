@@ -14,7 +14,7 @@ from PIL import Image
 
 from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, VIT_MERGE, VIT_PATCH, VIT_SCALE, VIT_TEMPORAL
 from .errors import DeepGenInputError
-from .validation import check_output_size
+from .validation import check_max_side, check_output_size
 
 
 def reference_size(width: int, height: int, max_side: int = 512) -> tuple[int, int]:
@@ -23,11 +23,10 @@ def reference_size(width: int, height: int, max_side: int = 512) -> tuple[int, i
     If the long side reaches max_side it becomes max_side and the short side is scaled and rounded
     UP to a multiple of 32; a smaller image is only rounded up per side (never downscaled). The float
     arithmetic follows the release so that borderline ratios round the same way."""
-    if int(max_side) != max_side or max_side <= 0 or max_side % REFERENCE_UNIT:
-        raise DeepGenInputError(f"max_side must be a positive multiple of {REFERENCE_UNIT}, got {max_side}.")
+    s = check_max_side(max_side)
     if width <= 0 or height <= 0:
         raise DeepGenInputError(f"reference image has an empty side ({width}x{height}).")
-    unit, s = REFERENCE_UNIT, int(max_side)
+    unit = REFERENCE_UNIT
     if width >= height and width >= s:
         return s, math.ceil(height * (s / width) / unit) * unit
     if height >= width and height >= s:

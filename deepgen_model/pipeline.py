@@ -28,7 +28,7 @@ from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
 from .precision import FP8_DTYPES, apply_manual_cast, compute_dtype_of, resolve_dtypes, store_linear_weights
 from .release import COMPONENTS, Release
 from .sampling import make_noise, sample
-from .scheduler import sigmas_from_config
+from .scheduler import latent_seq_len, sigmas_from_config
 from .transformer import DeepGenTransformer
 from .validation import check_cfg, check_seed, check_steps
 from .vae import decode, encode_reference
@@ -58,6 +58,9 @@ class DeepGenPipeline:
     """VLM + SCB bridge -> DiT with reference latents -> VAE, with the official schedule and CFG."""
 
     OFFLOAD = ("none", "encoder", "all")
+    # the components in the order they run (diffusers' name for it): offloading moves each in only for its stage,
+    # "encoder" those that run before the DiT, "all" every one
+    model_cpu_offload_seq = "vlm->bridge->transformer->vae"
 
     def __init__(self, vlm, tokenizer, bridge, dit, vae, scheduler_config: dict | None = None, *,
                  offload: str = "none", device=None, offload_device="cpu"):
@@ -74,11 +77,8 @@ class DeepGenPipeline:
             else self.transformer.device
         self._ref_cache: tuple[list, object, list] | None = None  # (references, vae, latents) of the last call
         if offload != "none":
-            for m in (self.vlm, self.bridge) + ((self.transformer, self.vae) if offload == "all" else ()):
-                _move(m, self.offload_device)
-            if offload == "encoder":
-                self.transformer.to(self.device)
-                self.vae.to(self.device)
+            for name in self.model_cpu_offload_seq.split("->"):
+                _move(getattr(self, name), self.offload_device if name in self.offloaded(offload) else self.device)
 
     @contextmanager
     def _resident(self, *modules):
@@ -96,10 +96,15 @@ class DeepGenPipeline:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    @classmethod
+    def offloaded(cls, offload: str) -> tuple[str, ...]:
+        """The components (model_cpu_offload_seq's names) that wait on the offload device between their stages."""
+        order = cls.model_cpu_offload_seq.split("->")
+        return {"none": (), "encoder": tuple(order[:order.index("transformer")]), "all": tuple(order)}[offload]
+
     def _stage_modules(self, *names: str) -> tuple:
-        """Modules that move for a stage: the encoder pair always, DiT/VAE only with offload="all"."""
-        movable = {"vlm", "bridge"} | ({"transformer", "vae"} if self.offload == "all" else set())
-        return tuple(getattr(self, n) for n in names if n in movable)
+        """Modules that move for a stage: those of `names` that are offloaded."""
+        return tuple(getattr(self, n) for n in names if n in self.offloaded(self.offload))
 
     @classmethod
     def from_pretrained(cls, path, vlm_path=None, base_path=None, dtype=None, device=None,
@@ -157,7 +162,8 @@ class DeepGenPipeline:
 
     def sigmas(self, steps: int = DEFAULT_STEPS, width: int = DEFAULT_SIZE, height: int = DEFAULT_SIZE) -> torch.Tensor:
         """The official sigma list [steps + 1] for this release's scheduler config."""
-        return sigmas_from_config(self.scheduler_config, steps, image_seq_len=(height // 16) * (width // 16))
+        seq_len = latent_seq_len(height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
+        return sigmas_from_config(self.scheduler_config, steps, image_seq_len=seq_len)
 
     def reference_latents(self, conditioning: DeepGenConditioning) -> list[torch.Tensor]:
         """VAE latents (posterior mean, normalised) of the resized references, for the DiT.

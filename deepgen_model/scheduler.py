@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .constants import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS
+from .constants import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS, SIZE_MULTIPLE, VAE_DOWNSCALE
 from .errors import DeepGenInputError
 
 
@@ -104,10 +104,17 @@ def scheduler_shift(config: dict) -> float:
     return float(config.get("shift", DEFAULT_SHIFT))
 
 
+def latent_seq_len(latent_h: int, latent_w: int) -> int:
+    """The DiT's tokens for a latent_h x latent_w latent (2x2 patches): the image_seq_len of the dynamic shift.
+    One rule for the engine's pipeline and the ComfyUI sampler, so both shift a size's schedule alike."""
+    patch = SIZE_MULTIPLE // VAE_DOWNSCALE
+    return (latent_h // patch) * (latent_w // patch)
+
+
 def dynamic_shift_mu(config: dict, image_seq_len: int) -> float:
     """mu = base_shift + (max_shift - base_shift)(seq_len - base_len)/(max_len - base_len) (docs/inference.md#scheduler).
 
-    image_seq_len = (h/2)(w/2) of the *target* latent only. Defaults follow the official pipeline
+    image_seq_len = latent_seq_len(h, w) of the *target* latent only. Defaults follow the official pipeline
     (0.5 / 1.16 / 256 / 4096) when the config omits a field.
     """
     def get(key, default):
@@ -129,6 +136,6 @@ def sigmas_from_config(config: dict | None, steps: int, image_seq_len: int | Non
     if not config.get("use_dynamic_shifting"):
         return official_sigmas(steps, scheduler_shift(config), n)
     if image_seq_len is None:
-        raise DeepGenInputError("use_dynamic_shifting=true needs image_seq_len = (latent_h/2)*(latent_w/2).")
+        raise DeepGenInputError("use_dynamic_shifting=true needs image_seq_len = latent_seq_len(latent_h, latent_w).")
     mu = dynamic_shift_mu(config, image_seq_len)
     return dynamic_sigmas(steps, mu, n, config.get("time_shift_type", "exponential"))

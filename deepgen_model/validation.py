@@ -29,8 +29,9 @@ import re
 from pathlib import Path
 
 from . import download
-from .constants import (DEFAULT_CFG, DEFAULT_STEPS, IMAGE_PAD_TOKEN, LATENT_CHANNELS, MAX_STEPS, SIZE_MULTIPLE,
-                        VAE_DOWNSCALE, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR, VIT_MERGE, VIT_PATCH, VIT_TEMPORAL)
+from .constants import (DEFAULT_CFG, DEFAULT_STEPS, IMAGE_PAD_TOKEN, LATENT_CHANNELS, MAX_STEPS, REFERENCE_UNIT,
+                        SIZE_MULTIPLE, VAE_DOWNSCALE, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR, VIT_MERGE, VIT_PATCH,
+                        VIT_TEMPORAL)
 from .errors import DeepGenInputError, DeepGenLoadError
 
 MAX_HEADER = 100_000_000  # bytes; the safetensors format's own limit on the JSON header
@@ -816,6 +817,13 @@ def check_output_size(width, height, name: str = "") -> tuple[int, int]:
                                     f"are multiples of {SIZE_MULTIPLE} px)" + (
                                         f"; the nearest valid size is {near[0]}x{near[1]}." if None not in near else "."))
     return width, height
+
+
+def check_max_side(max_side) -> int:
+    """The longest side of a resized reference: a positive multiple of 32 px (docs/inference.md#reference-images)."""
+    if int(max_side) != max_side or max_side <= 0 or max_side % REFERENCE_UNIT:
+        raise DeepGenInputError(f"max_side must be a positive multiple of {REFERENCE_UNIT}, got {max_side}.")
+    return int(max_side)
 
 
 def _nearest(value, unit: int, low: int, high: int | None = None) -> int | None:

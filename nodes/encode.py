@@ -21,8 +21,9 @@ from ..deepgen_model.conditioning import encode as joint_encode, encode_steps
 from ..deepgen_model.constants import (DEFAULT_SIZE, EDIT_NEGATIVE, MAX_REFERENCES, MAX_SIDE, REFERENCE_UNIT,
                                        SIZE_MULTIPLE, T2I_NEGATIVE)
 from ..deepgen_model.errors import DeepGenInputError
-from ..deepgen_model.images import output_size, reference_size, resized_uint8
+from ..deepgen_model.images import output_size, reference_size
 from ..deepgen_model.precision import nonfinite_cause
+from ..deepgen_model.validation import check_max_side
 from ..deepgen_model.vlm import compute_dtype as vlm_compute_dtype
 from .comfy_models import DeepGenSCB, DeepGenVLM, scb_module, vlm_parts_of
 from .memory import memory_guard, unload
@@ -173,18 +174,16 @@ class DeepGenEditEncode(io.ComfyNode):
     @classmethod
     def execute(cls, vlm, scb, vae, prompt: str, negative_prompt: str, image1, max_side: int, width: int,
                 height: int, image2=None, image3=None, image4=None) -> io.NodeOutput:
-        if max_side % REFERENCE_UNIT:
-            raise DeepGenInputError(f"max_side must be a multiple of {REFERENCE_UNIT}, got {max_side}.")
+        check_max_side(max_side)
         refs = _references({"image1": image1, "image2": image2, "image3": image3, "image4": image4})
         out_w, out_h = output_size(width, height, [reference_size(r.shape[1], r.shape[0], max_side) for r in refs])
 
         cond, bar = _encode(vlm, scb, prompt, negative_prompt, refs, max_side, after=len(refs))
-        # raw VAE latents of the same resized pixels, as core's ReferenceLatent stores them
+        # raw VAE latents of the pixels the VLM saw (resized once, by the encode), as core's ReferenceLatent stores them
         latents = []
         with memory_guard("encoding the reference images with the VAE"):
-            for ref in refs:
-                pixels = torch.tensor(resized_uint8(ref, max_side), dtype=torch.float32)[None] / 255.0
-                latents.append(vae.encode(pixels))
+            for pixels in cond.reference_pixels:
+                latents.append(vae.encode(torch.tensor(pixels, dtype=torch.float32)[None] / 255.0))
                 bar.update(1)
         positive, negative = _conditioning(cond, {"reference_latents": latents})
         empty = torch.zeros([1, 16, out_h // 8, out_w // 8], device=mm.intermediate_device())

@@ -12,6 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..deepgen_model import loading, vlm_loading
+from ..deepgen_model.constants import DEFAULT_SHIFT
 from ..deepgen_model.errors import DeepGenLoadError
 from ..deepgen_model.precision import (FP8_DTYPES, PRECISIONS, cpu_compute_dtype, dominant_dtype, parse_dtype,
                                       resolve_dtypes)
@@ -280,7 +281,7 @@ class DeepGenDiTLoader(io.ComfyNode):
                                        "saved with ModelSave (any .safetensors in models/diffusion_models)."),
                 io.Combo.Input("dit_base", options=[NONE, *paths.choices(*SOURCES["dit_base"])], default=NONE,
                                tooltip="Only for the native model.pt: the UniPic2-SD3.5M-Kontext-2B folder "
-                                       "(DiT config and scheduler). 'none' uses the built-in config and shift 3.0."),
+                                       f"(DiT config and scheduler). 'none' uses the built-in config and shift {DEFAULT_SHIFT}."),
                 io.Combo.Input("weight_dtype", options=DIT_PRECISIONS, default="auto",
                                tooltip="Weight precision. auto: ComfyUI's choice for your device "
                                        "(bf16 on recent GPUs, fp32 on CPU). fp8_e4m3fn: Linear weights in fp8, "

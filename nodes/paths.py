@@ -5,10 +5,15 @@ extra_model_paths.yaml already gave it. Widget values are names relative to a re
 value resolves to a path only if it is one of the listed entries, so no widget can point outside the
 registered folders (no "../../etc/passwd"). What a folder or file is (its kind) is decided by
 deepgen_model/kinds.py, the same rule the loaders use.
+
+Listings are cached as core caches its own model lists, and by core's own check: a folder is walked again only
+when folder_paths.get_filename_list rebuilds its list of the same folder key (a folder under it changed its mtime,
+or a folder joined the key), so a widget refresh or a validation does not walk every model folder again.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import folder_paths
@@ -73,25 +78,55 @@ def _scan(root: str) -> list[Entry]:
     return found
 
 
-def _roots(kinds) -> list[tuple[str, set[str]]]:
-    """(directory, kinds looked for there): the deepgen folder holds every kind, a standard folder only its own."""
-    pairs = [(root, set(kinds)) for root in _folder_paths(FOLDER)]
+# Folder mtimes tick coarsely (a few ms), so a second change within one tick leaves a folder's mtime, and core's
+# list, as they were: a folder changed less than SETTLE seconds before it was walked is walked again at every call.
+SETTLE = 2.0
+_listed: dict[tuple[str, str], tuple[tuple, float, list[Entry]]] = {}  # (key, root) -> (core's list, when, entries)
+
+
+def _core_list(key: str):
+    """Core's cached (files, {folder: mtime}, time) of a folder key: the same object while nothing under the key
+    changed. None where core cannot tell (it raises for a folder removed since it listed it)."""
+    try:
+        folder_paths.get_filename_list(key)
+        return folder_paths.filename_list_cache[key]
+    except (KeyError, OSError, AttributeError):
+        return None
+
+
+def _entries_under(key: str, root: str) -> list[Entry]:
+    """_scan(root), or its last result while core's list of `key` is the one it was made with and settled."""
+    core, seen = _core_list(key), _listed.get((key, root))
+    if seen and core is not None and seen[0] is core:
+        inside = os.path.join(root, "")
+        changed = max((t for d, t in core[1].items() if d == root or d.startswith(inside)), default=0)
+        if changed < seen[1] - SETTLE:
+            return seen[2]
+    found = _scan(root)
+    _listed[(key, root)] = (core, time.time(), found)
+    return found
+
+
+def _roots(kinds) -> list[tuple[str, str, set[str]]]:
+    """(folder key, directory, kinds looked for there): the deepgen folder holds every kind, a standard folder only
+    its own."""
+    triples = [(FOLDER, root, set(kinds)) for root in _folder_paths(FOLDER)]
     for key in dict.fromkeys(_EXTRA_FOLDERS[k] for k in kinds if k in _EXTRA_FOLDERS):
         wanted = {k for k in kinds if _EXTRA_FOLDERS.get(k) == key}
-        pairs += [(root, wanted) for root in _folder_paths(key)]
-    return pairs
+        triples += [(key, root, wanted) for root in _folder_paths(key)]
+    return triples
 
 
 def folders_for(kinds) -> list[str]:
     """Every directory searched for these kinds, in search order."""
-    return list(dict.fromkeys(root for root, _ in _roots(kinds)))
+    return list(dict.fromkeys(root for _, root, _ in _roots(kinds)))
 
 
 def entries(*kinds: str) -> dict[str, Entry]:
     """name -> Entry for the given kinds across all folders searched; the first folder wins a name."""
     out: dict[str, Entry] = {}
-    for root, wanted in _roots(kinds):
-        for e in _scan(root):
+    for key, root, wanted in _roots(kinds):
+        for e in _entries_under(key, root):
             if e.kind in wanted:
                 out.setdefault(e.name, e)
     return dict(sorted(out.items()))

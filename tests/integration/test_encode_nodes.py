@@ -134,14 +134,21 @@ def test_vlm_moved_off_the_load_device_after_encoding(comfy_inprocess, release, 
 
 # ------------------------------------------------------------------ edit encode
 
-def test_edit_encode_two_references(comfy_inprocess, release, ref_images, engine):
+def test_edit_encode_two_references(comfy_inprocess, release, ref_images, engine, monkeypatch):
     from deepgen_model.conditioning import encode
-    from deepgen_model.images import image_token_count, reference_size
+    from deepgen_model.images import image_token_count, reference_size, resized_uint8
     from deepgen_model.vae import encode_reference
 
     names = list(SIZES)
-    run_ok(comfy_inprocess, edit_graph(names, max_side=64, width=64, height=48))
+    resizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, *a, **k: (resizes.append(im.size), resize(im, *a, **k))[1])
+    success, _, messages = comfy_inprocess.run(edit_graph(names, max_side=64, width=64, height=48), fresh=True)
+    assert success, repr(messages)[:4000]
+    assert resizes == list(SIZES.values())  # each reference is resized once, for both the VLM and the VAE
+    monkeypatch.undo()
     (positive,), (negative,), (latent,) = outputs(comfy_inprocess, "3")
+    comfy_vae = outputs(comfy_inprocess, "9")[0][0]
     vlm, tokenizer, bridge, vae = engine
     images = [ref_images[n] for n in names]
     ref = encode(vlm, tokenizer, bridge, "make it blue", NEGATIVE, images, max_side=64)
@@ -154,9 +161,12 @@ def test_edit_encode_two_references(comfy_inprocess, release, ref_images, engine
         assert info["deepgen_prompt"].count("<|image_pad|>") == tokens
         lats = info["reference_latents"]
         assert [tuple(x.shape) for x in lats] == [(1, 16, h // 8, w // 8) for w, h in sizes]
-        for raw, pixels in zip(lats, ref.references):  # raw VAE space, as core's ReferenceLatent stores it
+        for raw, pixels, image in zip(lats, ref.references, images):  # raw VAE space, as ReferenceLatent stores it
             normalised = (raw[0] - 0.0609) * 1.5305
             torch.testing.assert_close(normalised, encode_reference(vae, pixels), rtol=1e-4, atol=1e-4)
+            resized = torch.tensor(resized_uint8(image, 64), dtype=torch.float32)[None] / 255.0
+            with torch.inference_mode():  # as ComfyUI runs nodes
+                assert torch.equal(raw, comfy_vae.encode(resized))  # exactly the VAE encode of the resized picture
     assert positive[0][1]["reference_latents"] is not negative[0][1]["reference_latents"]
     assert all(torch.equal(a, b) for a, b in zip(positive[0][1]["reference_latents"],
                                                   negative[0][1]["reference_latents"]))
@@ -182,7 +192,7 @@ def test_edit_encode_default_negative_is_the_long_edit_negative(comfy_inprocess)
 
 def test_edit_encode_errors_name_the_input(comfy_inprocess, release, ref_images):
     text = run_error(comfy_inprocess, edit_graph(["ref_a.png"], max_side=80))
-    assert "max_side must be a multiple of 32" in text
+    assert "max_side must be a positive multiple of 32, got 80." in text
     batch = edit_graph(["ref_a.png"])
     batch["rep"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["img1", 0], "amount": 2}}
     batch["3"]["inputs"]["image1"] = ["rep", 0]

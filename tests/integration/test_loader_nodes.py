@@ -153,6 +153,37 @@ def test_listing_spans_all_registered_paths_and_text_encoders(comfy_inprocess, l
         fp.folder_names_and_paths["text_encoders"][0].remove(str(te))
 
 
+def test_listings_are_walked_again_only_when_a_folder_changes(comfy_inprocess, tmp_path, monkeypatch):
+    """Every widget refresh and validation lists the models: a folder is walked again only when core's own list of
+    its folder key is rebuilt (a folder's mtime changed), or while it changed too recently to trust its mtime."""
+    import os
+    import time
+
+    fp = comfy_inprocess.folder_paths
+    paths_mod = pack_module(comfy_inprocess, "nodes.paths")
+    extra = tmp_path / "cached_deepgen"
+    (extra / "a").mkdir(parents=True)
+    (extra / "a" / "deepgen_vae.safetensors").write_bytes(b"")
+    settled = time.time() - 10 * paths_mod.SETTLE
+    for folder in (extra / "a", extra):
+        os.utime(folder, (settled, settled))
+    walked, scan = [], paths_mod._scan
+    monkeypatch.setattr(paths_mod, "_scan", lambda root: (walked.append(root), scan(root))[1])
+    fp.add_model_folder_path("deepgen", str(extra))
+    try:
+        assert "a/deepgen_vae.safetensors" in paths_mod.choices("vae_file")
+        assert paths_mod.check("a/deepgen_vae.safetensors", ("vae_file",), "vae_name") is True
+        assert paths_mod.resolve("a", ("converted",), "vae_name").path == str(extra / "a")
+        assert walked.count(str(extra)) == 1  # once, then from the cache
+        (extra / "b.pt").write_bytes(b"")  # the folder's mtime moves: core's list and ours are made again
+        assert "b.pt" in paths_mod.choices("native")
+        assert "b.pt" in paths_mod.choices("native")  # changed just now: walked again, its mtime not trusted yet
+        assert walked.count(str(extra)) == 3
+    finally:
+        fp.folder_names_and_paths["deepgen"][0].remove(str(extra))
+    assert "b.pt" not in paths_mod.choices("native")  # a folder taken off the key is no longer listed
+
+
 # ------------------------------------------------------------------ loading every layout
 
 @pytest.mark.parametrize("source, lora, scb", [

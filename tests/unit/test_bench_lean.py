@@ -35,6 +35,14 @@ def test_offload_modes_move_modules_and_keep_outputs(release, plain, offload, mo
     assert ("transformer" in moves) == (offload == "all") and ("vae" in moves) == (offload == "all")
 
 
+def test_offload_follows_the_component_order():
+    """The VLM and the bridge run before the DiT: "encoder" offloads exactly them (model_cpu_offload_seq)."""
+    assert DeepGenPipeline.model_cpu_offload_seq == "vlm->bridge->transformer->vae"
+    assert DeepGenPipeline.offloaded("none") == ()
+    assert DeepGenPipeline.offloaded("encoder") == ("vlm", "bridge")
+    assert DeepGenPipeline.offloaded("all") == ("vlm", "bridge", "transformer", "vae")
+
+
 def test_offload_mode_is_validated(plain):
     with pytest.raises(DeepGenInputError, match="offload"):
         DeepGenPipeline(plain.vlm, plain.tokenizer, plain.bridge, plain.transformer, plain.vae, offload="gpu")

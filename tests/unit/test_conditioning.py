@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.conditioning import DeepGenConditioning, encode
 from deepgen_model.constants import EDIT_NEGATIVE
 from deepgen_model.errors import DeepGenInputError
-from deepgen_model.images import vit_inputs
+from deepgen_model.images import resized_uint8, to_signed, vit_inputs
 from deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
 from deepgen_model.vlm import stacked_hidden_states
 from reference_images import resize_reference
@@ -60,6 +61,9 @@ def test_edit_references_prompts_and_splice(tiny, bridge):
     refs = [resize_reference(im, 96) for im in images]
     assert [tuple(r.shape) for r in cond.references] == [(3, 64, 96), (3, 64, 64)]
     assert all(torch.equal(a, b) for a, b in zip(cond.references, refs))
+    # the same resize, as the uint8 pixels a caller's own VAE encodes (DeepGen Edit Encode): not resized again
+    assert all(np.array_equal(p, resized_uint8(im, 96)) for p, im in zip(cond.reference_pixels, images))
+    assert all(torch.equal(to_signed(p), r) for p, r in zip(cond.reference_pixels, cond.references))
     counts = [6, 4]  # (64/32)*(96/32), (64/32)*(64/32)
     assert cond.prompt_text == [edit_prompt("make the sky purple", counts), edit_prompt(EDIT_NEGATIVE, counts)]
     ids, mask = tokenize_pair(tiny.tokenizer, cond.prompt_text[:1], cond.prompt_text[1:])

@@ -432,6 +432,13 @@ def test_a_refused_output_size_offers_the_nearest_valid_one(size, nearest):
     assert validation.check_output_size(512, 768) == (512, 768)
 
 
+@pytest.mark.parametrize("value", [0, -32, 48, 100, 32.5])
+def test_max_side_is_a_positive_multiple_of_32(value):
+    with pytest.raises(DeepGenInputError, match=rf"^max_side must be a positive multiple of 32, got {value}\.$"):
+        validation.check_max_side(value)
+    assert validation.check_max_side(32) == 32 and validation.check_max_side(4096) == 4096
+
+
 # ------------------------------------------------------------------ seeded fuzz, bounded in time
 
 def _random_json(rng, depth=0):
