@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .errors import DeepGenError, DeepGenLoadError
+from .kinds import renamed_bases
 
 # torch/transformers/diffusers are imported only when converting, so --help stays instant.
 log = logging.getLogger(__name__)
@@ -43,9 +44,10 @@ def _save(path: Path, state: dict, component: str, config: str, dtype, **extra: 
     return path.stat().st_size
 
 
-def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=False,
-            connector_heads=None, components=COMPONENTS) -> dict[str, Path]:
-    """Convert `src` (any layout) into DST_DIR; returns {component: written path}."""
+def convert(src, dst_dir, *, vlm_base=None, dit_base=None, dtype=None, force=False,
+            connector_heads=None, components=COMPONENTS, vlm_path=None, base_path=None) -> dict[str, Path]:
+    """Convert `src` (any layout) into DST_DIR; returns {component: written path}. vlm_path / base_path: the
+    deprecated names of vlm_base / dit_base."""
     import torch
 
     from .release import CONVERTED_FILES, Release
@@ -59,7 +61,8 @@ def convert(src, dst_dir, *, vlm_path=None, base_path=None, dtype=None, force=Fa
         raise DeepGenLoadError(f"refusing to overwrite {', '.join(existing)}; pass --force to replace them")
     if Path(src).expanduser().resolve() == dst.resolve():
         raise DeepGenLoadError(f"DST_DIR {dst} must differ from SRC")
-    release = Release.open(src, vlm_base=vlm_path, dit_base=base_path)  # model.pt is read once for all parts
+    vlm_base, dit_base = renamed_bases(vlm_base, dit_base, vlm_path, base_path, "convert: ")
+    release = Release.open(src, vlm_base=vlm_base, dit_base=dit_base)  # model.pt is read once for all parts
     dst.mkdir(parents=True, exist_ok=True)
     written = {}
     for component, path in targets.items():
@@ -100,8 +103,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deepgen_model.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="DeepGen-1.0-diffusers folder, native model.pt (or its folder), or converted files")
     parser.add_argument("dst_dir", help="output folder for deepgen_*.safetensors")
-    parser.add_argument("--vlm-path", help="Qwen2.5-VL-3B-Instruct folder (needed for a native model.pt)")
-    parser.add_argument("--base-path", help="UniPic2-SD3.5M-Kontext-2B folder (VAE/scheduler for a native model.pt)")
+    parser.add_argument("--vlm-base", "--vlm-path", dest="vlm_base",
+                        help="Qwen2.5-VL-3B-Instruct folder (needed for a native model.pt; --vlm-path: its old name)")
+    parser.add_argument("--dit-base", "--base-path", dest="dit_base", help="UniPic2-SD3.5M-Kontext-2B folder "
+                        "(VAE/scheduler for a native model.pt; --base-path: its old name)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="cast all weights (default: keep as stored)")
     parser.add_argument("--connector-heads", type=int, help="connector head count when SRC has no connector "
                         "config (native model.pt; default: the released 32)")
@@ -109,7 +114,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        convert(args.src, args.dst_dir, vlm_path=args.vlm_path, base_path=args.base_path, dtype=args.dtype,
+        convert(args.src, args.dst_dir, vlm_base=args.vlm_base, dit_base=args.dit_base, dtype=args.dtype,
                 force=args.force, connector_heads=args.connector_heads)
     except DeepGenError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,6 +25,16 @@ CONVERTED = "converted"  # deepgen_*.safetensors (a file, or a folder holding th
 QWEN = "qwen"  # a Qwen2.5-VL folder (config.json model_type qwen2_5_vl + weights)
 UNIPIC2 = "unipic2"  # UniPic2-SD3.5M-Kontext-2B style folder: transformer/ + vae/ (no connector/)
 COMPONENTS = ("dit", "scb", "vlm", "vae")
+# One vocabulary: each component's key (files, loaders, Release methods, the nodes' model lists) and the name
+# messages and docs give it. The SCB connector is "scb" in code and files, "SCB" to people (the model class that
+# implements it is SCBBridge); the DiT is "dit" / "DiT" (diffusers calls its class, and the release its folder,
+# "transformer"). Older spellings are understood, never written.
+COMPONENT_NAMES = {"vlm": "VLM", "scb": "SCB", "dit": "DiT", "vae": "VAE", "tokenizer": "tokenizer",
+                   "scheduler": "scheduler"}
+_OLD_COMPONENT_SPELLINGS = {"bridge": "scb", "connector": "scb", "transformer": "dit"}
+# The two base folders the native model.pt needs: one name each, the ComfyUI widget's, in every message and
+# parameter (older spellings at the public edges: vlm_path / base_vlm_path, base_path; deprecated).
+VLM_BASE, DIT_BASE = "vlm_base", "dit_base"
 FILE_KINDS = {c: f"{c}_file" for c in COMPONENTS}  # one converted component file: "vlm_file", ...
 SAVED_DIT = "saved_dit"  # any other .safetensors: maybe a DiT saved by ComfyUI's ModelSave (the DiT loader tells)
 LAYOUTS = (DIFFUSERS, NATIVE, CONVERTED)
@@ -67,6 +77,23 @@ DOWNLOAD_HINT = {
 PART_HINT = {"vlm": "the release's vlm/ folder (LoRA merged), or use a Qwen2.5-VL-3B-Instruct folder with the "
                      "VLM LoRA of the native model.pt",
               "tokenizer": "the release's tokenizer/ folder"}
+
+
+def renamed_bases(vlm_base, dit_base, vlm_path=None, base_path=None, where: str = "") -> tuple:
+    """(vlm_base, dit_base), accepting the deprecated spellings vlm_path / base_path with a warning."""
+    import warnings
+
+    for old, new, value in (("vlm_path", VLM_BASE, vlm_path), ("base_path", DIT_BASE, base_path)):
+        if value is not None:
+            warnings.warn(f"{where}{old}= is deprecated: pass {new}=", DeprecationWarning, stacklevel=3)
+    return (vlm_base if vlm_base is not None else vlm_path), (dit_base if dit_base is not None else base_path)
+
+
+def component_name(component: str) -> str:
+    """The name people read ('VLM', 'SCB', 'DiT', 'VAE', 'tokenizer', 'scheduler') of a component key, of a name
+    already in that form, or of an older spelling."""
+    key = _OLD_COMPONENT_SPELLINGS.get(component.lower(), component.lower())
+    return COMPONENT_NAMES.get(key, component)
 
 
 def _is_qwen(folder: Path, names: set[str]) -> bool:

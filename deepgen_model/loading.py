@@ -80,12 +80,12 @@ def _build(cls, part: Part, dtype, device):
     return finish(model, None, device)
 
 
-def load_dit(release, *, base_path=None, dtype=None, device="cpu"):
-    """SD3Transformer2DModel (diffusers key names) of a Release (or a path + base_path); see Release.dit_part."""
+def load_dit(release, *, dtype=None, device="cpu"):
+    """SD3Transformer2DModel (diffusers key names) of a Release (or a path; Release.open(path, vlm_base=, dit_base=) for the native model.pt); see Release.dit_part."""
     from diffusers import SD3Transformer2DModel
 
     dtype = parse_dtype(dtype)
-    return _build(SD3Transformer2DModel, Release.of(release, dit_base=base_path).dit_part(), dtype, device)
+    return _build(SD3Transformer2DModel, Release.of(release).dit_part(), dtype, device)
 
 
 def dit_weights(release) -> tuple[dict, dict]:
@@ -101,13 +101,13 @@ def dit_weights(release) -> tuple[dict, dict]:
     return part.tensors, part.config
 
 
-def load_vae(release, *, base_path=None, dtype=None, device="cpu"):
-    """AutoencoderKL of a Release (or a path + base_path): the release's vae/, the dit_base's vae/
+def load_vae(release, *, dtype=None, device="cpu"):
+    """AutoencoderKL of a Release (or a path; Release.open(path, vlm_base=, dit_base=) for the native model.pt): the release's vae/, the dit_base's vae/
     (native), or deepgen_vae.safetensors."""
     from diffusers import AutoencoderKL
 
     dtype = parse_dtype(dtype)
-    return _build(AutoencoderKL, Release.of(release, dit_base=base_path).vae_part(), dtype, device)
+    return _build(AutoencoderKL, Release.of(release).vae_part(), dtype, device)
 
 
 def load_vae_folder(root, *, dtype=None, device="cpu"):
@@ -117,9 +117,9 @@ def load_vae_folder(root, *, dtype=None, device="cpu"):
     return _build(AutoencoderKL, folder_part(Path(root) / "vae", "VAE"), parse_dtype(dtype), device)
 
 
-def load_scheduler_config(release, *, base_path=None) -> dict:
-    """The scheduler config of a Release (or a path + base_path); see Release.scheduler_config."""
-    return Release.of(release, dit_base=base_path).scheduler_config()
+def load_scheduler_config(release) -> dict:
+    """The scheduler config of a Release (or a path; Release.open(path, vlm_base=, dit_base=) for the native model.pt); see Release.scheduler_config."""
+    return Release.of(release).scheduler_config()
 
 
 __all__ = ["load_bridge", "load_dit", "dit_weights", "load_vae", "load_vae_folder", "load_scheduler_config"]

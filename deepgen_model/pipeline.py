@@ -26,6 +26,7 @@ from .errors import DeepGenInputError
 from .images import output_size
 from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
 from .precision import FP8_DTYPES, apply_manual_cast, compute_dtype_of, resolve_dtypes, store_linear_weights
+from .kinds import renamed_bases
 from .release import COMPONENTS, Release
 from .sampling import make_noise, sample
 from .scheduler import latent_seq_len, sigmas_from_config
@@ -107,14 +108,16 @@ class DeepGenPipeline:
         return tuple(getattr(self, n) for n in names if n in self.offloaded(self.offload))
 
     @classmethod
-    def from_pretrained(cls, path, vlm_path=None, base_path=None, dtype=None, device=None,
+    def from_pretrained(cls, path, vlm_base=None, dit_base=None, dtype=None, device=None,
                         attn_implementation: str = "sdpa", quantization: str | None = None,
-                        offload: str = "none", dit_weights: str | None = None) -> "DeepGenPipeline":
+                        offload: str = "none", dit_weights: str | None = None, *, vlm_path=None,
+                        base_path=None) -> "DeepGenPipeline":
         """Load any release layout, auto-detected from `path`:
 
         - the diffusers release folder (DeepGen-1.0-diffusers);
-        - the native `model.pt` (or its folder) with `vlm_path` = a Qwen2.5-VL-3B-Instruct folder and
-          `base_path` = a UniPic2-SD3.5M-Kontext-2B folder (its transformer/ is overridden by model.pt);
+        - the native `model.pt` (or its folder) with `vlm_base` = a Qwen2.5-VL-3B-Instruct folder and
+          `dit_base` = a UniPic2-SD3.5M-Kontext-2B folder (its transformer/ is overridden by model.pt);
+          `vlm_path` / `base_path` are their deprecated names;
         - a folder of files written by `python -m deepgen_model.convert`.
 
         dtype: None picks bf16 on CUDA; on a CPU it stores bf16 weights and computes each stage in
@@ -127,7 +130,8 @@ class DeepGenPipeline:
             raise DeepGenInputError(f"dit_weights must be None or one of {list(FP8_DTYPES)}, got {dit_weights!r}.")
         storage, _ = resolve_dtypes(device, dtype)
         load_on = "cpu" if offload != "none" else device
-        release = Release.open(path, vlm_base=vlm_path, dit_base=base_path).require(*COMPONENTS)
+        vlm_base, dit_base = renamed_bases(vlm_base, dit_base, vlm_path, base_path, "from_pretrained: ")
+        release = Release.open(path, vlm_base=vlm_base, dit_base=dit_base).require(*COMPONENTS)
         vlm, tokenizer = load_vlm(release, dtype=storage, device=device if quantization else load_on,
                                   attn_implementation=attn_implementation,
                                   quantization=quantization)

@@ -239,17 +239,14 @@ class Release:
         vlm_base = Path(vlm_base).expanduser() if vlm_base else None
         dit_base = Path(dit_base).expanduser() if dit_base else None
         if vlm_base is not None and not (vlm_base / "config.json").is_file():
-            raise DeepGenLoadError(f"base_vlm_path {vlm_base} has no config.json: it must be {QWEN_HINT}")
+            raise DeepGenLoadError(f"vlm_base {vlm_base} has no config.json: it must be {QWEN_HINT}")
         return cls(path, detect_layout(path), vlm_base, dit_base)
 
     @classmethod
-    def of(cls, source, vlm_base=None, dit_base=None) -> "Release":
-        """`source` itself when it is a Release (already opened: its bases are its own), else Release.open."""
-        if isinstance(source, Release):
-            if vlm_base is not None or dit_base is not None:
-                raise DeepGenLoadError("pass the bases to Release.open, not with an opened Release")
-            return source
-        return cls.open(source, vlm_base, dit_base)
+    def of(cls, source) -> "Release":
+        """`source` itself when it is a Release (already opened, with its bases), else Release.open(source): what
+        every loader takes. A release that needs its bases is opened with them first."""
+        return source if isinstance(source, Release) else cls.open(source)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -360,12 +357,12 @@ class Release:
         tensors = {k.removeprefix("transformer."): v for k, v in self.native_state().items()
                    if k.startswith("transformer.")}
         if self.dit_base is None:
-            log.info("%s: no base_path; using the built-in SD3.5-M Kontext DiT config", name)
+            log.info("%s: no dit_base; using the built-in SD3.5-M Kontext DiT config", name)
             config = configs.get("dit")
         else:
             cfg_file = self.dit_base / "transformer" / "config.json"
             if not cfg_file.is_file():
-                raise DeepGenLoadError(f"{cfg_file} is missing: base_path must be {UNIPIC2_HINT}")
+                raise DeepGenLoadError(f"{cfg_file} is missing: dit_base must be {UNIPIC2_HINT}")
             config = json_file(cfg_file, "DiT")
         return checked_part(f"{name} (transformer.*)", tensors, config, "DiT")
 
@@ -377,7 +374,7 @@ class Release:
             if (root / "vae" / "config.json").is_file():
                 return folder_part(root / "vae", "VAE")
         raise DeepGenLoadError(f"no vae/ folder found for {self}: the native model.pt has no VAE; "
-                               f"pass base_path= {UNIPIC2_HINT}")
+                               f"set dit_base to {UNIPIC2_HINT}")
 
     def scheduler_config(self) -> dict:
         """The release's (or its dit_base's) scheduler_config.json, or the one deepgen_dit.safetensors embeds;
@@ -403,8 +400,8 @@ class Release:
             return self.vlm_base
         if self.layout == DIFFUSERS:
             raise DeepGenLoadError(f"{self.path} has no vlm/ folder (an early DeepGen-1.0-diffusers revision): "
-                                   f"download the release's vlm/ folder, or pass base_vlm_path= {QWEN_HINT}")
-        raise DeepGenLoadError(f"{self.native_file()} does not contain the VLM: pass base_vlm_path= {QWEN_HINT}")
+                                   f"download the release's vlm/ folder, or set vlm_base to {QWEN_HINT}")
+        raise DeepGenLoadError(f"{self.native_file()} does not contain the VLM: set vlm_base to {QWEN_HINT}")
 
     def vlm_part(self) -> Part:
         """The VLM: deepgen_vlm.safetensors; the release's vlm/ (LoRA merged); the vlm_base with model.pt's LoRA
@@ -435,7 +432,7 @@ class Release:
         for source in self.tokenizer_sources():
             if files := read_tokenizer_files(source):
                 return files
-        raise DeepGenLoadError(f"{self}: no tokenizer files found; pass base_vlm_path= {QWEN_HINT}")
+        raise DeepGenLoadError(f"{self}: no tokenizer files found; set vlm_base to {QWEN_HINT}")
 
 
 __all__ = ["Release", "Part", "MissingPart", "detect_layout", "folder_kind", "file_kind", "load_native_state",

@@ -33,6 +33,7 @@ from .constants import (DEFAULT_CFG, DEFAULT_STEPS, IMAGE_PAD_TOKEN, LATENT_CHAN
                         SIZE_MULTIPLE, VAE_DOWNSCALE, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR, VIT_MERGE, VIT_PATCH,
                         VIT_TEMPORAL)
 from .errors import DeepGenInputError, DeepGenLoadError
+from .kinds import component_name
 
 MAX_HEADER = 100_000_000  # bytes; the safetensors format's own limit on the JSON header
 MAX_JSON = 64 * 1024 * 1024  # bytes; configs are KBs, Qwen's tokenizer.json ~7 MB
@@ -48,22 +49,10 @@ IMAGE_TOKENS = (IMAGE_PAD_TOKEN, "<|video_pad|>")
 TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "special_tokens_map.json",
                   "added_tokens.json", "chat_template.json")
 
-COMPONENTS = ("VLM", "SCB", "DiT", "VAE", "tokenizer", "scheduler")
-_ALIASES = {"vlm": "VLM", "qwen2_5_vlforconditionalgeneration": "VLM", "scb": "SCB", "bridge": "SCB",
-            "connector": "SCB", "dit": "DiT", "transformer": "DiT", "sd3transformer2dmodel": "DiT", "vae": "VAE",
-            "autoencoderkl": "VAE", "tokenizer": "tokenizer", "scheduler": "scheduler"}
 _WEIGHTS = ("VLM", "SCB", "DiT", "VAE")  # components whose files hold only weights
 _WHAT = {"VLM": "the VLM (the release's vlm/ folder or Qwen2.5-VL-3B-Instruct)", "SCB": "the SCB connector",
          "DiT": "the DiT (transformer/)", "VAE": "the VAE (vae/)", "tokenizer": "the tokenizer",
          "scheduler": "the scheduler"}
-
-
-def component_name(component) -> str:
-    """'VLM' / 'SCB' / 'DiT' / 'VAE' / 'tokenizer' / 'scheduler' from a name, a loader's word or a class name."""
-    name = component if isinstance(component, str) else getattr(component, "__name__", str(component))
-    if name in COMPONENTS:
-        return name
-    return _ALIASES.get(name.lower(), name)
 
 
 def _redownload(path) -> str:
@@ -720,7 +709,7 @@ def check_token_ids(config, tokenizer, path) -> None:
         if have is not None and want is not None and want != getattr(tokenizer, "unk_token_id", None) and have != want:
             _fail("VLM", path, f"{field} is {have}, but the tokenizer's id of {token} is {want}",
                   "the VLM config and the tokenizer come from different models: download both again from the "
-                  "same release (or base_vlm_path)")
+                  "same release (or vlm_base)")
 
 def check_tokenizer(source, where=None) -> None:
     """Tokenizer files that must be JSON objects are: a folder, or {file name: text} as embedded in a

@@ -25,9 +25,9 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 QUANTIZATIONS = ("8bit", "nf4")
 
 
-def load_vlm(release, *, base_vlm_path=None, dtype=None, device="cpu", attn_implementation="sdpa",
+def load_vlm(release, *, dtype=None, device="cpu", attn_implementation="sdpa",
              quantization=None):
-    """(Qwen2_5_VLForConditionalGeneration, tokenizer) of a Release (or a path + base_vlm_path).
+    """(Qwen2_5_VLForConditionalGeneration, tokenizer) of a Release (or a path; Release.open(path, vlm_base=) for the native model.pt).
 
     The weights are those of Release.vlm_part; the tokenizer that of load_release_tokenizer."""
     dtype = parse_dtype(dtype)
@@ -35,7 +35,7 @@ def load_vlm(release, *, base_vlm_path=None, dtype=None, device="cpu", attn_impl
     default_storage, default_compute = resolve_dtypes(device, stage="vlm")
     quant = quantization_config(quantization, default_compute if dtype in (None, default_storage) else dtype)
     opts = dict(dtype=dtype, device=device, attn=attn, quant=quant)
-    release = Release.of(release, vlm_base=base_vlm_path)
+    release = Release.of(release)
     part = release.vlm_part()
     model = _vlm_from_state(part.config, part.tensors, part.name, **opts)
     tokenizer = load_release_tokenizer(release)

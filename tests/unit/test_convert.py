@@ -7,7 +7,7 @@ from safetensors import safe_open
 
 from deepgen_model import convert as conv
 from deepgen_model import loading
-from deepgen_model.release import CONVERTED_FILES, detect_layout, read_converted
+from deepgen_model.release import CONVERTED_FILES, Release, detect_layout, read_converted
 from deepgen_model.vlm_loading import load_vlm
 from deepgen_model.errors import DeepGenLoadError
 
@@ -16,8 +16,8 @@ from deepgen_model.errors import DeepGenLoadError
 def converted(tiny_layouts, tmp_path_factory):
     """The native model.pt (new-style LoRA) + Qwen base + UniPic2 base, converted."""
     dst = tmp_path_factory.mktemp("converted")
-    written = conv.convert(tiny_layouts["native_lora_new"], dst, vlm_path=tiny_layouts["qwen"],
-                           base_path=tiny_layouts["unipic2"])
+    written = conv.convert(tiny_layouts["native_lora_new"], dst, vlm_base=tiny_layouts["qwen"],
+                           dit_base=tiny_layouts["unipic2"])
     return dst, written
 
 
@@ -46,14 +46,14 @@ def test_reload_identical(tiny, tiny_layouts, converted):
     bridge = loading.load_bridge(dst)
     assert bridge.config == loading.load_bridge(tiny_layouts["diffusers"]).config
     _equal(bridge.state_dict(), tiny.bridge_state)
-    direct, _ = load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"])
+    direct, _ = load_vlm(Release.open(tiny_layouts["native_lora_new"], vlm_base=tiny_layouts["qwen"]))
     vlm, tok = load_vlm(dst / "deepgen_vlm.safetensors")
     _equal(vlm.state_dict(), direct.state_dict())
     assert vlm.get_output_embeddings().weight is vlm.get_input_embeddings().weight
     text = "<|im_start|>user\nGenerate an image: a red cat<|im_end|>"
     assert tok(text).input_ids == tiny.tokenizer(text).input_ids
-    assert loading.load_scheduler_config(dst) == loading.load_scheduler_config(
-        tiny_layouts["native"], base_path=tiny_layouts["unipic2"])
+    assert loading.load_scheduler_config(dst) == loading.load_scheduler_config(Release.open(
+        tiny_layouts["native"], dit_base=tiny_layouts["unipic2"]))
 
 
 def test_vlm_file_uses_legacy_names_without_lm_head(tiny, converted):
@@ -90,5 +90,16 @@ def test_refuses_overwrite_and_force(tiny_layouts, tmp_path, capsys):
 
 
 def test_native_without_vlm_path_fails_clearly(tiny_layouts, tmp_path):
-    with pytest.raises(DeepGenLoadError, match="base_vlm_path"):
+    with pytest.raises(DeepGenLoadError, match="set vlm_base to"):
         conv.convert(tiny_layouts["native_lora_new"], tmp_path, components=("vlm",))
+
+
+def test_the_old_names_of_the_bases_still_work_and_warn(tiny_layouts, tmp_path):
+    """vlm_base / dit_base are the bases' one name (the loader widgets'); vlm_path / base_path and the CLI's
+    --vlm-path / --base-path are kept as deprecated spellings."""
+    native, q, u = tiny_layouts["native_lora_new"], tiny_layouts["qwen"], tiny_layouts["unipic2"]
+    with pytest.warns(DeprecationWarning, match="vlm_path= is deprecated: pass vlm_base="):
+        written = conv.convert(native, tmp_path / "a", vlm_path=q, base_path=u, components=("vae",))
+    assert written["vae"].is_file()
+    assert conv.main([str(native), str(tmp_path / "b"), "--vlm-path", str(q), "--base-path", str(u)]) == 0
+    assert read_converted(tmp_path / "b", "vae")[0].keys() == read_converted(tmp_path / "a", "vae")[0].keys()

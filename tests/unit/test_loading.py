@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from deepgen_model import loading
 from deepgen_model import vlm_loading
-from deepgen_model.release import detect_layout, load_native_state
+from deepgen_model.release import Release, detect_layout, load_native_state
 from deepgen_model.errors import DeepGenLoadError
 from deepgen_model.keys import to_legacy
 
@@ -36,7 +36,7 @@ def vlms(tiny_layouts):
     """The VLM as loaded from the diffusers release and from model.pt with both LoRA namings."""
     out = {"diffusers": vlm_loading.load_vlm(tiny_layouts["diffusers"])}
     for name in ("native_lora_new", "native_lora_legacy"):
-        out[name] = vlm_loading.load_vlm(tiny_layouts[name], base_vlm_path=tiny_layouts["qwen"])
+        out[name] = vlm_loading.load_vlm(Release.open(tiny_layouts[name], vlm_base=tiny_layouts["qwen"]))
     return out
 
 
@@ -84,29 +84,29 @@ def test_tokenizer_and_vlm_forward(tiny, vlms):
 
 def test_native_without_lora_is_stock_qwen_with_warning(tiny, tiny_layouts, caplog):
     with caplog.at_level(logging.WARNING, logger="deepgen_model.release"):
-        vlm, _ = vlm_loading.load_vlm(tiny_layouts["native"], base_vlm_path=tiny_layouts["qwen"])
+        vlm, _ = vlm_loading.load_vlm(Release.open(tiny_layouts["native"], vlm_base=tiny_layouts["qwen"]))
     assert "no VLM LoRA" in caplog.text
     _assert_state_close(_legacy(vlm), {to_legacy(k): v for k, v in tiny.vlm_base.state_dict().items()
                                        if k != "lm_head.weight"}, atol=0)
 
 
 def test_native_vlm_needs_base_path(tiny_layouts):
-    with pytest.raises(DeepGenLoadError, match="base_vlm_path"):
+    with pytest.raises(DeepGenLoadError, match="set vlm_base to"):
         vlm_loading.load_vlm(tiny_layouts["native_lora_new"])
 
 
 def test_release_without_vlm_folder(tiny_layouts, tmp_path, caplog):
     root = tmp_path / "old-release"
     shutil.copytree(tiny_layouts["diffusers"], root, ignore=shutil.ignore_patterns("vlm"))
-    with pytest.raises(DeepGenLoadError, match=r"old-release has no vlm/ folder.*base_vlm_path"):
+    with pytest.raises(DeepGenLoadError, match=r"old-release has no vlm/ folder.*set vlm_base to"):
         vlm_loading.load_vlm(root)
     with caplog.at_level(logging.WARNING, logger="deepgen_model.release"):
-        vlm, tok = vlm_loading.load_vlm(root, base_vlm_path=tiny_layouts["qwen"])
+        vlm, tok = vlm_loading.load_vlm(Release.open(root, vlm_base=tiny_layouts["qwen"]))
     assert "WITHOUT the DeepGen LoRA" in caplog.text and tok is not None
 
 
 def test_vlm_dtype_and_attention(tiny_layouts):
-    vlm, _ = vlm_loading.load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"], dtype="bf16",
+    vlm, _ = vlm_loading.load_vlm(Release.open(tiny_layouts["native_lora_new"], vlm_base=tiny_layouts["qwen"]), dtype="bf16",
                               attn_implementation="eager")
     assert {p.dtype for p in vlm.parameters()} == {torch.bfloat16}
     assert vlm.config._attn_implementation == "eager"
@@ -127,7 +127,7 @@ def test_flash_attention_without_package(tiny_layouts):
 
 
 def test_dit_native_overrides_unipic2_base(tiny, tiny_layouts):
-    dit = loading.load_dit(tiny_layouts["native"], base_path=tiny_layouts["unipic2"])
+    dit = loading.load_dit(Release.open(tiny_layouts["native"], dit_base=tiny_layouts["unipic2"]))
     got, want, base = dit.state_dict(), tiny.dit.state_dict(), tiny.dit_base.state_dict()
     assert set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -142,12 +142,12 @@ def test_dit_native_missing_and_misshaped_tensor(tiny_layouts, tmp_path):
     del broken["transformer.proj_out.weight"]
     torch.save(broken, tmp_path / "model.pt")
     with pytest.raises(DeepGenLoadError, match=r"model\.pt.*missing tensors \(1\): proj_out\.weight"):
-        loading.load_dit(tmp_path / "model.pt", base_path=tiny_layouts["unipic2"])
+        loading.load_dit(Release.open(tmp_path / "model.pt", dit_base=tiny_layouts["unipic2"]))
     broken = dict(state)
     broken["transformer.context_embedder.weight"] = torch.zeros(3, 3)
     torch.save(broken, tmp_path / "model.pt")
     with pytest.raises(DeepGenLoadError, match=r"mis-shaped tensors \(1\): context_embedder\.weight \(3, 3\)"):
-        loading.load_dit(tmp_path / "model.pt", base_path=tiny_layouts["unipic2"])
+        loading.load_dit(Release.open(tmp_path / "model.pt", dit_base=tiny_layouts["unipic2"]))
 
 
 def test_bridge_identical_across_layouts(tiny, tiny_layouts):
@@ -199,12 +199,12 @@ def test_bridge_without_shape_keys(tiny, tmp_path):
 
 def test_vae_and_scheduler(tiny, tiny_layouts):
     for vae in (loading.load_vae(tiny_layouts["diffusers"]),
-                loading.load_vae(tiny_layouts["native"], base_path=tiny_layouts["unipic2"])):
+                loading.load_vae(Release.open(tiny_layouts["native"], dit_base=tiny_layouts["unipic2"]))):
         assert all(torch.equal(v, tiny.vae.state_dict()[k]) for k, v in vae.state_dict().items())
-    with pytest.raises(DeepGenLoadError, match="base_path"):
+    with pytest.raises(DeepGenLoadError, match="set dit_base to"):
         loading.load_vae(tiny_layouts["native"])
     assert loading.load_scheduler_config(tiny_layouts["diffusers"])["shift"] == tiny.scheduler_config["shift"]
-    from_base = loading.load_scheduler_config(tiny_layouts["native"], base_path=tiny_layouts["unipic2"])
+    from_base = loading.load_scheduler_config(Release.open(tiny_layouts["native"], dit_base=tiny_layouts["unipic2"]))
     assert from_base["max_shift"] == tiny.scheduler_config["max_shift"]
     fallback = loading.load_scheduler_config(tiny_layouts["native"])
     assert fallback["shift"] == 3.0 and fallback["use_dynamic_shifting"] is False and "max_shift" not in fallback
@@ -254,8 +254,9 @@ def test_bitsandbytes_not_imported_without_quantization(tiny_layouts):
     own whenever it is installed, so the DiT/VAE loaders are not part of this check.)"""
     code = (
         "import sys; sys.path.append(sys.argv[1]); from deepgen_model import loading as L, vlm_loading as V\n"
+        "from deepgen_model.release import Release\n"
         "d, n, q = sys.argv[2], sys.argv[3], sys.argv[4]\n"
-        "V.load_vlm(d); V.load_vlm(n, base_vlm_path=q); L.load_bridge(d)\n"
+        "V.load_vlm(d); V.load_vlm(Release.open(n, vlm_base=q)); L.load_bridge(d)\n"
         "print('BNB-plain', 'bitsandbytes' in sys.modules)\n"
         "V.load_vlm(d, quantization='8bit')\n"
         "print('BNB-8bit', 'bitsandbytes' in sys.modules)\n")
@@ -269,6 +270,6 @@ def test_bitsandbytes_not_imported_without_quantization(tiny_layouts):
 
 def test_quantized_vlm_8bit(tiny_layouts):
     pytest.importorskip("bitsandbytes")
-    vlm, _ = vlm_loading.load_vlm(tiny_layouts["native_lora_new"], base_vlm_path=tiny_layouts["qwen"], quantization="8bit")
+    vlm, _ = vlm_loading.load_vlm(Release.open(tiny_layouts["native_lora_new"], vlm_base=tiny_layouts["qwen"]), quantization="8bit")
     q = vlm.model.language_model.layers[0].self_attn.q_proj
     assert type(q).__name__ == "Linear8bitLt"

@@ -16,6 +16,7 @@ import pytest
 
 from deepgen_model import download as dl
 from deepgen_model import loading, vlm_loading
+from deepgen_model.release import Release
 from deepgen_model.errors import DeepGenLoadError
 from deepgen_model.pipeline import DeepGenPipeline
 
@@ -128,7 +129,7 @@ def test_a_qwen_base_shard_missing_names_the_qwen_file(models):
     qwen = models / "Qwen2.5-VL-3B-Instruct"
     shard = sorted(qwen.glob("model-*.safetensors"))[-1]
     shard.unlink()
-    msg = refusal(lambda: vlm_loading.load_vlm(models / "DeepGen-1.0-lora-new" / "model.pt", base_vlm_path=qwen))
+    msg = refusal(lambda: vlm_loading.load_vlm(Release.open(models / "DeepGen-1.0-lora-new" / "model.pt", vlm_base=qwen)))
     assert msg.startswith(f"VLM folder {qwen}: {shard.name} is missing"), msg
     assert one_file_fix(shard, QWEN_URL + shard.name) in msg
 

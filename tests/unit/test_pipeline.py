@@ -17,14 +17,14 @@ def _image(seed: int, h: int, w: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def converted(tiny_layouts, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted")
-    convert(tiny_layouts["native_lora_new"], out, vlm_path=tiny_layouts["qwen"], base_path=tiny_layouts["unipic2"],
+    convert(tiny_layouts["native_lora_new"], out, vlm_base=tiny_layouts["qwen"], dit_base=tiny_layouts["unipic2"],
             dtype="fp32")
     return out
 
 
 @pytest.fixture(scope="module")
 def pipes(tiny_layouts, converted):
-    native = dict(vlm_path=tiny_layouts["qwen"], base_path=tiny_layouts["unipic2"])
+    native = dict(vlm_base=tiny_layouts["qwen"], dit_base=tiny_layouts["unipic2"])
     load = lambda path, **kw: DeepGenPipeline.from_pretrained(path, dtype="fp32", device="cpu", **kw)  # noqa: E731
     return {
         "diffusers": load(tiny_layouts["diffusers"]),
@@ -55,8 +55,8 @@ def test_all_layouts_edit_identically(pipes):
 
 
 def test_native_without_lora_uses_stock_qwen_and_differs(tiny_layouts, pipes):
-    stock = DeepGenPipeline.from_pretrained(tiny_layouts["native"], vlm_path=tiny_layouts["qwen"],
-                                            base_path=tiny_layouts["unipic2"], dtype="fp32", device="cpu")
+    stock = DeepGenPipeline.from_pretrained(tiny_layouts["native"], vlm_base=tiny_layouts["qwen"],
+                                            dit_base=tiny_layouts["unipic2"], dtype="fp32", device="cpu")
     a = stock.encode("a red cat")
     b = pipes["diffusers"].encode("a red cat")
     assert not torch.allclose(a.seq, b.seq, atol=1e-4)  # the LoRA matters, so the merge is tested above

@@ -34,16 +34,16 @@ def counted(monkeypatch):
 def test_native_checkpoint_load_reads_model_pt_once(tiny_layouts, counted):
     """The whole pipeline from a native model.pt (+ Qwen and UniPic2 bases): DiT, bridge and VLM LoRA
     all come from ONE read of model.pt, and the layout is detected once."""
-    pipe = DeepGenPipeline.from_pretrained(tiny_layouts["native_lora_new"], vlm_path=tiny_layouts["qwen"],
-                                           base_path=tiny_layouts["unipic2"], dtype="fp32", device="cpu")
+    pipe = DeepGenPipeline.from_pretrained(tiny_layouts["native_lora_new"], vlm_base=tiny_layouts["qwen"],
+                                           dit_base=tiny_layouts["unipic2"], dtype="fp32", device="cpu")
     assert counted["torch.load"] == [str(tiny_layouts["native_lora_new"])]
     assert counted["detect_layout"] == 1
     assert pipe.transformer.dit is not None and pipe.bridge is not None and pipe.vlm is not None
 
 
 def test_convert_of_a_native_checkpoint_reads_model_pt_once(tiny_layouts, counted, tmp_path):
-    convert(tiny_layouts["native_lora_new"], tmp_path, vlm_path=tiny_layouts["qwen"],
-            base_path=tiny_layouts["unipic2"], dtype="fp32")
+    convert(tiny_layouts["native_lora_new"], tmp_path, vlm_base=tiny_layouts["qwen"],
+            dit_base=tiny_layouts["unipic2"], dtype="fp32")
     assert counted["torch.load"] == [str(tiny_layouts["native_lora_new"])]
     assert counted["detect_layout"] == 1
 
@@ -115,8 +115,8 @@ def test_each_layout_hands_out_its_components(tiny, tiny_layouts, tmp_path):
     folder = diffusers.dit_part()  # transformer/ read as tensors + config.json, like every other layout's DiT
     assert folder.name == tiny_layouts["diffusers"] / "transformer"
     assert set(folder.tensors) == set(tiny.dit.state_dict()) and folder.config["num_layers"] == tiny.dit.config.num_layers
-    for release, root in ((native, "unipic2"), (diffusers, "diffusers")):  # vae/ folders: tensors + config too
-        vae = release.vae_part()
+    for opened, root in ((native, "unipic2"), (diffusers, "diffusers")):  # vae/ folders: tensors + config too
+        vae = opened.vae_part()
         assert vae.name == tiny_layouts[root] / "vae" and set(vae.tensors) == set(tiny.vae.state_dict())
         assert vae.config["latent_channels"] == tiny.vae.config.latent_channels
 
