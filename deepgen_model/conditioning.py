@@ -16,7 +16,7 @@ from .errors import DeepGenInputError
 from .images import image_token_count, resized_uint8, to_signed, vit_inputs
 from .prompts import edit_prompt, t2i_prompt, tokenize_pair
 from .compat import text_config
-from .validation import check_max_side, check_prompt
+from .inputs import check_max_side, check_prompt
 from .vlm import calling_per_layer, compute_dtype, progress_steps, stacked_hidden_states
 
 log = logging.getLogger(__name__)

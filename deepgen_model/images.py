@@ -14,7 +14,7 @@ from PIL import Image
 
 from .constants import CLIP_MEAN, CLIP_STD, REFERENCE_UNIT, VIT_MERGE, VIT_PATCH, VIT_SCALE, VIT_TEMPORAL
 from .errors import DeepGenInputError
-from .validation import check_max_side, check_output_size
+from .inputs import check_max_side, check_output_size
 
 
 def reference_size(width: int, height: int, max_side: int = 512) -> tuple[int, int]:

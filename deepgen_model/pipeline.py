@@ -31,7 +31,7 @@ from .release import COMPONENTS, Release
 from .sampling import make_noise, sample
 from .scheduler import latent_seq_len, sigmas_from_config
 from .transformer import DeepGenTransformer
-from .validation import check_cfg, check_seed, check_steps
+from .inputs import check_cfg, check_seed, check_steps
 from .vae import decode, encode_reference
 from .vlm_loading import load_vlm
 

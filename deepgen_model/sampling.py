@@ -7,7 +7,7 @@ import torch
 
 from .constants import LATENT_CHANNELS, NUM_TRAIN_TIMESTEPS, VAE_DOWNSCALE
 from .errors import DeepGenInputError
-from .validation import check_output_size, check_seed
+from .inputs import check_output_size, check_seed
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 

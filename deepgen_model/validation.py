@@ -1,4 +1,5 @@
-"""Refusing damaged weight files, absurd configs and hostile prompt text before anything is allocated.
+"""Refusing damaged weight files and absurd configs before anything is allocated (what a user types is
+checked by deepgen_model/inputs.py).
 
 Every check here reads only headers and small JSON files (never tensor data) and raises a
 DeepGenLoadError that names the file, the component (VLM / SCB / DiT / VAE / tokenizer / scheduler),
@@ -12,27 +13,24 @@ what is wrong in plain words and the fix. The loaders call it where they open fi
   check_weight_files(folder, component) -> files every file a folder should hold is there and intact
                                                  (config.json, the shards its index lists); all the missing
                                                  and damaged ones named at once, each with where to get it
-  check_folder(folder, component)                the above for a from_pretrained folder
+  check_folder(folder, component) -> (headers, cfg)  the above, then its config against the tensors
   check_metadata(meta, component, path) -> cfg   the JSON fields embedded in a converted file
   parse_config(text, component, path) -> cfg     one embedded JSON config
   read_json(path, component)                     a small JSON file, errors named
   check_tokenizer(folder_or_files, source)       tokenizer files that must be JSON are JSON objects
-  check_prompt(text, name)                       user text must not carry image placeholder tokens
 """
 from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import re
 from pathlib import Path
 
 from . import download
-from .constants import (DEFAULT_CFG, DEFAULT_STEPS, IMAGE_PAD_TOKEN, LATENT_CHANNELS, MAX_STEPS, REFERENCE_UNIT,
-                        SIZE_MULTIPLE, VAE_DOWNSCALE, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR, VIT_MERGE, VIT_PATCH,
-                        VIT_TEMPORAL)
-from .errors import DeepGenInputError, DeepGenLoadError
+from .constants import (IMAGE_PAD_TOKEN, LATENT_CHANNELS, SIZE_MULTIPLE, VAE_DOWNSCALE, VAE_SCALING_FACTOR,
+                        VAE_SHIFT_FACTOR, VIT_MERGE, VIT_PATCH, VIT_TEMPORAL)
+from .errors import DeepGenLoadError
 from .kinds import component_name
 
 MAX_HEADER = 100_000_000  # bytes; the safetensors format's own limit on the JSON header
@@ -45,7 +43,6 @@ DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0"
 WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
 MAX_DIM = (1 << 63) - 1  # the largest dimension PyTorch can index (int64)
 # placeholders the engine fills with image/video features: typed by a user, they break the accounting
-IMAGE_TOKENS = (IMAGE_PAD_TOKEN, "<|video_pad|>")
 TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "special_tokens_map.json",
                   "added_tokens.json", "chat_template.json")
 
@@ -731,93 +728,3 @@ def check_tokenizer(source, where=None) -> None:
         if name in TOKENIZER_JSON and not isinstance(_loads(text, "tokenizer", where, f"embedded {name}"), dict):
             _fail("tokenizer", where, f"embedded {name} is not a JSON object",
                   f"re-create {Path(str(where)).name} with `python -m deepgen_model.convert`")
-
-
-# ------------------------------------------------------------------ prompt text
-
-def check_prompt(text: str, name: str) -> None:
-    """User text must not contain the placeholders the engine fills with image/video features (their count
-    must match the pixels given). Other Qwen special tokens (<|im_end|>, <|vision_start|>...) typed by a
-    user are parsed as special tokens, exactly as the official code does. Text must be Unicode that UTF-8 can
-    carry (a JSON "\\ud800" escape gives a lone surrogate, which no tokenizer takes)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise DeepGenInputError(
-            f"{name} contains an unpaired surrogate (U+{ord(text[e.start]):04X} at character {e.start + 1}): that is "
-            f"not a character but half of a UTF-16 pair, usually left by cutting text or by a \\u escape in JSON; "
-            f"remove it from the {name} or type the character again.") from None
-    found = [t for t in IMAGE_TOKENS if t in text]
-    if found:
-        raise DeepGenInputError(
-            f"{name} contains {', '.join(found)}: that token stands for image features and is placed by DeepGen "
-            f"itself for each reference image; remove it from the {name} (for an edit, connect the picture as "
-            "image1..image4 instead).")
-
-
-# ------------------------------------------------------------------ sampling inputs
-
-# The nodes, the Python API (DeepGenPipeline) and the main command (scripts/run_example.py) check their
-# inputs with these: one rule each, and a refusal that offers the nearest valid value.
-
-def check_cfg(cfg, name: str = "cfg", high: float = 100.0) -> float:
-    """A finite guidance scale in 0..high (NaN passes ComfyUI's own min/max comparison)."""
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or not 0 <= cfg <= high:
-        raise DeepGenInputError(f"{name} is {cfg!r}: it must be a finite number in 0..{high:g} (the authors use "
-                                f"{DEFAULT_CFG}; 1 or below runs the positive branch only).")
-    return float(cfg)
-
-
-AUTHORS_CFG = (3.5, 7.5)  # the guidance scales of the authors' scripts (4.0 in nearly all of them)
-HIGH_CFG = 10.0
-
-
-def cfg_warning(cfg: float, name: str = "cfg") -> str | None:
-    """The user-facing note for a valid but extreme guidance scale (None when it is ordinary)."""
-    if cfg <= HIGH_CFG:
-        return None
-    return (f"{name} is {cfg:g}, far above the {AUTHORS_CFG[0]:g}-{AUTHORS_CFG[1]:g} the authors use (4.0 by default): "
-            "expect harsh, oversaturated, burnt-looking pictures; try 4")
-
-
-def check_steps(steps, high: int = MAX_STEPS, name: str = "steps") -> int:
-    """A whole number of sampling steps in 1..high."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= high:
-        near = _nearest(steps, 1, 1, high)
-        raise DeepGenInputError(f"{name} is {steps!r}: it must be a whole number in 1..{high} ("
-                                + (f"nearest: {near}; " if near is not None else "") + f"the authors use {DEFAULT_STEPS}).")
-    return steps
-
-
-def check_seed(seed, name: str = "seed") -> int:
-    """A seed in ComfyUI's range, 0..2**64-1."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64 - 1:
-        raise DeepGenInputError(f"{name} must be an integer in 0..2**64-1, got {seed!r}.")
-    return seed
-
-
-def check_output_size(width, height, name: str = "") -> tuple[int, int]:
-    """Output sides: positive multiples of 16 px (the VAE's 8 x the DiT's patch of 2). `name` prefixes the
-    message (the main command's "--size 100x100: ")."""
-    for side, v in (("width", width), ("height", height)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 or v % SIZE_MULTIPLE:
-            near = [_nearest(x, SIZE_MULTIPLE, SIZE_MULTIPLE) for x in (width, height)]
-            raise DeepGenInputError(f"{name}{side} must be a positive multiple of {SIZE_MULTIPLE}, got {v!r} (output sides "
-                                    f"are multiples of {SIZE_MULTIPLE} px)" + (
-                                        f"; the nearest valid size is {near[0]}x{near[1]}." if None not in near else "."))
-    return width, height
-
-
-def check_max_side(max_side) -> int:
-    """The longest side of a resized reference: a positive multiple of 32 px (docs/inference.md#reference-images)."""
-    if int(max_side) != max_side or max_side <= 0 or max_side % REFERENCE_UNIT:
-        raise DeepGenInputError(f"max_side must be a positive multiple of {REFERENCE_UNIT}, got {max_side}.")
-    return int(max_side)
-
-
-def _nearest(value, unit: int, low: int, high: int | None = None) -> int | None:
-    """The multiple of `unit` in low..high nearest to a number (halves round up); None for a non-number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    near = max(low, unit * math.floor(value / unit + 0.5))
-    return near if high is None else min(high, near)

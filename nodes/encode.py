@@ -23,7 +23,7 @@ from ..deepgen_model.constants import (DEFAULT_SIZE, EDIT_NEGATIVE, MAX_REFERENC
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.images import output_size, reference_size
 from ..deepgen_model.precision import nonfinite_cause
-from ..deepgen_model.validation import check_max_side
+from ..deepgen_model.inputs import check_max_side
 from ..deepgen_model.vlm import compute_dtype as vlm_compute_dtype
 from .comfy_models import DeepGenSCB, DeepGenVLM, scb_module, vlm_parts_of
 from .memory import memory_guard, unload

@@ -28,7 +28,7 @@ from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 from ..deepgen_model.images import image_token_count, output_size, reference_size
 from ..deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
 from ..deepgen_model.release import NATIVE, QWEN, SOURCES, Release
-from ..deepgen_model.validation import check_prompt
+from ..deepgen_model.inputs import check_prompt
 from . import paths
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import torch
 from ..deepgen_model.constants import DEFAULT_CFG, DEFAULT_STEPS, MAX_STEPS, REFERENCE_UNIT, VAE_DOWNSCALE
 from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.precision import nonfinite_cause
-from ..deepgen_model.validation import cfg_warning, check_cfg, check_steps
+from ..deepgen_model.inputs import cfg_warning, check_cfg, check_steps
 from .comfy_models import DeepGenMMDiT, model_sigmas
 from .memory import memory_guard
 

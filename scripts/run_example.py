@@ -31,7 +31,7 @@ from deepgen_batch.api import ComfyClient, ItemError, TransientError  # noqa: E4
 from deepgen_batch.api import describe_failure, new_prompt_id, output_images  # noqa: E402
 from deepgen_model import download as dl  # noqa: E402  (stdlib-only modules; torch is not imported)
 from deepgen_model.errors import DeepGenInputError  # noqa: E402
-from deepgen_model.validation import check_output_size, check_steps  # noqa: E402
+from deepgen_model.inputs import check_output_size, check_steps  # noqa: E402
 
 WORKFLOW = REPO / "example_workflows" / "api" / "text_to_image.json"
 EXIT_USAGE, EXIT_NO_WEIGHTS, EXIT_DOWNLOAD_FAILED = 2, 3, dl.EXIT_DOWNLOAD_FAILED

@@ -121,15 +121,15 @@ def test_latent_beyond_position_table_is_refused(pipes):
 @pytest.mark.parametrize("kwargs", [{"cfg_scale": float("nan")}, {"cfg_scale": float("inf")}, {"cfg_scale": -1.0},
                                     {"cfg_scale": 100.5}, {"steps": 0}, {"steps": 1001}, {"steps": 2.5}, {"seed": -1}])
 def test_the_python_api_refuses_what_the_nodes_refuse_before_running(pipes, monkeypatch, kwargs):
-    """The same checks as the nodes (deepgen_model/validation.py, one implementation), before the VLM runs:
+    """The same checks as the nodes (deepgen_model/inputs.py, one implementation), before the VLM runs:
     cfg_scale=float("nan") used to pass and sample a NaN picture."""
-    from deepgen_model import validation
+    from deepgen_model import inputs
 
     pipe = pipes["diffusers"]
     monkeypatch.setattr(pipe, "encode", lambda *a, **k: pytest.fail("encoded before checking the inputs"))
     (name, value), = kwargs.items()
-    check = {"cfg_scale": lambda: validation.check_cfg(value, "cfg_scale"), "steps": lambda: validation.check_steps(value),
-             "seed": lambda: validation.check_seed(value)}[name]
+    check = {"cfg_scale": lambda: inputs.check_cfg(value, "cfg_scale"), "steps": lambda: inputs.check_steps(value),
+             "seed": lambda: inputs.check_seed(value)}[name]
     with pytest.raises(DeepGenInputError) as node_side:
         check()
     with pytest.raises(DeepGenInputError) as api_side:

@@ -189,7 +189,7 @@ def test_an_empty_prompt_is_encoded_with_a_note(tiny, bridge, caplog):
 
 
 def test_cfg_note_only_above_the_authors_range():
-    from deepgen_model.validation import cfg_warning
+    from deepgen_model.inputs import cfg_warning
 
     assert [cfg_warning(c) for c in (0.0, 1.0, 4.0, 7.5, 10.0)] == [None] * 5
     assert cfg_warning(100.0) == ("cfg is 100, far above the 3.5-7.5 the authors use (4.0 by default): expect harsh, "

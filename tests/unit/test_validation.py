@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
-from deepgen_model import loading, validation, vlm_loading
+from deepgen_model import inputs, loading, validation, vlm_loading
 from deepgen_model.conditioning import encode
 from deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 
@@ -393,7 +393,7 @@ def test_lone_surrogates_in_user_text_name_the_input(tiny, bridge):
         with pytest.raises(DeepGenInputError) as err:
             encode(tiny.vlm_base, tiny.tokenizer, bridge, **kwargs)
         assert str(err.value).startswith(f"{name} contains an unpaired surrogate (U+"), err.value
-    validation.check_prompt("caf\u00e9 \U0001f431", "prompt")  # real characters outside the BMP are fine
+    inputs.check_prompt("caf\u00e9 \U0001f431", "prompt")  # real characters outside the BMP are fine
 
 
 def test_other_special_tokens_are_parsed_as_special_tokens_like_the_official_code(tiny, bridge):
@@ -408,35 +408,35 @@ def test_other_special_tokens_are_parsed_as_special_tokens_like_the_official_cod
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), -1.0, 100.5, "4", None, True])
 def test_cfg_must_be_finite(value):
     with pytest.raises(DeepGenInputError, match=r"^cfg is .*finite number in 0\.\.100"):
-        validation.check_cfg(value)
+        inputs.check_cfg(value)
 
 
 @pytest.mark.parametrize("value", [0, -1, 1_000_000, 1.5, "50", True, None])
 def test_steps_range(value):
     with pytest.raises(DeepGenInputError, match=r"^steps is .*whole number in 1\.\.1000"):
-        validation.check_steps(value, 1000)
-    assert validation.check_steps(1, 1000) == 1 and validation.check_cfg(0) == 0.0 and validation.check_cfg(4) == 4.0
+        inputs.check_steps(value, 1000)
+    assert inputs.check_steps(1, 1000) == 1 and inputs.check_cfg(0) == 0.0 and inputs.check_cfg(4) == 4.0
 
 
 @pytest.mark.parametrize("value,nearest", [(0, 1), (-3, 1), (1001, 1000), (2.5, 3)])
 def test_a_refused_step_count_offers_the_nearest_valid_one(value, nearest):
     with pytest.raises(DeepGenInputError, match=rf"\(nearest: {nearest}; the authors use 50\)\.$"):
-        validation.check_steps(value)
+        inputs.check_steps(value)
 
 
 @pytest.mark.parametrize("size,nearest", [((100, 100), "96x96"), ((512, 500), "512x496"), ((8, 8), "16x16"),
                                           ((0, 520), "16x528")])
 def test_a_refused_output_size_offers_the_nearest_valid_one(size, nearest):
     with pytest.raises(DeepGenInputError, match=rf"must be a positive multiple of 16, .*nearest valid size is {nearest}\.$"):
-        validation.check_output_size(*size)
-    assert validation.check_output_size(512, 768) == (512, 768)
+        inputs.check_output_size(*size)
+    assert inputs.check_output_size(512, 768) == (512, 768)
 
 
 @pytest.mark.parametrize("value", [0, -32, 48, 100, 32.5])
 def test_max_side_is_a_positive_multiple_of_32(value):
     with pytest.raises(DeepGenInputError, match=rf"^max_side must be a positive multiple of 32, got {value}\.$"):
-        validation.check_max_side(value)
-    assert validation.check_max_side(32) == 32 and validation.check_max_side(4096) == 4096
+        inputs.check_max_side(value)
+    assert inputs.check_max_side(32) == 32 and inputs.check_max_side(4096) == 4096
 
 
 # ------------------------------------------------------------------ seeded fuzz, bounded in time
