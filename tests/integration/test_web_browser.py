@@ -29,7 +29,8 @@ EMPTY_IMAGE = (300, 400)  # Empty Image -> image2 (size read from its widgets)
 T2I = ("a red fox reading a newspaper", "")
 LONG_PROMPT = "a lighthouse on a cliff at dusk, waves below, " * 45  # ≈1270 tokens: the long-prompt warning
 EDIT = ("put the object of image 2 into the scene of image 1", "blurry, low quality")
-TIMEOUT = 900  # s: the eight templates run unchanged (50 steps at 512x512 on the tiny model); see docs/web-extension.md
+TIMEOUT = 2400  # s: a hung browser, not a slow machine: every template runs unchanged (50 steps at 512x512 on the
+# tiny model), 15 min on a 2-core box busy with other jobs; see docs/web-extension.md
 
 
 def _tools() -> tuple[str | None, str | None]:
