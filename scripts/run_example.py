@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from deepgen_batch.api import ComfyClient, ItemError, TransientError  # noqa: E402  (stdlib only)
+from scripts.comfy_process import ComfyProcess, NotReady, free_port  # noqa: E402  (stdlib only)
 from deepgen_batch.api import describe_failure, new_prompt_id, output_images  # noqa: E402
 from deepgen_model import download as dl  # noqa: E402  (stdlib-only modules; torch is not imported)
 from deepgen_model.errors import DeepGenInputError  # noqa: E402
@@ -125,79 +125,32 @@ def parse_steps(value: str, flag: str = "--steps") -> int:
 
 # ---------------------------------------------------------------------------------------- server
 
-class Server:
-    def __init__(self, python: str, comfyui: Path, base: Path | None, models: Path | None, port: int,
-                 cpu: bool, log_path: Path):
-        cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
-        if cpu:
-            cmd.append("--cpu")
-        if base is not None:
-            cmd += ["--base-directory", str(base)]
-        if models is not None:  # extra_model_paths.yaml: JSON is YAML, so no quoting trouble with odd paths
-            cfg = log_path.with_name("run_example_model_paths.yaml")
-            cfg.write_text(json.dumps({"deepgen_run_example": {"deepgen": str(models)}}), encoding="utf-8")
-            cmd += ["--extra-model-paths-config", str(cfg)]
-        self.client = ComfyClient(f"http://127.0.0.1:{port}")
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                         start_new_session=True)
-        # If this helper is killed outright: run_example.sh's EXIT trap reads the first file, and the test
-        # runner's scripts/stop_servers.sh the second (DEEPGEN_PID_DIR, set by scripts/test.sh).
-        self.pid_files = [Path(p) for p in (os.environ.get("DEEPGEN_EXAMPLE_PIDFILE"), os.environ.get(
-            "DEEPGEN_PID_DIR") and os.path.join(os.environ["DEEPGEN_PID_DIR"], f"comfyui-{self.proc.pid}.pid")) if p]
-        for f in self.pid_files:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(str(self.proc.pid))
+class Server(ComfyProcess):
+    """The ComfyUI the main command runs the workflow on (scripts/comfy_process.py), with a client and a progress
+    line; a start that fails ends the command with the server's log."""
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+    def __init__(self, comfyui: Path, base: Path | None, models: Path | None, port: int, cpu: bool, log_path: Path):
+        # if this helper is killed outright, run_example.sh's EXIT trap reads this pid file
+        example_pid = os.environ.get("DEEPGEN_EXAMPLE_PIDFILE")
+        super().__init__(comfyui, log_path, python=sys.executable, base=base, models=models, port=port, cpu=cpu,
+                         isolated=False,
+                         pid_files=[example_pid] if example_pid else [])
+        self.client = ComfyClient(self.url)
 
     def progress(self) -> str:
         text = self.log_tail(5).strip().splitlines()
         return text[-1].strip()[:120] if text else ""
 
-    def wait_ready(self, timeout: float):
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                fail(f"ComfyUI exited ({self.proc.returncode}) while starting. Its log ({self.log_path}) ends:\n"
-                     f"{self.log_tail()}")
-            try:
-                if self.client.request("GET", "/system_stats", timeout=2)[0] == 200:
-                    return
-            except TransientError:
-                pass
-            if time.monotonic() > deadline:
-                fail(f"ComfyUI did not answer within {timeout:.0f}s; its log ({self.log_path}) ends:\n{self.log_tail()}")
-            time.sleep(0.5)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(20)
-        for f in self.pid_files:
-            f.unlink(missing_ok=True)
+    def wait_ready(self, timeout: float) -> float:
+        try:
+            return super().wait_ready(timeout)
+        except NotReady as e:
+            fail(str(e))
 
 
 def fail(message: str, code: int = 1):
     print(f"run_example: {message}", file=sys.stderr)
     raise SystemExit(code)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def has_accelerator(python: str) -> bool:
@@ -365,6 +318,7 @@ def main(argv=None) -> int:
     cpu = a.device == "cpu" or a.device == "auto" and not has_accelerator(sys.executable)
     log_path = home / "user" / "run_example-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_bytes(b"")  # this run's log alone
     port = a.port or free_port()
     print(f"workflow: {source}\nstarting ComfyUI ({comfyui}{', CPU only' if cpu else ''}) on http://127.0.0.1:{port}",
           flush=True)
@@ -376,7 +330,7 @@ def main(argv=None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    server = Server(sys.executable, comfyui, base, extra_models, port, cpu, log_path)
+    server = Server(comfyui, base, extra_models, port, cpu, log_path).start()
     try:
         server.wait_ready(a.start_timeout)
         try:

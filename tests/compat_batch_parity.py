@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))  # run as a script: deepgen_model (the tiny release) is not on the path
+from scripts.comfy_process import ComfyProcess, NotReady  # noqa: E402  (the one ComfyUI launcher)
 BATCH = ["-i", "make it look like a watercolour painting", "--seed", "1000", "--steps", "2", "--max-side", "64",
          "--weight-dtype", "fp32", "--no-progress"]
 
@@ -41,12 +39,6 @@ def make_images(folder: Path, n: int = 6) -> None:
         Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_on(tree: Path, python: str, work: Path, models: Path, images: Path) -> tuple[str, Path, float]:
     """Start ComfyUI `tree`, run deepgen-batch on `images` against it, stop it. -> (version, output dir, seconds)."""
     version = (tree / "comfyui_version.py").read_text().split('"')[1]
@@ -55,34 +47,20 @@ def run_on(tree: Path, python: str, work: Path, models: Path, images: Path) -> t
         (base / sub).mkdir(parents=True)
     (base / "custom_nodes" / "ComfyUI-DeepGen").symlink_to(REPO, target_is_directory=True)
     (base / "models").symlink_to(models, target_is_directory=True)
-    port, log = free_port(), open(work / f"server-{version}.log", "wb")
-    server = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                               "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base),
-                               "--database-url", "sqlite:///:memory:"],
-                              cwd=tree, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = ComfyProcess(tree, work / f"server-{version}.log", python=python, base=base).start()
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"ComfyUI {version} did not start; see {log.name}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        try:
+            server.wait_ready(180)
+        except NotReady as e:
+            raise SystemExit(f"ComfyUI {version} did not start: {e}") from None
         out, t0 = work / f"out-{version}", time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "deepgen_batch", str(images), "-o", str(out),
-                               "-s", f"http://127.0.0.1:{port}", *BATCH], cwd=REPO, capture_output=True, text=True)
+                               "-s", server.url, *BATCH], cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"deepgen-batch failed on ComfyUI {version}:\n{proc.stdout}\n{proc.stderr[-3000:]}")
         return version, out, time.monotonic() - t0
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
 
 
 def main() -> int:

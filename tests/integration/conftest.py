@@ -26,8 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from deepgen_batch.api import new_prompt_id  # the one prompt-id rule (canonical UUID) for every client
+from scripts.comfy_process import ComfyProcess, NotReady  # the one ComfyUI launcher
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "ComfyUI-DeepGen"  # fixed: it names /extensions/<name>/ and custom_nodes.<name>
@@ -239,56 +238,20 @@ class ComfyServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
-
-
 @pytest.fixture(scope="session")
 def comfy_server(comfy_dir, comfy_base, comfy_models, artifacts_dir):
-    port = _free_port()
-    log_path = comfy_base / "comfyui-server.log"
-    cmd = [os.environ.get("DEEPGEN_COMFY_PYTHON", sys.executable), "main.py", "--cpu",
-           "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch", "--disable-api-nodes",
-           "--base-directory", str(comfy_base), "--database-url", "sqlite:///:memory:"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    # .ci/run's EXIT trap stops whatever a killed pytest left behind, from these pid files
-    pid_file = Path(os.environ.get("DEEPGEN_PID_DIR", comfy_base)) / f"comfyui-{proc.pid}.pid"
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(str(proc.pid))
-    server = ComfyServer(proc, f"http://127.0.0.1:{port}", comfy_base, log_path)
+    launcher = ComfyProcess(comfy_dir, comfy_base / "comfyui-server.log", base=comfy_base).start()
+    server = ComfyServer(launcher.proc, launcher.url, comfy_base, launcher.log_path)
     try:
-        t0, deadline = time.monotonic(), time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited ({proc.returncode}) during start-up:\n{server.log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"ComfyUI not ready after {START_TIMEOUT:.0f}s:\n{server.log_tail()}")
-            try:
-                if server.request("GET", "/system_stats", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.25)
-        print(f"\nComfyUI ready at {server.url} in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
+        try:
+            took = launcher.wait_ready(START_TIMEOUT)
+        except NotReady as e:
+            pytest.fail(str(e))
+        print(f"\nComfyUI ready at {server.url} in {took:.1f}s (pid {launcher.proc.pid})")
         yield server
     finally:
-        _stop(proc)
-        pid_file.unlink(missing_ok=True)
-        shutil.copyfile(log_path, artifacts_dir / "comfyui-server.log")
+        launcher.stop(15)
+        shutil.copyfile(launcher.log_path, artifacts_dir / "comfyui-server.log")
 
 
 # ---------------------------------------------------------------- in-process (no HTTP)

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from PIL import Image
 
 from deepgen_batch.plan import derive_seed
+from scripts.comfy_process import ComfyProcess
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,12 +141,6 @@ def test_interrupted_run_resumes_without_redoing(comfy_server, release, tmp_path
 
 # ---------------------------------------------------------------- a second server
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def second_server(comfy_server, comfy_dir, comfy_models, release, tmp_path_factory, artifacts_dir):
     """Another real ComfyUI (own base dir, so SaveImage counters never race; models shared by symlink),
@@ -156,39 +150,13 @@ def second_server(comfy_server, comfy_dir, comfy_models, release, tmp_path_facto
         (base / sub).mkdir()
     (base / "custom_nodes" / "ComfyUI-DeepGen").symlink_to(REPO, target_is_directory=True)
     (base / "models").symlink_to(comfy_models, target_is_directory=True)
-    port, log_path = _free_port(), base / "comfyui-server-2.log"
-    cmd = [os.environ.get("DEEPGEN_COMFY_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-           "--port", str(port), "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base),
-           "--database-url", "sqlite:///:memory:"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    pid_file = Path(os.environ.get("DEEPGEN_PID_DIR", base)) / f"comfyui-{proc.pid}.pid"
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(str(proc.pid))
-    server = type(comfy_server)(proc, f"http://127.0.0.1:{port}", base, log_path)
+    launcher = ComfyProcess(comfy_dir, base / "comfyui-server-2.log", base=base).start()
     try:
-        deadline = time.monotonic() + float(os.environ.get("DEEPGEN_COMFY_START_TIMEOUT", "120"))
-        while True:
-            assert proc.poll() is None, f"second ComfyUI exited ({proc.returncode}):\n{server.log_tail()}"
-            assert time.monotonic() < deadline, f"second ComfyUI not ready:\n{server.log_tail()}"
-            try:
-                if server.request("GET", "/system_stats", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.25)
-        yield server
+        launcher.wait_ready(float(os.environ.get("DEEPGEN_COMFY_START_TIMEOUT", "120")))
+        yield type(comfy_server)(launcher.proc, launcher.url, base, launcher.log_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(15)
-        pid_file.unlink(missing_ok=True)
-        shutil.copyfile(log_path, artifacts_dir / "comfyui-server-2.log")
+        launcher.stop(15)
+        shutil.copyfile(launcher.log_path, artifacts_dir / "comfyui-server-2.log")
 
 
 def test_two_servers_share_the_work(comfy_server, second_server, tmp_path):

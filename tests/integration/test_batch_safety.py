@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from PIL import Image
 
 from deepgen_batch.api import ComfyClient, new_prompt_id
 from deepgen_batch.workflow import Workflow, builtin
+from scripts.comfy_process import ComfyProcess
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--steps", "2", "--max-side", "64", "--weight-dtype", "fp32", "--no-progress", "--retry-wait", "0.2"]
@@ -41,12 +41,6 @@ START_TIMEOUT = float(os.environ.get("DEEPGEN_COMFY_START_TIMEOUT", "120"))
 
 
 # ---------------------------------------------------------------- a ComfyUI server we may kill
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
     """Poll condition() until it returns something truthy (returned) or the deadline passes (fail)."""
@@ -60,38 +54,21 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
-class Server:
-    """main.py on a fixed port and base folder: start, kill -9, start again (same port, same folders)."""
+class Server(ComfyProcess):
+    """main.py on a fixed port and base folder (scripts/comfy_process.py): start, kill -9, start again (same port,
+    same folders, one log)."""
 
     def __init__(self, comfy_dir: Path, base: Path, name: str):
-        self.comfy_dir, self.base, self.name = comfy_dir, base, name
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = base / f"comfyui-{name}.log"
-        self.proc: subprocess.Popen | None = None
-        self.pid_file: Path | None = None
+        super().__init__(comfy_dir, base / f"comfyui-{name}.log", base=base)
+        self.base, self.name = base, name
 
     def launch(self):
-        cmd = [os.environ.get("DEEPGEN_COMFY_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-               "--port", str(self.port), "--disable-auto-launch", "--disable-api-nodes",
-               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        # .ci/run's EXIT trap stops whatever a killed pytest left behind, from these pid files
-        self.pid_file = Path(os.environ.get("DEEPGEN_PID_DIR", self.base)) / f"comfyui-{self.proc.pid}.pid"
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.write_text(str(self.proc.pid))
+        self.start()
 
     def wait_ready(self) -> float:
         """-> the monotonic time at which the server first answered."""
-        def ready():
-            assert self.proc.poll() is None, f"ComfyUI {self.name} exited ({self.proc.returncode}):\n{self.log_tail()}"
-            try:
-                return self.request("GET", "/system_stats", timeout=2)[0] == 200 and time.monotonic()
-            except OSError:
-                return None
-        return wait_for(ready, START_TIMEOUT, f"ComfyUI {self.name} to start", interval=0.1)
+        super().wait_ready(START_TIMEOUT)
+        return time.monotonic()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -102,20 +79,9 @@ class Server:
             self.wait_ready()
 
     def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self.pid_file.unlink(missing_ok=True)
-
-    def stop(self):
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
-        if self.pid_file is not None:
-            self.pid_file.unlink(missing_ok=True)
+        self.kill()
+        for f in self.pid_files:
+            f.unlink(missing_ok=True)
 
     def request(self, method: str, path: str, payload=None, timeout: float = 10):
         data = None if payload is None else json.dumps(payload).encode()
@@ -136,8 +102,6 @@ class Server:
         q = self.get("/queue")
         return [e[1] for e in q["queue_running"]], [e[1] for e in q["queue_pending"]]
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest.fixture(scope="module")
