@@ -75,6 +75,7 @@ def _build(cls, part: Part, dtype, device):
     """A diffusers module built on meta from a Part's config, its tensors assigned."""
     with torch.device("meta"):
         model = cls.from_config({k: v for k, v in part.config.items() if not k.startswith("_")})
+    model.register_to_config(_name_or_path=str(part.name))  # where it came from, as from_pretrained records it
     assign(model, cast_floating(part.tensors, dtype), part.name)
     check_materialised(model, part.name)
     return finish(model, None, device)
