@@ -38,7 +38,7 @@ def compute_dtype(model) -> torch.dtype | None:
     says (the fixed compute dtype of its comfy.ops layers, else the storage dtype)."""
     if isinstance(model, comfy.model_patcher.ModelPatcher):
         model = model.model
-    if isinstance(model, comfy.model_base.BaseModel):  # core casts the DiT's inputs, not its layers, to this dtype
+    if isinstance(model, comfy.model_base.BaseModel):  # core casts the DiT's inputs to it; each layer follows its input
         return model.manual_cast_dtype or model.get_dtype()
     return compute_dtype_of(model)
 
