@@ -41,10 +41,11 @@ import comfy.utils
 from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
 from ..deepgen_model.assign import assign, check_materialised
+from ..deepgen_model.constants import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 from ..deepgen_model.mmdit_format import mmdit_config, to_mmdit
 from ..deepgen_model.precision import cast_floating, dominant_dtype, store_linear_weights
-from ..deepgen_model.scheduler import official_sigmas, scheduler_shift, sigmas_from_config
+from ..deepgen_model.scheduler import latent_seq_len, official_sigmas, scheduler_shift, sigmas_from_config
 from ..deepgen_model.transformer import (check_latent, latent_size_problem, nearest_latent_size, per_sample_references,
                                         reference_sequence)
 from .comfy_ops import dit_operations, use_comfy_ops
@@ -134,7 +135,7 @@ class DeepGenModelConfig(comfy.supported_models_base.BASE):
 
     unet_config = {}
     unet_extra_config = {}
-    sampling_settings = {"shift": 3.0, "multiplier": 1000}
+    sampling_settings = {"shift": DEFAULT_SHIFT, "multiplier": NUM_TRAIN_TIMESTEPS}
     latent_format = comfy.latent_formats.SD3
     memory_usage_factor = 1.2  # ComfyUI's figure for the SD3 MMDiT
     # bf16 first: the release runs in bf16, and fp16 overflow is a known MMDiT risk.
@@ -239,7 +240,7 @@ def model_sigmas(model: comfy.model_patcher.ModelPatcher, steps: int, latent_sha
         if latent_shape is None:
             raise DeepGenInputError("this release's scheduler uses dynamic shifting (the schedule depends on the "
                                     "image size): use DeepGenSampler, which knows the latent size.")
-        return sigmas_from_config(config, steps, (latent_shape[-2] // 2) * (latent_shape[-1] // 2))
+        return sigmas_from_config(config, steps, latent_seq_len(latent_shape[-2], latent_shape[-1]))
     return official_sigmas(steps, float(sampling.shift), len(sampling.sigmas))
 
 
