@@ -17,7 +17,8 @@ from .images import image_token_count, resized_uint8, to_signed, vit_inputs
 from .prompts import edit_prompt, t2i_prompt, tokenize_pair
 from .compat import text_config
 from .inputs import check_max_side, check_prompt
-from .vlm import calling_per_layer, compute_dtype, progress_steps, stacked_hidden_states
+from .precision import compute_dtype_of
+from .vlm import calling_per_layer, progress_steps, stacked_hidden_states
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
                 "images must be a non-empty list of [H, W, 3] tensors (one per reference); "
                 "pass images=None for text-to-image."
             )
-        vlm_dtype = compute_dtype(vlm)
+        vlm_dtype = compute_dtype_of(vlm)
         counts = []
         for image in images:
             pixels = resized_uint8(image, max_side)

@@ -5,6 +5,10 @@ on the CPU, from measurement (bench/dtypes.py): without native bf16 (no AVX512-B
 are ~7x slower than fp32, so every layer computes in fp32 ("manual cast": weights are cast per call,
 the stored tensors never change); with native bf16 they are several times faster than fp32, and the
 stages in CPU_BF16_STAGES compute in bf16 (the released model's own precision), the others in fp32.
+
+Which layers follow a compute dtype (is_cast_layer, casts_weights, cast_input) and how to ask what a model
+computes in (compute_dtype_of) are written here once: the engine's manual cast below applies them, and so do
+the nodes' comfy.ops layers (nodes/comfy_ops.py).
 """
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ _NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
 # The weight_dtype widget values of the loader nodes ("auto": the device's default, see resolve_dtypes); the
 # DiT loader adds the fp8 storage of FP8_DTYPES.
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
-_CAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
 
 
 def parse_dtype(dtype) -> torch.dtype | None:
@@ -79,53 +82,71 @@ def resolve_dtypes(device, dtype=None, stage: str | None = None) -> tuple[torch.
     return torch.float32, torch.float32
 
 
-def _is_castable(m: nn.Module, dtype: torch.dtype) -> bool:
-    if type(m).__module__.startswith("bitsandbytes"):  # quantized layers manage their own compute dtype
-        return False
-    if not (isinstance(m, _CAST_TYPES) or "RMSNorm" in type(m).__name__):
-        return False
-    return any(p is not None and p.is_floating_point() and p.dtype != dtype for p in m._parameters.values())
+# The layers that compute in their stage's compute dtype when their weights are stored in another: the ones
+# holding every DeepGen model's matrices and norms, plus every RMSNorm (no common base class: each library has
+# its own). Their weights are cast per call; the stored tensors never change.
+CAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
+# The attribute of a layer that computes in a fixed dtype other than its weights': set on the instance by
+# apply_manual_cast, on the class by the nodes' comfy.ops layers; compute_dtype_of reads it.
+COMPUTE_DTYPE_ATTR = "deepgen_compute_dtype"
 
 
-def _cast_arg(x, dtype):
+def _quantized(cls: type) -> bool:
+    return cls.__module__.split(".")[0] == "bitsandbytes"
+
+
+def is_cast_layer(cls: type) -> bool:
+    """Whether layers of class `cls` follow their stage's compute dtype; quantized (bitsandbytes) layers do not:
+    they manage their own compute dtype."""
+    return not _quantized(cls) and (issubclass(cls, CAST_LAYERS) or "RMSNorm" in cls.__name__)
+
+
+def casts_weights(m: nn.Module, compute_dtype: torch.dtype) -> bool:
+    """Whether layer `m` holds a floating weight stored in another dtype than `compute_dtype` (one that needs
+    casting per call); a layer whose weights are all in it simply runs as stored."""
+    return any(p is not None and p.is_floating_point() and p.dtype != compute_dtype for p in m._parameters.values())
+
+
+def cast_input(x, dtype: torch.dtype):
+    """A floating tensor argument of a cast layer, in `dtype`; anything else (token ids, flags) unchanged."""
     return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
 def _manual_cast_forward(self: nn.Module, *args, **kwargs):
     """Bound as the instance's forward (a bound method, so deepcopy rebinds it to the copy)."""
-    dtype = self._deepgen_manual_cast
+    dtype = getattr(self, COMPUTE_DTYPE_ATTR)
     stored = dict(self._parameters)
     try:  # swap in per-call casts; the Parameters themselves are untouched
         for name, p in stored.items():
             if p is not None and p.is_floating_point() and p.dtype != dtype:
                 self._parameters[name] = p.to(dtype)
-        args = tuple(_cast_arg(a, dtype) for a in args)
-        kwargs = {k: _cast_arg(v, dtype) for k, v in kwargs.items()}
+        args = tuple(cast_input(a, dtype) for a in args)
+        kwargs = {k: cast_input(v, dtype) for k, v in kwargs.items()}
         return type(self).forward(self, *args, **kwargs)
     finally:
         self._parameters.update(stored)
 
 
 def apply_manual_cast(module: nn.Module, compute_dtype) -> nn.Module:
-    """Make Linear/Conv/Embedding/LayerNorm/GroupNorm/RMSNorm layers compute in `compute_dtype` while
-    their weights stay stored as they are. Idempotent; undo with remove_manual_cast."""
+    """Make the cast layers (is_cast_layer) of `module` compute in `compute_dtype` while their weights stay stored
+    as they are. Idempotent; undo with remove_manual_cast."""
     compute_dtype = parse_dtype(compute_dtype)
     remove_manual_cast(module)
     if compute_dtype is None:
         return module
     for m in module.modules():
-        if not _is_castable(m, compute_dtype):
+        if not (is_cast_layer(type(m)) and casts_weights(m, compute_dtype)):
             continue
-        m._deepgen_manual_cast = compute_dtype
+        setattr(m, COMPUTE_DTYPE_ATTR, compute_dtype)
         m.forward = types.MethodType(_manual_cast_forward, m)
     return module
 
 
 def remove_manual_cast(module: nn.Module) -> nn.Module:
     for m in module.modules():
-        if "_deepgen_manual_cast" in m.__dict__:
+        if COMPUTE_DTYPE_ATTR in m.__dict__:  # the instance's: a comfy.ops layer's class attribute is not ours to undo
             del m.forward
-            del m._deepgen_manual_cast
+            delattr(m, COMPUTE_DTYPE_ATTR)
     return module
 
 
@@ -150,10 +171,12 @@ def cast_floating(state: dict, dtype: torch.dtype | None) -> dict:
 
 
 def compute_dtype_of(module: nn.Module) -> torch.dtype | None:
-    """The dtype `module` computes in: its manual-cast dtype where one is applied, else its storage dtype."""
+    """The dtype `module` computes in: the fixed compute dtype of its cast layers where one is set (the engine's
+    manual cast, the nodes' comfy.ops layers), else its storage dtype."""
     for m in module.modules():
-        if "_deepgen_manual_cast" in m.__dict__:
-            return m._deepgen_manual_cast
+        dtype = getattr(m, COMPUTE_DTYPE_ATTR, None)
+        if dtype is not None:
+            return dtype
     return dominant_dtype(module)
 
 
@@ -171,7 +194,7 @@ def store_linear_weights(module: nn.Module, dtype) -> nn.Module:
         raise DeepGenInputError(f"weight storage {dtype!r} is not supported; use one of {list(FP8_DTYPES)}")
     with torch.no_grad():
         for m in module.modules():
-            if isinstance(m, nn.Linear) and type(m).__module__.split(".")[0] != "bitsandbytes":
+            if isinstance(m, nn.Linear) and not _quantized(type(m)):
                 if m.weight.dtype != dtype:
                     m.weight = nn.Parameter(m.weight.to(dtype), requires_grad=False)
     return module

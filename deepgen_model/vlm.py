@@ -22,14 +22,6 @@ class _StopForward(Exception):
     """Raised by the hook of the deepest selected layer; never leaves this module."""
 
 
-def compute_dtype(vlm) -> torch.dtype:
-    """The dtype the VLM computes in: what its token embedding returns. That is the storage dtype,
-    or the compute dtype when weights are stored smaller and cast per call (precision.py)."""
-    embed = vlm_parts(vlm)[1].get_input_embeddings()
-    with torch.no_grad():
-        return embed(torch.zeros(1, dtype=torch.long, device=embed.weight.device)).dtype
-
-
 def _image_token_id(vlm, tokenizer) -> int:
     tid = tokenizer.convert_tokens_to_ids(IMAGE_PAD_TOKEN)
     cfg_id = getattr(vlm.config, "image_token_id", tid)

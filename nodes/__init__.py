@@ -1,9 +1,10 @@
 """ComfyUI node classes of the pack (V3 schema), collected from one module per node family.
 
 loaders.py (the five loader nodes), encode.py (prompts and references -> CONDITIONING), sampling.py
-(sampler and scheduler); beside them comfy_models.py (DeepGen's models as ComfyUI objects), memory.py
-(the out-of-memory guard), paths.py (the model lists), routes.py (the web extension's HTTP routes) and
-sample_inputs.py (the edit templates' pictures in ComfyUI's input folder).
+(sampler and scheduler); beside them comfy_models.py (DeepGen's models as ComfyUI objects), comfy_ops.py
+(their comfy.ops layers and compute dtypes), memory.py (the out-of-memory guard), paths.py (the model lists),
+routes.py (the web extension's HTTP routes) and sample_inputs.py (the edit templates' pictures in ComfyUI's input
+folder).
 """
 import folder_paths
 from comfy_api.latest import ComfyExtension, io

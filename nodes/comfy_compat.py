@@ -7,7 +7,7 @@ ModelPatchers on every version: the encode nodes load the VLM with force_full_lo
 engine take devices from its weights and buffers), which dynamic loading asserts against, and model_management
 loads plain patchers beside dynamic ones. What a user is told to change therefore depends on the running ComfyUI.
 
-comfy.ops, whose classes every pack model's layers are swapped to (nodes/comfy_models.py use_comfy_ops), has
+comfy.ops, whose classes every pack model's layers are swapped to (nodes/comfy_ops.py use_comfy_ops), has
 what the pack uses unchanged from 0.3.75 to 0.28: the Linear/Conv1d/Conv2d/Conv3d/LayerNorm/GroupNorm/Embedding
 classes (Embedding's out_dtype), CastWeightBiasOp, cast_bias_weight(offloadable=True) / uncast_bias_weight.
 """

@@ -14,13 +14,13 @@ reach core's SD3. ComfyUI's samplers call `apply_model(x, sigma, c_crossattn=seq
       `ref_latents`, fed to the DiT as clean reference tokens (docs/inference.md#dit).
 The VLM and the bridge are plain ModelPatchers, so ComfyUI's model management loads them onto the GPU,
 and "Unload models" / POST /free release them; nothing is kept in a private cache. Their layers are
-re-classed in place to comfy.ops classes (use_comfy_ops), as the MMDiT is built from them, so ModelPatcher's
-lowvram partial loading and per-call casting of smaller stored weights work for all three; the VLM and the
-bridge compute in a fixed dtype where it differs from the storage one (a CPU's bf16 storage).
+re-classed in place to comfy.ops classes, as the MMDiT is built from them, so ModelPatcher's lowvram partial
+loading and per-call casting of smaller stored weights work for all three; the VLM and the bridge compute in a
+fixed dtype where it differs from the storage one (a CPU's bf16 storage). How each model meets comfy.ops, and
+which dtype it computes in, is nodes/comfy_ops.py.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -41,119 +41,14 @@ import comfy.utils
 from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
 from ..deepgen_model.assign import assign, check_materialised
+from ..deepgen_model.constants import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS
 from ..deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 from ..deepgen_model.mmdit_format import mmdit_config, to_mmdit
-from ..deepgen_model.precision import cast_floating, cpu_compute_dtype, dominant_dtype, store_linear_weights
-from ..deepgen_model.scheduler import official_sigmas, scheduler_shift, sigmas_from_config
+from ..deepgen_model.precision import cast_floating, dominant_dtype, store_linear_weights
+from ..deepgen_model.scheduler import latent_seq_len, official_sigmas, scheduler_shift, sigmas_from_config
 from ..deepgen_model.transformer import (check_latent, latent_size_problem, nearest_latent_size, per_sample_references,
                                         reference_sequence)
-
-
-# ------------------------------------------------------------------ comfy.ops class swapping
-#
-# The VLM and the SCB bridge (transformers / our modules) have their layers re-classed in place (weights
-# untouched) to comfy.ops classes, the classes the DiT's MMDiT is built from, so that ModelPatcher can cast
-# stored weights per call and leave part of a model offloaded (lowvram partial loading). Two modes per layer:
-#   plain:  its own forward; ModelPatcher turns casting on for the layers it leaves offloaded;
-#   a fixed compute dtype (the VLM and the bridge when storage != compute, e.g. bf16 stored, fp32 computed on
-#           a CPU): floating inputs are cast to that dtype as well, so each layer runs exactly the arithmetic of
-#           precision.apply_manual_cast (the engine's). Casting to the input's dtype would not do: transformers
-#           picks activation dtypes from parameter dtypes (Qwen2.5-VL's patch embedding casts the pixels to its
-#           weight's dtype, a bf16 embedding returns bf16), so the VLM would silently compute in bf16.
-
-# Layers comfy.ops has a class for (the same ones in ComfyUI 0.3.75 and 0.28); matched exactly, so subclasses
-# such as bitsandbytes' quantized Linear8bitLt / Linear4bit are left as they are.
-_COMFY_OPS = {torch.nn.Linear: "Linear", torch.nn.Conv1d: "Conv1d", torch.nn.Conv2d: "Conv2d",
-              torch.nn.Conv3d: "Conv3d", torch.nn.LayerNorm: "LayerNorm", torch.nn.GroupNorm: "GroupNorm",
-              torch.nn.Embedding: "Embedding"}
-
-
-def _plain_class(cls: type) -> type | None:
-    """The torch/diffusers/transformers class a layer swaps from (also for an already swapped one); None: not swapped."""
-    cls = getattr(cls, "_deepgen_plain", cls)
-    if cls in _COMFY_OPS:
-        return cls
-    # the RMSNorms (diffusers', transformers' Qwen2RMSNorm / Qwen2_5_VLRMSNorm, torch's): no comfy.ops class fits
-    # all of them (each model has its own math), so their own forward runs with cast weights (_CastParams)
-    if "RMSNorm" in cls.__name__ and not cls.__module__.startswith(("bitsandbytes", "comfy.")):
-        return cls
-    return None
-
-
-class _CastParams(comfy.ops.CastWeightBiasOp):
-    """A layer without a comfy.ops class: its own forward, run with its weight and bias cast by comfy.ops
-    (to the input's device and dtype, offload streams and weight patches included) when casting is on."""
-
-    def forward(self, x, *args, **kwargs):
-        comfy.ops.run_every_op()
-        if self.weight is None or not (self.comfy_cast_weights or self.weight_function or self.bias_function):
-            return super().forward(x, *args, **kwargs)
-        weight, bias, stream = comfy.ops.cast_bias_weight(self, x, offloadable=True)
-        stored = dict(self._parameters)
-        self._parameters["weight"] = weight  # per call; the Parameters themselves are untouched
-        if stored.get("bias") is not None:
-            self._parameters["bias"] = bias
-        try:
-            return super().forward(x, *args, **kwargs)
-        finally:
-            self._parameters.update(stored)
-            comfy.ops.uncast_bias_weight(self, weight, bias, stream)
-
-
-def _to_compute(x, dtype: torch.dtype):
-    return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-
-
-class _FixedCompute:
-    """Floating inputs to the class's compute dtype, then the comfy.ops forward (weights cast to that dtype)."""
-
-    compute_dtype: torch.dtype
-
-    def forward(self, *args, **kwargs):
-        args = tuple(_to_compute(a, self.compute_dtype) for a in args)
-        kwargs = {k: _to_compute(v, self.compute_dtype) for k, v in kwargs.items()}
-        return super().forward(*args, **kwargs)
-
-
-class _FixedComputeEmbedding(_FixedCompute):
-    """comfy.ops' Embedding returns its weight's dtype unless given out_dtype (a bf16 lookup cast to fp32 equals
-    the lookup of the weight cast to fp32: indexing is exact)."""
-
-    def forward(self, *args, **kwargs):
-        kwargs.setdefault("out_dtype", self.compute_dtype)
-        return super().forward(*args, **kwargs)
-
-
-@functools.cache
-def _swapped_class(plain: type, compute: torch.dtype | None) -> type:
-    if plain in _COMFY_OPS:
-        parents = (getattr(comfy.ops.disable_weight_init, _COMFY_OPS[plain]),)
-    else:
-        parents = (_CastParams, plain)
-    attrs = {"_deepgen_plain": plain, "comfy_cast_weights": compute is not None, "__module__": __name__}
-    if compute is not None:
-        parents = (_FixedComputeEmbedding if plain is torch.nn.Embedding else _FixedCompute, *parents)
-        attrs["compute_dtype"] = compute
-    return type(plain.__name__, parents, attrs)
-
-
-def use_comfy_ops(module: torch.nn.Module, compute: torch.dtype | None = None) -> torch.nn.Module:
-    """Re-class every layer of `module` in place (weights untouched) to a comfy.ops class (see above).
-
-    compute: a fixed compute dtype for the layers whose weights are stored in another dtype (the layers
-    precision.apply_manual_cast would cast); the others stay plain. Idempotent; a later call re-modes."""
-    for m in module.modules():
-        plain = _plain_class(type(m))
-        if plain is None:
-            continue
-        fixed = compute
-        if compute is not None and not any(p is not None and p.is_floating_point() and p.dtype != compute
-                                           for p in m._parameters.values()):
-            fixed = None
-        if not hasattr(m, "bias"):  # comfy.ops.cast_bias_weight reads it; torch's Embedding and
-            m.bias = None           # transformers' RMSNorms have none
-        m.__class__ = _swapped_class(plain, fixed)
-    return module
+from .comfy_ops import dit_operations, use_comfy_ops
 
 
 # ------------------------------------------------------------------ the diffusion model
@@ -240,7 +135,7 @@ class DeepGenModelConfig(comfy.supported_models_base.BASE):
 
     unet_config = {}
     unet_extra_config = {}
-    sampling_settings = {"shift": 3.0, "multiplier": 1000}
+    sampling_settings = {"shift": DEFAULT_SHIFT, "multiplier": NUM_TRAIN_TIMESTEPS}
     latent_format = comfy.latent_formats.SD3
     memory_usage_factor = 1.2  # ComfyUI's figure for the SD3 MMDiT
     # bf16 first: the release runs in bf16, and fp16 overflow is a known MMDiT risk.
@@ -302,30 +197,23 @@ class DeepGenModel(comfy.model_base.SD3):
         return {"ref_latents": [1, refs[0].shape[1], sum(r.shape[-2] * r.shape[-1] for r in refs)]}
 
 
-def deepgen_model_patcher(tensors: dict, config: dict, scheduler_config: dict | None = None, dtype=None,
-                          linear_dtype=None, source="the DiT", load_device=None,
-                          offload_device=None) -> comfy.model_patcher.ModelPatcher:
+def deepgen_model_patcher(tensors: dict, config: dict, scheduler_config: dict | None, dtype: torch.dtype,
+                          linear_dtype: torch.dtype | None = None,
+                          source: str = "the DiT") -> comfy.model_patcher.ModelPatcher:
     """MODEL of a DeepGen DiT: its tensors (diffusers names, consumed) and diffusers config, built as ComfyUI's
-    MMDiT on the meta device and filled in place (no second copy).
+    MMDiT on the meta device and filled in place (no second copy), for ComfyUI's diffusion-model devices.
 
-    dtype: the storage dtype (None: the tensors'); linear_dtype: another storage dtype for the Linear weights
-    (fp8). Where the load device cannot compute in the storage dtype (bf16 on most CPUs, fp8 anywhere), layers
-    cast per call to ComfyUI's manual-cast dtype (a CPU with native bf16 computes bf16: precision.py).
-    scheduler_config: the release's scheduler_config.json (None: shift 3.0, the native fallback).
+    dtype: the storage dtype; linear_dtype: another storage dtype for the Linear weights (fp8). The compute dtype
+    is comfy_ops.dit_operations'. scheduler_config: the release's scheduler_config.json (None: shift 3.0, the
+    native fallback).
     """
-    load_device = load_device or mm.get_torch_device()
-    offload_device = offload_device or mm.unet_offload_device()
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     unet_config = mmdit_config(config)
     model_config = DeepGenModelConfig(unet_config, scheduler_config)
     state = to_mmdit(cast_floating(tensors, dtype), config["num_layers"])
     weight_dtype = linear_dtype or dominant_dtype(state)
-    manual_cast = mm.unet_manual_cast(weight_dtype, load_device, model_config.supported_inference_dtypes)
-    if manual_cast is not None and torch.device(load_device).type == "cpu" and weight_dtype != torch.float16:
-        # ComfyUI computes in fp32 on every CPU; a CPU with native bf16 runs bf16 faster (precision.py)
-        compute = cpu_compute_dtype("dit")
-        manual_cast = None if compute == weight_dtype else compute
+    manual_cast, operations = dit_operations(weight_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(weight_dtype, manual_cast)
-    operations = comfy.ops.manual_cast if manual_cast is not None else comfy.ops.disable_weight_init
     with torch.device("meta"):
         dit = DeepGenMMDiT(**unet_config, dtype=dominant_dtype(state), operations=operations)
     assign(dit, state, source)
@@ -352,7 +240,7 @@ def model_sigmas(model: comfy.model_patcher.ModelPatcher, steps: int, latent_sha
         if latent_shape is None:
             raise DeepGenInputError("this release's scheduler uses dynamic shifting (the schedule depends on the "
                                     "image size): use DeepGenSampler, which knows the latent size.")
-        return sigmas_from_config(config, steps, (latent_shape[-2] // 2) * (latent_shape[-1] // 2))
+        return sigmas_from_config(config, steps, latent_seq_len(latent_shape[-2], latent_shape[-1]))
     return official_sigmas(steps, float(sampling.shift), len(sampling.sigmas))
 
 
@@ -388,7 +276,7 @@ def scb_module(patcher) -> torch.nn.Module:
 def encoder_patcher(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype, load_device,
                     offload_device) -> comfy.model_patcher.ModelPatcher:
     """DEEPGEN_VLM / DEEPGEN_SCB: `module` (weights stored in `storage`) computing in `compute`, its layers
-    swapped to comfy.ops classes like the DiT's (bitsandbytes-quantized layers excepted)."""
+    swapped to comfy.ops classes like the DiT's (comfy_ops.use_comfy_ops; bitsandbytes-quantized layers excepted)."""
     use_comfy_ops(module, compute=None if compute == storage else compute)
     module.eval().requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)

@@ -24,8 +24,8 @@ from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.images import output_size, reference_size
 from ..deepgen_model.precision import nonfinite_cause
 from ..deepgen_model.inputs import check_max_side
-from ..deepgen_model.vlm import compute_dtype as vlm_compute_dtype
 from .comfy_models import DeepGenSCB, DeepGenVLM, scb_module, vlm_parts_of
+from .comfy_ops import compute_dtype
 from .memory import memory_guard, unload
 
 
@@ -53,7 +53,7 @@ def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int, after: 
     if not (torch.isfinite(cond.seq).all() and torch.isfinite(cond.pooled).all()):
         weights = {"VLM": model.named_parameters(), "SCB": bridge.named_parameters()}
         inputs = {f"image{i}": image for i, image in enumerate(images or [], 1)}
-        raise DeepGenInputError(nonfinite_cause("encoding the prompt", inputs, weights, vlm_compute_dtype(model)) + ".")
+        raise DeepGenInputError(nonfinite_cause("encoding the prompt", inputs, weights, compute_dtype(vlm)) + ".")
     return cond, bar
 
 

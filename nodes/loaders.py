@@ -14,12 +14,12 @@ from comfy_api.latest import io
 from ..deepgen_model import loading, vlm_loading
 from ..deepgen_model.constants import DEFAULT_SHIFT
 from ..deepgen_model.errors import DeepGenLoadError
-from ..deepgen_model.precision import (FP8_DTYPES, PRECISIONS, cpu_compute_dtype, dominant_dtype, parse_dtype,
-                                      resolve_dtypes)
+from ..deepgen_model.precision import FP8_DTYPES, PRECISIONS, parse_dtype, resolve_dtypes
 from ..deepgen_model.release import QWEN, SOURCES, UNIPIC2, MissingPart, Release
 from . import paths
 from .comfy_models import (DeepGenModelConfig, DeepGenSCB, DeepGenVLM, VLMModule, comfy_vae, deepgen_model_patcher,
                            encoder_patcher)
+from .comfy_ops import dit_weight_dtype
 from .memory import memory_guard
 
 NONE = paths.NONE
@@ -92,7 +92,7 @@ def load_dit_model(release: Release, weight_dtype: str = "auto"):
     """MODEL (ModelPatcher) of an opened release.
 
     weight_dtype "auto" keeps ComfyUI's choice for the device (bf16 on recent GPUs, fp32 on a CPU), except on a
-    CPU with native bf16, where bf16 is faster (precision.cpu_compute_dtype);
+    CPU with native bf16, where bf16 is faster (comfy_ops.dit_weight_dtype);
     otherwise the weights are stored in that dtype and computed in it where the device supports it
     (ComfyUI's manual cast covers the rest, e.g. bf16 storage on a CPU without native bf16 computes in fp32).
     fp8_e4m3fn stores the Linear weights (~99% of the DiT) in fp8 and the rest in bf16; every layer
@@ -106,12 +106,8 @@ def load_dit_model(release: Release, weight_dtype: str = "auto"):
     with memory_guard(f"loading the DiT from {release}"):
         tensors, config = loading.dit_weights(release)
         if dtype is None:
-            params = sum(t.numel() for t in tensors.values())
-            dtype = mm.unet_dtype(model_params=params, supported_dtypes=DeepGenModelConfig.supported_inference_dtypes,
-                                  weight_dtype=dominant_dtype(tensors))
-            if mm.get_torch_device().type == "cpu" and cpu_compute_dtype("dit") == torch.bfloat16:
-                dtype = torch.bfloat16  # ComfyUI picks fp32 on every CPU; one with native bf16 runs bf16 faster
-        return deepgen_model_patcher(tensors, config, loading.load_scheduler_config(release), dtype=dtype,
+            dtype = dit_weight_dtype(tensors, DeepGenModelConfig.supported_inference_dtypes)
+        return deepgen_model_patcher(tensors, config, loading.load_scheduler_config(release), dtype,
                                      linear_dtype=fp8, source=f"the DiT of {release}")
 
 

@@ -27,6 +27,7 @@ from ..deepgen_model.errors import DeepGenInputError
 from ..deepgen_model.precision import nonfinite_cause
 from ..deepgen_model.inputs import cfg_warning, check_cfg, check_steps
 from .comfy_models import DeepGenMMDiT, model_sigmas
+from .comfy_ops import compute_dtype
 from .memory import memory_guard
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,8 @@ def deepgen_sample(model, positive, negative, latent: dict, seed: int, steps: in
         inputs = {"latent": latent_image, **{f"{name} conditioning": c[0] for name, cond in
                                              (("positive", positive), ("negative", negative)) for c in cond or []}}
         dit = getattr(model.model, "diffusion_model", torch.nn.Module())
-        dtype = getattr(model.model, "manual_cast_dtype", None) or model.model_dtype()
-        raise DeepGenInputError(nonfinite_cause("sampling", inputs, {"DiT": dit.named_parameters()}, dtype) + ".")
+        raise DeepGenInputError(nonfinite_cause("sampling", inputs, {"DiT": dit.named_parameters()},
+                                                compute_dtype(model)) + ".")
     out = latent.copy()
     out["samples"] = samples
     return out

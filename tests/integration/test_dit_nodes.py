@@ -135,16 +135,19 @@ def test_weight_dtypes(node, tiny, comfy_inprocess, monkeypatch, native_bf16):
     import sys
 
     precision = sys.modules[f"{comfy_inprocess.pack.__name__}.deepgen_model.precision"]
+    ops = sys.modules[f"{comfy_inprocess.pack.__name__}.nodes.comfy_ops"]
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
     bf16_compute = None if native_bf16 else torch.float32  # None: computes in the stored bf16
     for name, dtype, compute in (("bf16", torch.bfloat16, bf16_compute), ("fp16", torch.float16, torch.float32)):
         patcher = _dit(node, dtype=name)
         assert patcher.model_dtype() == dtype
         assert patcher.model.manual_cast_dtype == compute
+        assert ops.compute_dtype(patcher) == (compute or dtype)  # the probe the NaN message names
         _same_weights(patcher, tiny.dit, exact=False)
     auto = _dit(node, dtype="auto")
     assert auto.model_dtype() == (torch.bfloat16 if native_bf16 else torch.float32)  # ComfyUI's is fp32 on a CPU
     assert auto.model.manual_cast_dtype is None
+    assert ops.compute_dtype(auto) == auto.model_dtype()
     x, sigma, conds = _inputs(auto.model, seed=3)
     with torch.no_grad():
         assert torch.isfinite(auto.model.apply_model(x, sigma, **conds)).all()

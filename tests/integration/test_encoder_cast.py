@@ -1,6 +1,7 @@
 """The VLM and SCB patchers (DEEPGEN_VLM / DEEPGEN_SCB) compute through the DiT's cast mechanism
-(nodes/comfy_models.py use_comfy_ops: layers re-classed to comfy.ops classes), bit for bit like the engine's
-precision.apply_manual_cast, and stay identical when ComfyUI leaves every layer offloaded (lowvram).
+(nodes/comfy_ops.py use_comfy_ops: layers re-classed to comfy.ops classes), bit for bit like the engine's
+precision.apply_manual_cast (the same layers cast, to the same dtype), and stay identical when ComfyUI leaves every
+layer offloaded (lowvram).
 
 The engine's encode (VLM hidden states, then the bridge) runs on the tiny fixture with one reference image,
 so the ViT's Conv3d patch embedding, the token Embedding, the RMSNorms, the Linears and the bridge's
@@ -16,7 +17,7 @@ import torch
 
 from deepgen_model.bridge import BridgeConfig, SCBBridge
 from deepgen_model.conditioning import encode
-from deepgen_model.precision import apply_manual_cast
+from deepgen_model.precision import COMPUTE_DTYPE_ATTR, apply_manual_cast, compute_dtype_of
 
 BF16, FP32 = torch.bfloat16, torch.float32
 CPU = torch.device("cpu")
@@ -29,6 +30,12 @@ CASES = [(BF16, FP32), (BF16, BF16)]
 def cm(comfy_inprocess):
     """nodes/comfy_models.py as ComfyUI imported it."""
     return sys.modules[f"{comfy_inprocess.pack.__name__}.nodes.comfy_models"]
+
+
+@pytest.fixture(scope="module")
+def ops(comfy_inprocess):
+    """nodes/comfy_ops.py as ComfyUI imported it."""
+    return sys.modules[f"{comfy_inprocess.pack.__name__}.nodes.comfy_ops"]
 
 
 def _stored(tiny, storage):
@@ -101,6 +108,26 @@ def test_patchers_compute_like_the_engines_manual_cast(cm, tiny, storage, comput
         _assert_equal(_through(cm, vlm_p, scb_p), want)
     finally:
         mm.unload_all_models()
+
+
+@pytest.mark.parametrize("storage, compute", CASES)
+def test_patchers_cast_the_layers_the_engine_casts(cm, ops, tiny, storage, compute):
+    """One rule (precision.is_cast_layer / casts_weights): the layers given a fixed compute dtype are those the
+    engine's manual cast casts, and the one probe (comfy_ops.compute_dtype) reports the compute dtype."""
+    vlm, bridge = _stored(tiny, storage)
+    engine = {}
+    for part, module in (("vlm", vlm), ("scb", bridge)):
+        apply_manual_cast(module, compute)
+        engine[part] = {n: m.__dict__[COMPUTE_DTYPE_ATTR] for n, m in module.named_modules()
+                        if COMPUTE_DTYPE_ATTR in m.__dict__}
+    vlm_p, scb_p = _patchers(cm, tiny, storage, compute)
+    nodes = {part: {n: getattr(m, COMPUTE_DTYPE_ATTR) for n, m in module.named_modules()
+                    if getattr(m, COMPUTE_DTYPE_ATTR, None) is not None}
+             for part, module in (("vlm", vlm_p.model.vlm), ("scb", scb_p.model))}
+    assert nodes == engine
+    assert bool(engine["vlm"]) == (compute != storage)  # bf16 -> fp32 casts every weight layer: the test can fail
+    assert ops.compute_dtype(vlm_p) == ops.compute_dtype(scb_p) == compute
+    assert ops.compute_dtype(vlm_p.model.vlm) == compute_dtype_of(vlm) == compute
 
 
 def test_the_fixture_tells_fp32_from_bf16_compute(tiny):

@@ -176,6 +176,8 @@ def test_nan_output_is_an_error_not_a_black_image(comfy, monkeypatch):
     kind, err = failure(comfy, graph("nan", seed=14))
     assert kind == "execution_error" and err["node_id"] == "5"
     assert "NaN" in err["exception_message"] and "weight_dtype" in err["exception_message"]
+    # inputs and weights are finite: the message names the dtype the MODEL computes in (comfy_ops.compute_dtype)
+    assert "computes in float32 (not a float16 overflow)" in err["exception_message"], err["exception_message"]
 
 
 @pytest.mark.parametrize("part, node, cause", [

@@ -117,7 +117,26 @@ def test_manual_cast_all_layer_types():
     with torch.no_grad():
         plain = stored(ids)  # back to bf16 compute
     assert plain.dtype == torch.bfloat16 and not torch.equal(plain.float(), want)
-    assert all("_deepgen_manual_cast" not in m.__dict__ for m in stored.modules())
+    assert all(precision.COMPUTE_DTYPE_ATTR not in m.__dict__ for m in stored.modules())
+
+
+def test_cast_layers_are_weight_layers_and_rmsnorms_but_not_quantized_ones():
+    """The rule the engine's manual cast and the nodes' comfy.ops layers (nodes/comfy_ops.py) both follow."""
+    class QuantLinear(nn.Linear):  # what bitsandbytes' Linear8bitLt / Linear4bit are
+        __module__ = "bitsandbytes.nn.modules"
+
+    class OwnRMSNorm(nn.Module):  # transformers' and diffusers' RMSNorms share no base class
+        pass
+
+    class Subclassed(nn.Linear):
+        pass
+
+    assert all(precision.is_cast_layer(c) for c in (*precision.CAST_LAYERS, nn.RMSNorm, OwnRMSNorm, Subclassed))
+    assert not any(precision.is_cast_layer(c) for c in (QuantLinear, nn.Module, nn.Dropout, nn.SiLU))
+    m = apply_manual_cast(nn.Sequential(QuantLinear(2, 2), Subclassed(2, 2), nn.Linear(2, 2).float()), torch.float32)
+    assert [precision.COMPUTE_DTYPE_ATTR in x.__dict__ for x in m] == [False, False, False]  # fp32 already: nothing
+    m = apply_manual_cast(m.to(torch.bfloat16), torch.float32)
+    assert [precision.COMPUTE_DTYPE_ATTR in x.__dict__ for x in m] == [False, True, True]
 
 
 def test_manual_cast_tiny_bridge(tiny):
@@ -160,7 +179,7 @@ def test_manual_cast_survives_deepcopy():
 def test_manual_cast_noop_when_dtypes_match():
     m = AllLayers()
     apply_manual_cast(m, torch.float32)
-    assert not any("_deepgen_manual_cast" in x.__dict__ for x in m.modules())
+    assert not any(precision.COMPUTE_DTYPE_ATTR in x.__dict__ for x in m.modules())
 
 
 def test_fp8_linear_storage_with_manual_cast_equals_rounded_weights():

@@ -107,9 +107,8 @@ def test_dynamic_shift_that_makes_no_schedule_is_named(cfg, seq_len, fragment):
 
 
 SCHEDULE_FIELDS = {"shift", "multiplier", "num_train_timesteps"}  # ComfyUI's names and diffusers' for the same two numbers
-# tiny.py imports nothing of the engine by design (test_fixtures.py); comfy_models.py: pending in another change
-# (its ModelSamplingSD3 settings), remove it from here with that change
-LITERAL_ALLOWED = {"deepgen_model/tiny.py", "nodes/comfy_models.py"}
+# tiny.py imports nothing of the engine by design (test_fixtures.py)
+LITERAL_ALLOWED = {"deepgen_model/tiny.py"}
 
 
 def _schedule_literals(path: Path):
