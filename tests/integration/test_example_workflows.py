@@ -2,9 +2,8 @@
 API twin (example_workflows/api/), is listed by /api/workflow_templates, and every twin EXECUTES on the
 real server with the tiny fixtures (steps and sizes shrunk in memory, never in the files).
 
-The UI checks mirror what frontend 1.32.9 does when it loads a workflow: widgets_values are positional over
-the node's widget inputs (input_order), with one extra value after a control_after_generate INT (the
-"fixed"/"randomize" control) and after an image_upload combo (the upload button's "image").
+The UI checks mirror what frontend 1.32.9 does when it loads a workflow and exports it (widget positions,
+bypassed nodes passed through): tests/workflow_export.py.
 """
 from __future__ import annotations
 
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from workflow_export import FRONTEND_ONLY, TWINS, WIDGET_TYPES, ui_to_api, widget_slots
+
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "example_workflows"
@@ -26,16 +27,8 @@ NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 PACK = "ComfyUI-DeepGen"
 RELEASE = "DeepGen-1.0-diffusers"
 HF_RELEASE = "https://huggingface.co/deepgenteam/DeepGen-1.0-diffusers/resolve/main/"
-FRONTEND_ONLY = {"Note", "MarkdownNote"}  # frontend-only nodes: no /object_info entry, not in API format
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_WIDGETS = {"ckpt_name", "vlm_name", "scb_name", "dit_name", "vae_name"}
-# UI workflow (named by its template title) -> its API-format twin in example_workflows/api/ (short names for
-# scripts and the batch client); docs/workflows.md lists the same pairs
-TWINS = {"DeepGen 1 - Text to image": "text_to_image", "DeepGen 2 - Edit an image": "image_edit",
-         "DeepGen 3 - Multi-image edit": "multi_reference_edit", "DeepGen 4 - Reasoning generation": "reasoning_generation",
-         "DeepGen 5 - Reasoning edit": "reasoning_edit", "DeepGen 6 - Text rendering": "text_rendering",
-         "DeepGen 7 - Low VRAM (8-bit VLM)": "low_vram_8bit_vlm", "DeepGen 8 - Core custom sampler": "sampler_custom_advanced"}
 TINY_STEPS, TINY_SIZE = 2, 64
 
 
@@ -56,50 +49,11 @@ def object_info(server) -> dict:
     return server.object_info()
 
 
-def widget_slots(info: dict) -> list[tuple[str, str, dict]]:
-    """(input name, "value" | "control" | "upload", spec options) per widgets_values position, in frontend order."""
-    slots = []
-    for section in ("required", "optional"):
-        for name in info.get("input_order", {}).get(section, []):
-            spec = info["input"][section][name]
-            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if kind not in WIDGET_TYPES or opts.get("forceInput"):
-                continue
-            if isinstance(spec[0], list):
-                opts = {**opts, "options": spec[0]}
-            slots.append((name, "value", {**opts, "type": kind}))
-            if kind == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
-                slots.append((name, "control", {}))
-            if opts.get("image_upload"):
-                slots.append((name, "upload", {}))
-    return slots
-
-
 def input_spec(info: dict, name: str):
     for section in ("required", "optional"):
         if name in info["input"].get(section, {}):
             return section, info["input"][section][name]
     return None, None
-
-
-def ui_to_api(workflow: dict, object_info: dict) -> dict:
-    """What the frontend's "Export (API)" makes of a UI workflow (active nodes, widget values by name)."""
-    links = {link[0]: link for link in workflow["links"]}
-    api = {}
-    for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
-            continue
-        info = object_info[node["type"]]
-        inputs = {name: value for (name, kind, _), value in zip(widget_slots(info), node.get("widgets_values", []))
-                  if kind == "value"}
-        for slot in node.get("inputs", []):
-            if slot.get("link") is not None:
-                _, src, src_slot, *_ = links[slot["link"]]
-                inputs[slot["name"]] = [str(src), src_slot]
-        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
-                                "_meta": {"title": node.get("title") or info.get("display_name") or node["type"]}}
-    return api
 
 
 # ------------------------------------------------------------------ files
