@@ -20,7 +20,8 @@ MUTED, BYPASSED = 2, 4  # LiteGraph node modes ("never", "bypass"; Ctrl+M, Ctrl+
 TWINS = {"DeepGen 1 - Text to image": "text_to_image", "DeepGen 2 - Edit an image": "image_edit",
          "DeepGen 3 - Multi-image edit": "multi_reference_edit", "DeepGen 4 - Reasoning generation": "reasoning_generation",
          "DeepGen 5 - Reasoning edit": "reasoning_edit", "DeepGen 6 - Text rendering": "text_rendering",
-         "DeepGen 7 - Low VRAM (8-bit VLM)": "low_vram_8bit_vlm", "DeepGen 8 - Core custom sampler": "sampler_custom_advanced"}
+         "DeepGen 7 - Low VRAM (8-bit VLM)": "low_vram_8bit_vlm", "DeepGen 8 - Core custom sampler": "sampler_custom_advanced",
+         "DeepGen 9 - LoRA and SLG": "lora_skip_layer_guidance"}
 
 
 def widget_slots(info: dict) -> list[tuple[str, str, dict]]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workflow_export import FRONTEND_ONLY, TWINS, WIDGET_TYPES, ui_to_api, widget_slots
+from workflow_export import BYPASSED, FRONTEND_ONLY, TWINS, WIDGET_TYPES, ui_to_api, widget_slots
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +30,10 @@ HF_RELEASE = "https://huggingface.co/deepgenteam/DeepGen-1.0-diffusers/resolve/m
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_WIDGETS = {"ckpt_name", "vlm_name", "scb_name", "dit_name", "vae_name"}
 TINY_STEPS, TINY_SIZE = 2, 64
+# Skip-layer guidance at the tiny budget: the templates skip the real DiT's blocks 7, 8, 9 (of 24) from 1 % to
+# 30 % of the schedule; the tiny DiT has 3 blocks, where core's patch would find none of them and skip nothing,
+# and 2 steps put no step in that window. So block 1, over every step: the guidance really acts.
+TINY_SLG = {"layers": "1", "start_percent": 0.0, "end_percent": 1.0}
 
 
 def load(name: str, api: bool = False) -> dict:
@@ -93,8 +97,9 @@ def test_ui_workflow_validates_against_object_info(name, object_info):
                 assert value in CONTROL_VALUES, f"{where}: {wname} control {value!r}"
             elif kind == "upload":
                 assert value == "image", f"{where}: upload widget {value!r}"
-            elif opts["type"] == "COMBO":
-                assert value in opts["options"], f"{where}: {wname}={value!r} not in {opts['options'][:8]}"
+            elif opts["type"] == "COMBO":  # a bypassed node may name a file for the user to pick (template 9's LoRA)
+                assert value in opts["options"] or (node["mode"] == BYPASSED and isinstance(value, str) and value), \
+                    f"{where}: {wname}={value!r} not in {opts['options'][:8]}"
             elif opts["type"] in ("INT", "FLOAT"):
                 assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {wname}={value!r}"
                 assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}: {wname}={value} out of range"
@@ -202,6 +207,8 @@ def tiny(prompt: dict) -> dict:
             inputs.update(width=TINY_SIZE, height=TINY_SIZE)
         elif node["class_type"] == "DeepGenEditEncode":
             inputs.update(max_side=TINY_SIZE, width=TINY_SIZE, height=TINY_SIZE)
+        elif node["class_type"] == "SkipLayerGuidanceSD3":
+            inputs.update(TINY_SLG)
         elif inputs.get("quantization") == "8-bit" and _bnb_problem():
             inputs["quantization"] = "none"  # bitsandbytes unusable here: still run the graph
     return prompt
@@ -214,15 +221,19 @@ def executed(server) -> dict:
 
     def run(name: str) -> np.ndarray:
         if name not in results:
-            prompt = tiny(load(name, api=True))
-            entry = server.run(prompt, timeout=180)
-            (save,) = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
-            (image,) = entry["outputs"][save]["images"]
-            path = server.base / "output" / image["subfolder"] / image["filename"]
-            results[name] = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
+            results[name] = saved_image(server, tiny(load(name, api=True)))
         return results[name]
 
     return run
+
+
+def saved_image(server, prompt: dict) -> np.ndarray:
+    """Run an API prompt; its Save Image's picture (uint8 [H, W, 3])."""
+    entry = server.run(prompt, timeout=180)
+    (save,) = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
+    (image,) = entry["outputs"][save]["images"]
+    path = server.base / "output" / image["subfolder"] / image["filename"]
+    return np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -237,3 +248,47 @@ def test_sampler_custom_advanced_equals_deepgen_sampler(executed):
     t2i, core = "DeepGen 1 - Text to image", "DeepGen 8 - Core custom sampler"
     assert load(t2i, api=True)["2"]["inputs"] == load(core, api=True)["2"]["inputs"]
     np.testing.assert_array_equal(executed(core), executed(t2i))
+
+
+def _tiny_lora(folder: Path) -> str:
+    """A LoRA in ComfyUI's MMDiT names on the tiny DiT's first block (what the template 9 note says to pick)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from deepgen_model.tiny import TINY_DIT
+
+    width = TINY_DIT["num_attention_heads"] * TINY_DIT["attention_head_dim"]
+    g = torch.Generator().manual_seed(9)
+    key = "diffusion_model.joint_blocks.0.x_block.attn.qkv"
+    folder.mkdir(exist_ok=True)
+    save_file({f"{key}.lora_up.weight": torch.randn(3 * width, 4, generator=g),
+               f"{key}.lora_down.weight": torch.randn(4, width, generator=g), f"{key}.alpha": torch.tensor(4.0)},
+              str(folder / "t9_lora.safetensors"))
+    return "t9_lora.safetensors"
+
+
+def test_lora_and_slg_template_changes_only_the_model(server, executed, object_info, comfy_models):
+    """Template 9 is template 1 with its MODEL through a bypassed LoRA and skip-layer guidance: at SLG scale 0 it
+    makes template 1's picture exactly (the bypassed LoRA hands the model on untouched), with SLG acting another
+    one, and with the LoRA enabled as its note says (a LoRA picked, Ctrl+B) the LoRA loads and changes it again."""
+    t2i, t9 = "DeepGen 1 - Text to image", "DeepGen 9 - LoRA and SLG"
+    base, twin = load(t2i, api=True), load(t9, api=True)
+    assert twin["2"]["inputs"] == base["2"]["inputs"] and twin["3"]["inputs"] == base["3"]["inputs"]
+    assert {**twin["4"]["inputs"], "model": None} == {**base["4"]["inputs"], "model": None}
+    assert twin["4"]["inputs"]["model"] == ["8", 0] and twin["8"]["inputs"]["model"] == ["1", 0]
+
+    off = tiny(twin)
+    off["8"]["inputs"]["scale"] = 0.0
+    np.testing.assert_array_equal(saved_image(server, off), executed(t2i))
+    guided = executed(t9)
+    assert np.abs(guided.astype(int) - executed(t2i)).max() > 8, "skip-layer guidance changed nothing"
+
+    ui = load(t9)
+    (lora,) = [n for n in ui["nodes"] if n["type"] == "LoraLoaderModelOnly"]
+    assert lora["mode"] == BYPASSED
+    lora["mode"], lora["widgets_values"][0] = 0, _tiny_lora(comfy_models / "loras")
+    enabled = tiny(ui_to_api(ui, object_info))
+    assert enabled["8"]["inputs"]["model"] == [str(lora["id"]), 0] and enabled[str(lora["id"])]["inputs"]["model"] == ["1", 0]
+    log_before = server.log_text().count("lora key not loaded")
+    assert np.abs(saved_image(server, enabled).astype(int) - guided).max() > 8, "the LoRA changed nothing"
+    assert server.log_text().count("lora key not loaded") == log_before
