@@ -26,7 +26,9 @@ FRONTEND_ONLY = {"Note", "MarkdownNote"}
 # node colour by role (DeepGen node types start with "DeepGen")
 ROLES = [("Loader", (54, 104, 170)), ("Encode", (46, 140, 88)), ("Sampler", (128, 78, 168)),
          ("Scheduler", (128, 78, 168)), ("Guider", (128, 78, 168)), ("Noise", (128, 78, 168)),
-         ("SamplerCustom", (128, 78, 168)), ("Image", (190, 120, 40)), ("VAE", (160, 70, 70))]
+         ("SamplerCustom", (128, 78, 168)), ("Guidance", (128, 78, 168)), ("Image", (190, 120, 40)),
+         ("VAE", (160, 70, 70))]
+BYPASSED = (4, (112, 48, 112))  # node mode 4 (Ctrl+B): drawn in the magenta ComfyUI tints bypassed nodes with
 
 
 def font(size: int):
@@ -118,7 +120,8 @@ def thumbnail(path: Path) -> Image.Image:
             d.line([(sx + sw, sy + sh / 2), (tx, ty + th / 2)], fill=LINK, width=2)
     for node in (n for n in workflow["nodes"] if n["id"] in centre):
         x0, y0, w, h = centre[node["id"]]
-        d.rounded_rectangle([x0, y0, x0 + w, y0 + h], radius=8, fill=colour(node["type"]), outline=(20, 20, 24))
+        fill = BYPASSED[1] if node.get("mode") == BYPASSED[0] else colour(node["type"])
+        d.rounded_rectangle([x0, y0, x0 + w, y0 + h], radius=8, fill=fill, outline=(20, 20, 24))
         lines, size = label(node), 13
         while size > 8 and max(d.textlength(x, font=font(size)) for x in lines) > w - 8:
             size -= 1

@@ -71,14 +71,14 @@ function overlapsInGraph(band) {
 
 // In the page: the opened graph as a newcomer sees it at the opening zoom. covered: points of a node's box
 // (badge band and title bar included) where something else is on top (the workflow-name chip, the Run bar,
-// the minimap, another node's text box, or nothing: off screen); note: the read-me's text size on screen and
-// whether any of it is cut off; panels: the prompt panel's text size and whether its positive string shows
-// without scrolling.
+// the minimap, another node's text box, or nothing: off screen); notes: each note's text size on screen and
+// whether any of it is cut off (the read-me, and any note next to the node it explains); panels: the prompt
+// panel's text size and whether its positive string shows without scrolling.
 function layoutReport(band) {
   const app = window.app, ds = app.canvas.ds, canvasEl = app.canvas.canvas, T = window.LiteGraph.NODE_TITLE_HEIGHT;
   const rect = canvasEl.getBoundingClientRect();
   const screen = (x, y) => [rect.left + (x + ds.offset[0]) * ds.scale, rect.top + (y + ds.offset[1]) * ds.scale];
-  const out = { scale: ds.scale, covered: [], note: null, panels: [] };
+  const out = { scale: ds.scale, covered: [], notes: [], panels: [] };
   for (const n of app.graph.nodes) {
     const [x0, y0] = screen(n.pos[0], n.pos[1] - T - (n.badges?.length ? band : 0));
     const [x1, y1] = screen(n.pos[0] + n.size[0], n.pos[1] + n.size[1]);
@@ -93,8 +93,8 @@ function layoutReport(band) {
     }
     if (n.type === "MarkdownNote") {
       const el = n.widgets[0].element, text = el.querySelector("p, li") ?? el;
-      out.note = { px: parseFloat(getComputedStyle(text).fontSize) * ds.scale,
-        cut: el.scrollHeight > el.clientHeight + 1 || el.scrollWidth > el.clientWidth + 1 };
+      out.notes.push({ id: n.id, title: n.title, px: parseFloat(getComputedStyle(text).fontSize) * ds.scale,
+        cut: el.scrollHeight > el.clientHeight + 1 || el.scrollWidth > el.clientWidth + 1 });
     }
     if (n.__deepgen) {
       const el = n.__deepgen.element, pos = el.querySelector(".dg-pos");
@@ -124,24 +124,34 @@ try {
   const dialog = page.locator(".workflow-template-selector-dialog");
   await dialog.getByText(spec.templates.category, { exact: true }).first().click({ timeout: 30000 });
   const cardIds = spec.templates.order.map((n) => `template-workflow-${n}`);
-  // in the page: our cards as shown; until they are all there with thumbnails and descriptions, false
+  // in the page: our cards as shown; until they are all there with their descriptions, false
   function cardsInDialog([ids, descriptions, final]) {
     const found = [...document.querySelectorAll(".workflow-template-selector-dialog [data-testid^='template-workflow-']")]
-      .map((c) => { const img = c.querySelector("img"), h = c.querySelector("h3"), p = c.querySelector("p");
-        return { id: c.dataset.testid, img: img?.complete ? [img.naturalWidth, img.naturalHeight] : [0, 0],
-          title: h?.textContent.trim(), titleCut: h ? h.scrollHeight > h.clientHeight + 1 || h.scrollWidth > h.clientWidth + 1 : null,
+      .map((c) => { const h = c.querySelector("h3"), p = c.querySelector("p");
+        return { id: c.dataset.testid, title: h?.textContent.trim(),
+          titleCut: h ? h.scrollHeight > h.clientHeight + 1 || h.scrollWidth > h.clientWidth + 1 : null,
           description: p?.textContent.trim() }; });
-    return final || (found.length === ids.length && found.every((c) => c.img[0] > 0 && c.description === descriptions[c.title]) && found);
+    return final ? found : found.length === ids.length && found.every((c) => c.description === descriptions[c.title]) && found;
   }
   const cards = await page.waitForFunction(cardsInDialog, [cardIds, spec.templates.descriptions, false], { timeout: 20000 })
     .then((h) => h.jsonValue()).catch(() => page.evaluate(cardsInDialog, [cardIds, spec.templates.descriptions, true]));
   check("template browser: the pack's cards in the numbered order",
     JSON.stringify(cards.map((c) => c.id)) === JSON.stringify(cardIds), JSON.stringify(cards.map((c) => c.id)));
-  check("template browser: every card shows its 640×480 thumbnail", cards.length === cardIds.length
-    && cards.every((c) => c.img[0] === 640 && c.img[1] === 480), JSON.stringify(cards));
+  // the dialog shows two rows of cards at 1920×1080; a card's thumbnail loads while the card is in view
+  const thumbs = [];
+  for (const id of cardIds) {
+    await dialog.locator(`[data-testid="${id}"]`).scrollIntoViewIfNeeded({ timeout: 20000 }).catch(() => {});
+    thumbs.push(await page.waitForFunction((id) => {
+      const img = document.querySelector(`.workflow-template-selector-dialog [data-testid="${CSS.escape(id)}"] img`);
+      return img?.complete && img.naturalWidth > 0 && [img.naturalWidth, img.naturalHeight];
+    }, id, { timeout: 20000 }).then((h) => h.jsonValue(), () => [0, 0]));
+  }
+  check("template browser: every card shows its 640×480 thumbnail",
+    thumbs.length === cardIds.length && thumbs.every(([w, h]) => w === 640 && h === 480), JSON.stringify(thumbs));
   check("template browser: cards carry the human title, whole, and the pack's description",
     cards.length === cardIds.length && cards.every((c) => c.title === c.id.slice("template-workflow-".length)
       && !c.titleCut && c.description === spec.templates.descriptions[c.title]), JSON.stringify(cards));
+  await dialog.locator(`[data-testid="${cardIds[0]}"]`).scrollIntoViewIfNeeded({ timeout: 5000 }).catch(() => {});
   await shot("web-extension-templates.png");
   await dialog.locator("button:has(i.pi-times)").first().click();  // Escape does not close this dialog
   await dialog.waitFor({ state: "hidden", timeout: 10000 });
@@ -393,8 +403,8 @@ try {
     await browser.locator(`[data-testid="template-workflow-${name}"]`).click({ timeout: 20000 });
     await browser.waitFor({ state: "hidden", timeout: 20000 });
     const number = name.split(" ")[1];
-    await page.waitForFunction((n) => window.app.graph.nodes.find((x) => x.type === "MarkdownNote")
-      ?.widgets?.[0]?.value?.startsWith(`# ${n} · `), number, { timeout: 20000 });
+    await page.waitForFunction((n) => window.app.graph.nodes.some((x) => x.type === "MarkdownNote"
+      && x.widgets?.[0]?.value?.startsWith(`# ${n} · `)), number, { timeout: 20000 });
   }
   // CPU seconds the server process has used (Linux): what a run costs, whatever else the machine is doing
   const serverCpu = () => { try {
@@ -417,13 +427,20 @@ try {
     return { ...run, cpu: serverCpu() - cpu };
   }
   const runTimes = {};
-  for (const { name, workflow } of spec.workflows) {
+  for (const { name, workflow, api } of spec.workflows) {
     await openTemplate(name);
-    const got = await page.evaluate(async (wf) => {
+    const got = await page.evaluate(async ([wf, twin]) => {
       const { output } = await window.app.graphToPrompt();
+      // Export (API) is the committed twin: node for node (bypassed ones left out, their inputs passed on)
+      const sorted = (v) => JSON.stringify(v, (k, x) => x && typeof x === "object" && !Array.isArray(x)
+        ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => a.localeCompare(b))) : x);
+      const exported = [...new Set([...Object.keys(output), ...Object.keys(twin)])]
+        .filter((id) => sorted(output[id]) !== sorted(twin[id]))
+        .map((id) => `${id}: ${sorted(output[id])} != ${sorted(twin[id])}`);
       const byId = Object.fromEntries(wf.links.map((l) => [l[0], l]));
       const missing = [];
       for (const node of wf.nodes) {
+        if (node.mode === 2 || node.mode === 4) continue;  // muted or bypassed: not in the prompt (Export checked above)
         for (const input of node.inputs ?? []) {
           if (input.link == null) continue;
           const l = byId[input.link];
@@ -434,9 +451,11 @@ try {
       }
       const edits = window.app.graph.nodes.filter((n) => n.type === "DeepGenEditEncode")
         .map((n) => n.inputs.map((i) => i.name).filter((x) => /^image\d$/.test(x)).join(","));
-      return { missing, edits };
-    }, workflow);
+      return { missing, edits, exported };
+    }, [workflow, api]);
     check(`template ${name}: links intact after opening`, got.missing.length === 0, got.missing.join("; "));
+    check(`template ${name}: Export (API) gives its twin in example_workflows/api/`, got.exported.length === 0,
+      got.exported.join("; "));
     const wantEdits = (spec.workflow_refs ?? {})[name];
     if (wantEdits) check(`template ${name}: reference inputs`, JSON.stringify(got.edits) === JSON.stringify(wantEdits),
       JSON.stringify(got.edits));
@@ -452,8 +471,9 @@ try {
     const layout = await page.evaluate(layoutReport, BADGE_BAND);
     check(`template ${name}: opens at 100 % with every node on screen and uncovered`,
       layout.scale === 1 && layout.covered.length === 0, JSON.stringify(layout.covered.slice(0, 8)));
-    check(`template ${name}: the read-me note is readable (text ≥ 10 px on screen, nothing cut off)`,
-      layout.note && layout.note.px >= 10 && !layout.note.cut, JSON.stringify(layout.note));
+    check(`template ${name}: every note is readable (text ≥ 10 px on screen, nothing cut off)`,
+      layout.notes.some((n) => n.title === "Read me") && layout.notes.every((n) => n.px >= 10 && !n.cut),
+      JSON.stringify(layout.notes));
     check(`template ${name}: the prompt panel shows the prompt without scrolling (text ≥ 10 px)`,
       layout.panels.length >= 1 && layout.panels.every((p) => p.px >= 10 && p.positiveShown && p.scrolled === 0),
       JSON.stringify(layout.panels));

@@ -2,9 +2,8 @@
 API twin (example_workflows/api/), is listed by /api/workflow_templates, and every twin EXECUTES on the
 real server with the tiny fixtures (steps and sizes shrunk in memory, never in the files).
 
-The UI checks mirror what frontend 1.32.9 does when it loads a workflow: widgets_values are positional over
-the node's widget inputs (input_order), with one extra value after a control_after_generate INT (the
-"fixed"/"randomize" control) and after an image_upload combo (the upload button's "image").
+The UI checks mirror what frontend 1.32.9 does when it loads a workflow and exports it (widget positions,
+bypassed nodes passed through): tests/workflow_export.py.
 """
 from __future__ import annotations
 
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from workflow_export import BYPASSED, FRONTEND_ONLY, TWINS, WIDGET_TYPES, ui_to_api, widget_slots
+
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "example_workflows"
@@ -26,17 +27,13 @@ NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 PACK = "ComfyUI-DeepGen"
 RELEASE = "DeepGen-1.0-diffusers"
 HF_RELEASE = "https://huggingface.co/deepgenteam/DeepGen-1.0-diffusers/resolve/main/"
-FRONTEND_ONLY = {"Note", "MarkdownNote"}  # frontend-only nodes: no /object_info entry, not in API format
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_WIDGETS = {"ckpt_name", "vlm_name", "scb_name", "dit_name", "vae_name"}
-# UI workflow (named by its template title) -> its API-format twin in example_workflows/api/ (short names for
-# scripts and the batch client); docs/workflows.md lists the same pairs
-TWINS = {"DeepGen 1 - Text to image": "text_to_image", "DeepGen 2 - Edit an image": "image_edit",
-         "DeepGen 3 - Multi-image edit": "multi_reference_edit", "DeepGen 4 - Reasoning generation": "reasoning_generation",
-         "DeepGen 5 - Reasoning edit": "reasoning_edit", "DeepGen 6 - Text rendering": "text_rendering",
-         "DeepGen 7 - Low VRAM (8-bit VLM)": "low_vram_8bit_vlm", "DeepGen 8 - Core custom sampler": "sampler_custom_advanced"}
 TINY_STEPS, TINY_SIZE = 2, 64
+# Skip-layer guidance at the tiny budget: the templates skip the real DiT's blocks 7, 8, 9 (of 24) from 1 % to
+# 30 % of the schedule; the tiny DiT has 3 blocks, where core's patch would find none of them and skip nothing,
+# and 2 steps put no step in that window. So block 1, over every step: the guidance really acts.
+TINY_SLG = {"layers": "1", "start_percent": 0.0, "end_percent": 1.0}
 
 
 def load(name: str, api: bool = False) -> dict:
@@ -56,50 +53,11 @@ def object_info(server) -> dict:
     return server.object_info()
 
 
-def widget_slots(info: dict) -> list[tuple[str, str, dict]]:
-    """(input name, "value" | "control" | "upload", spec options) per widgets_values position, in frontend order."""
-    slots = []
-    for section in ("required", "optional"):
-        for name in info.get("input_order", {}).get(section, []):
-            spec = info["input"][section][name]
-            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if kind not in WIDGET_TYPES or opts.get("forceInput"):
-                continue
-            if isinstance(spec[0], list):
-                opts = {**opts, "options": spec[0]}
-            slots.append((name, "value", {**opts, "type": kind}))
-            if kind == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
-                slots.append((name, "control", {}))
-            if opts.get("image_upload"):
-                slots.append((name, "upload", {}))
-    return slots
-
-
 def input_spec(info: dict, name: str):
     for section in ("required", "optional"):
         if name in info["input"].get(section, {}):
             return section, info["input"][section][name]
     return None, None
-
-
-def ui_to_api(workflow: dict, object_info: dict) -> dict:
-    """What the frontend's "Export (API)" makes of a UI workflow (active nodes, widget values by name)."""
-    links = {link[0]: link for link in workflow["links"]}
-    api = {}
-    for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
-            continue
-        info = object_info[node["type"]]
-        inputs = {name: value for (name, kind, _), value in zip(widget_slots(info), node.get("widgets_values", []))
-                  if kind == "value"}
-        for slot in node.get("inputs", []):
-            if slot.get("link") is not None:
-                _, src, src_slot, *_ = links[slot["link"]]
-                inputs[slot["name"]] = [str(src), src_slot]
-        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
-                                "_meta": {"title": node.get("title") or info.get("display_name") or node["type"]}}
-    return api
 
 
 # ------------------------------------------------------------------ files
@@ -139,8 +97,9 @@ def test_ui_workflow_validates_against_object_info(name, object_info):
                 assert value in CONTROL_VALUES, f"{where}: {wname} control {value!r}"
             elif kind == "upload":
                 assert value == "image", f"{where}: upload widget {value!r}"
-            elif opts["type"] == "COMBO":
-                assert value in opts["options"], f"{where}: {wname}={value!r} not in {opts['options'][:8]}"
+            elif opts["type"] == "COMBO":  # a bypassed node may name a file for the user to pick (template 9's LoRA)
+                assert value in opts["options"] or (node["mode"] == BYPASSED and isinstance(value, str) and value), \
+                    f"{where}: {wname}={value!r} not in {opts['options'][:8]}"
             elif opts["type"] in ("INT", "FLOAT"):
                 assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {wname}={value!r}"
                 assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}: {wname}={value} out of range"
@@ -248,6 +207,8 @@ def tiny(prompt: dict) -> dict:
             inputs.update(width=TINY_SIZE, height=TINY_SIZE)
         elif node["class_type"] == "DeepGenEditEncode":
             inputs.update(max_side=TINY_SIZE, width=TINY_SIZE, height=TINY_SIZE)
+        elif node["class_type"] == "SkipLayerGuidanceSD3":
+            inputs.update(TINY_SLG)
         elif inputs.get("quantization") == "8-bit" and _bnb_problem():
             inputs["quantization"] = "none"  # bitsandbytes unusable here: still run the graph
     return prompt
@@ -260,15 +221,19 @@ def executed(server) -> dict:
 
     def run(name: str) -> np.ndarray:
         if name not in results:
-            prompt = tiny(load(name, api=True))
-            entry = server.run(prompt, timeout=180)
-            (save,) = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
-            (image,) = entry["outputs"][save]["images"]
-            path = server.base / "output" / image["subfolder"] / image["filename"]
-            results[name] = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
+            results[name] = saved_image(server, tiny(load(name, api=True)))
         return results[name]
 
     return run
+
+
+def saved_image(server, prompt: dict) -> np.ndarray:
+    """Run an API prompt; its Save Image's picture (uint8 [H, W, 3])."""
+    entry = server.run(prompt, timeout=180)
+    (save,) = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
+    (image,) = entry["outputs"][save]["images"]
+    path = server.base / "output" / image["subfolder"] / image["filename"]
+    return np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -283,3 +248,47 @@ def test_sampler_custom_advanced_equals_deepgen_sampler(executed):
     t2i, core = "DeepGen 1 - Text to image", "DeepGen 8 - Core custom sampler"
     assert load(t2i, api=True)["2"]["inputs"] == load(core, api=True)["2"]["inputs"]
     np.testing.assert_array_equal(executed(core), executed(t2i))
+
+
+def _tiny_lora(folder: Path) -> str:
+    """A LoRA in ComfyUI's MMDiT names on the tiny DiT's first block (what the template 9 note says to pick)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from deepgen_model.tiny import TINY_DIT
+
+    width = TINY_DIT["num_attention_heads"] * TINY_DIT["attention_head_dim"]
+    g = torch.Generator().manual_seed(9)
+    key = "diffusion_model.joint_blocks.0.x_block.attn.qkv"
+    folder.mkdir(exist_ok=True)
+    save_file({f"{key}.lora_up.weight": torch.randn(3 * width, 4, generator=g),
+               f"{key}.lora_down.weight": torch.randn(4, width, generator=g), f"{key}.alpha": torch.tensor(4.0)},
+              str(folder / "t9_lora.safetensors"))
+    return "t9_lora.safetensors"
+
+
+def test_lora_and_slg_template_changes_only_the_model(server, executed, object_info, comfy_models):
+    """Template 9 is template 1 with its MODEL through a bypassed LoRA and skip-layer guidance: at SLG scale 0 it
+    makes template 1's picture exactly (the bypassed LoRA hands the model on untouched), with SLG acting another
+    one, and with the LoRA enabled as its note says (a LoRA picked, Ctrl+B) the LoRA loads and changes it again."""
+    t2i, t9 = "DeepGen 1 - Text to image", "DeepGen 9 - LoRA and SLG"
+    base, twin = load(t2i, api=True), load(t9, api=True)
+    assert twin["2"]["inputs"] == base["2"]["inputs"] and twin["3"]["inputs"] == base["3"]["inputs"]
+    assert {**twin["4"]["inputs"], "model": None} == {**base["4"]["inputs"], "model": None}
+    assert twin["4"]["inputs"]["model"] == ["8", 0] and twin["8"]["inputs"]["model"] == ["1", 0]
+
+    off = tiny(twin)
+    off["8"]["inputs"]["scale"] = 0.0
+    np.testing.assert_array_equal(saved_image(server, off), executed(t2i))
+    guided = executed(t9)
+    assert np.abs(guided.astype(int) - executed(t2i)).max() > 8, "skip-layer guidance changed nothing"
+
+    ui = load(t9)
+    (lora,) = [n for n in ui["nodes"] if n["type"] == "LoraLoaderModelOnly"]
+    assert lora["mode"] == BYPASSED
+    lora["mode"], lora["widgets_values"][0] = 0, _tiny_lora(comfy_models / "loras")
+    enabled = tiny(ui_to_api(ui, object_info))
+    assert enabled["8"]["inputs"]["model"] == [str(lora["id"]), 0] and enabled[str(lora["id"])]["inputs"]["model"] == ["1", 0]
+    log_before = server.log_text().count("lora key not loaded")
+    assert np.abs(saved_image(server, enabled).astype(int) - guided).max() > 8, "the LoRA changed nothing"
+    assert server.log_text().count("lora key not loaded") == log_before

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from workflow_export import TWINS
+
 
 pytestmark = pytest.mark.browser
 
@@ -139,7 +141,8 @@ def _spec(server, release, chromium, artifacts) -> dict:
                          "values": ["custom"] + [f"{p['name']} · {p['width']}×{p['height']}" for p in presets]
                                    + ["match image1"],
                          "output_line": f"output: {pick['width']}×{pick['height']} from width/height"},
-        "workflows": [{"name": f.stem, "workflow": json.loads(f.read_text())}
+        "workflows": [{"name": f.stem, "workflow": json.loads(f.read_text()),
+                       "api": json.loads((EXAMPLES / "api" / f"{TWINS[f.stem]}.json").read_text())}
                       for f in sorted(EXAMPLES.glob("*.json"))],
         "workflow_refs": _expected_reference_inputs(),
         "templates": _template_browser(),

@@ -11,6 +11,7 @@ from deepgen_model import configs
 from deepgen_model import download as dl
 from deepgen_model.bridge import BridgeConfig
 from deepgen_model.constants import selected_layers
+from workflow_export import BYPASSED, FRONTEND_ONLY, MUTED
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "example_workflows"
@@ -18,6 +19,7 @@ STEMS = sorted((p.stem for p in EXAMPLES.glob("*.json")), key=lambda s: int(s.sp
 DISPLAY = {"SaveImage": "Save Image", "VAEDecode": "VAE Decode", "DeepGenSampler": "DeepGen Sampler",
            "EmptySD3LatentImage": "EmptySD3LatentImage"}  # core display names of untitled nodes
 UI_WORDS = {"Run", "Weights"}  # the Run button; the notes' heading for the weights
+COUNT = {8: "eight", 9: "nine", 10: "ten", 11: "eleven", 12: "twelve"}  # how the README and the docs say it
 
 
 def workflow(stem: str) -> dict:
@@ -29,7 +31,8 @@ def nodes_of(wf: dict, kind: str) -> list[dict]:
 
 
 def note(wf: dict) -> str:
-    (n,) = nodes_of(wf, "MarkdownNote")
+    """The read-me note (a template may have more notes, next to the nodes they explain)."""
+    (n,) = [n for n in nodes_of(wf, "MarkdownNote") if n.get("title") == "Read me"]
     return n["widgets_values"][0]
 
 
@@ -94,7 +97,7 @@ def test_the_readme_lists_the_templates_in_order():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Example workflows"):]
     section = section[:section.index("\n## ")]
-    count = {8: "Eight"}[len(STEMS)]
+    count = COUNT[len(STEMS)].capitalize()
     assert section.count(f"{count} ready-made graphs ship in `example_workflows/`") == 1
     titles = re.findall(r"\*\*(?:DeepGen )?(\d+) - ([^*]+)\*\*", section)
     assert [f"DeepGen {n} - {t}" for n, t in titles] == STEMS
@@ -107,9 +110,10 @@ def test_the_workflows_doc_pairs_each_template_with_its_twin():
     doc = (REPO / "docs" / "workflows.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `(DeepGen \d+ - [^`]+)` \| `(\w+)` \|", doc, re.M)
     assert [ui for ui, _ in rows] == STEMS
-    assert f"ships {['eight'][len(STEMS) - 8]} workflows" in doc
-    for ui, twin in rows:  # a twin is the same graph: same node ids and classes (frontend-only notes aside)
-        graph = {str(n["id"]): n["type"] for n in workflow(ui)["nodes"] if n["type"] != "MarkdownNote"}
+    assert f"ships {COUNT[len(STEMS)]} workflows" in doc
+    for ui, twin in rows:  # a twin is the same graph: same node ids and classes (notes and bypassed nodes aside)
+        graph = {str(n["id"]): n["type"] for n in workflow(ui)["nodes"]
+                 if n["type"] not in FRONTEND_ONLY and n["mode"] not in (MUTED, BYPASSED)}
         api = json.loads((EXAMPLES / "api" / f"{twin}.json").read_text(encoding="utf-8"))
         assert {k: v["class_type"] for k, v in api.items()} == graph, (ui, twin)
         assert f"## {ui.split(' ', 1)[1]} (`api/{twin}.json`)" in doc
