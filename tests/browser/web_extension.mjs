@@ -411,8 +411,10 @@ try {
     const f = readFileSync(`/proc/${spec.server_pid}/stat`, "utf8").split(") ")[1].split(" ");
     return (Number(f[11]) + Number(f[12])) / 100;
   } catch { return NaN; } };
-  /** Press Run (the button itself) and wait for the prompt's end; -> {end, seconds, cpu, previews, error}. */
-  async function pressRun(timeout = 240000) {
+  /** Press Run (the button itself) and wait for the prompt's end; -> {end, seconds, cpu, previews, error}. The
+   * limit allows a 2-core machine busy with other jobs (a multi-image run took over 240 s there); a run past it
+   * is interrupted, so that it fails its own check only and not the next template's (queue overlay, events). */
+  async function pressRun(timeout = 480000) {
     const before = await page.evaluate(() => window.__deepgenEvents.length);
     const t = Date.now(), cpu = serverCpu();
     await page.getByTestId("queue-button").locator("button").first().click();
@@ -424,6 +426,11 @@ try {
       return { end: end?.[0] ?? "timeout", seconds: (Date.now() - t) / 1000, previews: events.filter(([k]) => k === "b_preview").length,
         error: end?.[0] === "execution_error" ? end[1] : null };
     }, [before, t]);
+    if (run.end === "timeout") {
+      await fetch(`${spec.url}/interrupt`, { method: "POST" }).catch(() => {});
+      await page.waitForFunction((n) => window.__deepgenEvents.slice(n).some(([k]) => /execution_(success|error|interrupted)/.test(k)),
+        before, { timeout: 60000, polling: 250 }).catch(() => {});
+    }
     return { ...run, cpu: serverCpu() - cpu };
   }
   const runTimes = {};
