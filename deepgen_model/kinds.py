@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from .errors import DeepGenLoadError
@@ -81,8 +82,6 @@ PART_HINT = {"vlm": "the release's vlm/ folder (LoRA merged), or use a Qwen2.5-V
 
 def renamed_bases(vlm_base, dit_base, vlm_path=None, base_path=None, where: str = "") -> tuple:
     """(vlm_base, dit_base), accepting the deprecated spellings vlm_path / base_path with a warning."""
-    import warnings
-
     for old, new, value in (("vlm_path", VLM_BASE, vlm_path), ("base_path", DIT_BASE, base_path)):
         if value is not None:
             warnings.warn(f"{where}{old}= is deprecated: pass {new}=", DeprecationWarning, stacklevel=3)

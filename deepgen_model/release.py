@@ -6,7 +6,7 @@ each layout: which file, folder, key family and config make each component, what
 (`require`), where the tokenizer is. It hands each component out as a `Part` (`bridge_part`, `dit_part`,
 `vae_part`, `vlm_part`; `scheduler_config`, `tokenizer_sources`): tensors and their checked config for every
 layout, folders included, so the builders (loading.py, vlm_loading.py) only build and assign. Every file of a release is opened here (`_torch_load`,
-`read_safetensors`, `safetensors_metadata`, `safetensors_header`, `json_file`, `read_tokenizer_files`), so
+`read_safetensors`, `safetensors_metadata`, `json_file`, `read_tokenizer_files`), so
 checks on what a file holds belong here too: each safetensors header and JSON config is checked by
 deepgen_model/validation.py before anything is read or built from it.
 """
@@ -93,12 +93,6 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def safetensors_metadata(path, component: str) -> dict[str, str]:
     """The __metadata__ of a safetensors file of `component`, from its checked header (no tensor is read)."""
     return validation.check_safetensors(path, component).get("__metadata__", {})
-
-
-def safetensors_header(path) -> dict:
-    """The JSON header of a safetensors file (tensor names, dtypes, shapes), without reading tensors."""
-    with open(path, "rb") as fh:
-        return json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
 
 
 def converted_metadata(source, component: str) -> dict[str, str]:
