@@ -204,17 +204,17 @@ def real_tokenizer_and_vlm_config():
     return tokenizer, cfg
 
 
-def build_real(dtype: torch.dtype, parts=("vlm", "bridge", "dit", "vae")) -> dict:
+def build_real(dtype: torch.dtype, parts=("vlm", "scb", "dit", "vae")) -> dict:
     """Real-size architectures (docs/inference.md#components) built on meta, then random weights stored in `dtype`."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from deepgen_model import SCBBridge, configs
+    from deepgen_model import SCBConnector, configs
 
     tokenizer, vlm_cfg = real_tokenizer_and_vlm_config()
     makers = {"vlm": lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**vlm_cfg)),
-              "bridge": SCBBridge, "dit": lambda: SD3Transformer2DModel(**configs.get("dit")),
+              "scb": SCBConnector, "dit": lambda: SD3Transformer2DModel(**configs.get("dit")),
               "vae": lambda: AutoencoderKL(**configs.get("vae"))}
     out = {"tokenizer": tokenizer, "scheduler_config": configs.get("scheduler")}
     for i, name in enumerate(parts):
@@ -231,9 +231,9 @@ def real_pipeline(compute=None):
     from deepgen_model.precision import apply_manual_cast, cpu_compute_dtype
 
     parts = build_real(torch.bfloat16)
-    for name in ("vlm", "bridge", "dit", "vae"):
+    for name in ("vlm", "scb", "dit", "vae"):
         apply_manual_cast(parts[name], compute or cpu_compute_dtype(name))
-    pipe = DeepGenPipeline(parts["vlm"], parts["tokenizer"], parts["bridge"], parts["dit"], parts["vae"],
+    pipe = DeepGenPipeline(parts["vlm"], parts["tokenizer"], parts["scb"], parts["dit"], parts["vae"],
                            parts["scheduler_config"])
     return pipe, parts
 
@@ -242,9 +242,9 @@ def reference_for(pipe, compute=torch.float32):
     """The independent official loop over the pack's own modules (same tensors, no copy)."""
     from bench.reference_loop import ReferenceDeepGen
 
-    bridge = pipe.bridge
-    heads = bridge.config.num_attention_heads
-    return ReferenceDeepGen.from_modules(pipe.vlm, pipe.tokenizer, bridge.state_dict(), heads, pipe.transformer.dit,
+    scb = pipe.scb
+    heads = scb.config.num_attention_heads
+    return ReferenceDeepGen.from_modules(pipe.vlm, pipe.tokenizer, scb.state_dict(), heads, pipe.transformer.dit,
                                          pipe.vae, pipe.scheduler_config, device=pipe.transformer.device,
                                          dtype=compute)
 

@@ -5,7 +5,7 @@
     python bench/compare.py --model PATH/DeepGen-1.0-diffusers --device cuda --size 512 1024 --steps 50
 
 The reference loop (bench/reference_loop.py) is an independent plain implementation of the official
-generate(): VLM + bridge on every call, batched CFG, diffusers' Euler scheduler, everything resident.
+generate(): VLM + SCB on every call, batched CFG, diffusers' Euler scheduler, everything resident.
 tiny: each side loads the fixture release folder itself (fp32). real: real-size architectures with
 random bf16 weights, which both sides share, computing in --compute (auto: what the engine picks for
 this CPU). A release PATH: the pack loads it (dtype auto, --quant for the VLM) and the reference runs
@@ -15,7 +15,7 @@ Each configuration runs the two sides alternately, --repeat rounds, the order fl
 (ref, pack / pack, ref / ...), so a drift in the machine's speed hits both. Reported: the median,
 min and max of each side, the median of the per-round pack/ref ratios, the machine load during
 every run (load average, cores busy with other processes, stolen cores), and the same breakdown
-per stage for both sides (encode = ViT + VLM + bridge, reference VAE encode, each sampling step,
+per stage for both sides (encode = ViT + VLM + SCB, reference VAE encode, each sampling step,
 decode, other = the rest), so a gap points at its stage. The largest latent difference between
 the two sides rides along as a fidelity check.
 """
@@ -34,7 +34,7 @@ import torch
 from bench.common import (EDIT_PROMPT, PROMPT, Memory, Stages, machine_load, measured, real_pipeline,
                           reference_for, reference_image, settle, table, tiny_release, write_json)
 
-STAGES = ("encode", "ViT", "VLM text", "bridge", "reference VAE encode", "DiT step", "decode")
+STAGES = ("encode", "ViT", "VLM text", "SCB", "reference VAE encode", "DiT step", "decode")
 PER_STEP_ROWS = 4  # up to this many steps, each step gets its own row; beyond, the per-step median
 
 
@@ -60,9 +60,9 @@ def instrument(pipe, ref, mem: Memory) -> Stages:
 
     st = Stages(mem)
     st.wrap(pipe, "encode", "encode")
-    for method in ("_vit", "_stacked", "_bridge"):  # the reference's encode: ViT, VLM rows (+ pad rows), bridge
+    for method in ("_vit", "_stacked", "_scb"):  # the reference's encode: ViT, VLM rows (+ pad rows), SCB
         st.wrap(ref, method, "encode")
-    st.wrap(pipe.bridge, "forward", "bridge").wrap(ref, "_bridge", "bridge")
+    st.wrap(pipe.scb, "forward", "SCB").wrap(ref, "_scb", "SCB")
     st.wrap(pipe.transformer, "forward", "DiT step").wrap(ref, "_velocity", "DiT step")
     vlms, vaes = [pipe.vlm] + [ref.vlm] * (ref.vlm is not pipe.vlm), [pipe.vae] + [ref.vae] * (ref.vae is not pipe.vae)
     for vlm in vlms:  # tiny: each side loaded its own copy; otherwise the modules are shared (wrap once)
@@ -156,7 +156,7 @@ def run(argv=None) -> dict:
     pipe, ref = load(args.model, args.device, args.quant, args.release, args.compute)
     # per stage: under the CPU policy the VLM computes in fp32 while the other stages compute in bf16
     compute = {stage: str(compute_dtype_of(module) or "").removeprefix("torch.")
-               for stage, module in (("vlm", pipe.vlm), ("bridge", pipe.bridge), ("dit", pipe.transformer),
+               for stage, module in (("vlm", pipe.vlm), ("scb", pipe.scb), ("dit", pipe.transformer),
                                      ("vae", pipe.vae))}
     st = instrument(pipe, ref, mem)
     rows, stage_rows, raw = [], [], []

@@ -3,14 +3,14 @@
     python bench/dtypes.py --model tiny                                      # CI smoke
     python bench/dtypes.py --model real --size 256 --json dtypes_real.json   # real size, random weights
 
-Every run is one 1-reference edit, which exercises every stage (ViT + VLM text, SCB bridge, reference
+Every run is one 1-reference edit, which exercises every stage (ViT + VLM text, SCB connector, reference
 VAE encode, DiT step, VAE decode), on ONE set of bf16-stored weights; only the compute dtype changes
 (precision.apply_manual_cast: fp32 = weights cast per call; bf16 = computed as stored).
 
 - Speed: all stages in fp32 and all in bf16, alternately (the order flips every round), --repeat
   rounds; each stage's median time in each, and the machine load of every run.
 - Fidelity: each stage alone in bf16 (the others fp32), against the all-fp32 run: the relative RMS
-  difference of that stage's OWN output (VLM: the stacked hidden states the bridge reads; bridge: the
+  difference of that stage's OWN output (VLM: the stacked hidden states the SCB reads; scb: the
   DiT context; DiT: the first step's velocity; VAE: the reference latent and the decoded image of the
   fp32 latents), and what it does to the final latents and image. Then all stages in bf16.
 - Decision per stage: bf16 where it is faster AND its own-output difference is within
@@ -32,7 +32,7 @@ import torch
 from bench.common import (EDIT_PROMPT, Memory, Stages, machine_load, measured, real_pipeline, reference_image,
                           settle, table, tiny_release, write_json)
 
-STAGE_TIMERS = {"vlm": ("ViT", "VLM text"), "bridge": ("bridge",), "dit": ("DiT step",),
+STAGE_TIMERS = {"vlm": ("ViT", "VLM text"), "scb": ("SCB",), "dit": ("DiT step",),
                 "vae": ("VAE encode", "VAE decode")}
 
 
@@ -47,7 +47,7 @@ def load_pipeline(model: str, release: str | None):
 
 
 def modules(pipe) -> dict:
-    return {"vlm": pipe.vlm, "bridge": pipe.bridge, "dit": pipe.transformer, "vae": pipe.vae}
+    return {"vlm": pipe.vlm, "scb": pipe.scb, "dit": pipe.transformer, "vae": pipe.vae}
 
 
 def set_compute(pipe, bf16_stages) -> None:
@@ -73,20 +73,20 @@ def instrument(pipe, mem: Memory) -> Stages:
 
     visual, text = vlm_parts(pipe.vlm)
     st = Stages(mem)
-    st.wrap(visual, "forward", "ViT").wrap(text, "forward", "VLM text").wrap(pipe.bridge, "forward", "bridge")
+    st.wrap(visual, "forward", "ViT").wrap(text, "forward", "VLM text").wrap(pipe.scb, "forward", "SCB")
     st.wrap(pipe.transformer, "forward", "DiT step").wrap(pipe.vae, "encode", "VAE encode")
     return st.wrap(pipe.vae, "decode", "VAE decode")
 
 
 class Capture:
-    """The first output of the DiT and the bridge's input/output in a run (forward hooks)."""
+    """The first output of the DiT and the SCB's input/output in a run (forward hooks)."""
 
     def __init__(self, pipe):
         self.data, self._handles = {}, []
-        self._handles.append(pipe.bridge.register_forward_hook(self._bridge))
+        self._handles.append(pipe.scb.register_forward_hook(self._scb))
         self._handles.append(pipe.transformer.register_forward_hook(self._dit))
 
-    def _bridge(self, module, args, out):
+    def _scb(self, module, args, out):
         self.data["vlm hidden states"] = args[0].detach().float().clone()
         self.data["context"] = out[0].detach().float().clone()
 
@@ -148,7 +148,7 @@ def run(argv=None) -> dict:
             for kind in ("fp32", "bf16") if round_ % 2 == 0 else ("bf16", "fp32"):
                 timed[kind].append(edit(set(precision.STAGES) if kind == "bf16" else set()))
         base = timed["fp32"][-1]
-        single = {stage: edit({stage}) for stage in ("vlm", "bridge", "dit")}
+        single = {stage: edit({stage}) for stage in ("vlm", "scb", "dit")}
         set_compute(pipe, {"vae"})
         vae_decoded = decode(pipe.vae, base["latents"])
         vae_latent = encode_reference(pipe.vae, base["references"][0])
@@ -161,10 +161,10 @@ def run(argv=None) -> dict:
         return [sum(r["stages"].get(n, {}).get("seconds", 0.0) for n in STAGE_TIMERS[stage]) for r in records]
 
     own = {"vlm": rel_rms(single["vlm"]["captured"]["vlm hidden states"], base["captured"]["vlm hidden states"]),
-           "bridge": rel_rms(single["bridge"]["captured"]["context"], base["captured"]["context"]),
+           "scb": rel_rms(single["scb"]["captured"]["context"], base["captured"]["context"]),
            "dit": rel_rms(single["dit"]["captured"]["velocity"], base["captured"]["velocity"]),
            "vae": max(rel_rms(vae_latent, base["reference_latent"]), rel_rms(vae_decoded, base["images"]))}
-    own_what = {"vlm": "stacked hidden states", "bridge": "DiT context", "dit": "velocity, step 1",
+    own_what = {"vlm": "stacked hidden states", "scb": "DiT context", "dit": "velocity, step 1",
                 "vae": "reference latent / decoded image (worse of the two)"}
     rows = []
     for stage in precision.STAGES:

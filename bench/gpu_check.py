@@ -49,11 +49,11 @@ def write_random_release(root: Path, device: str) -> Path:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from bench.common import real_tokenizer_and_vlm_config
-    from deepgen_model import SCBBridge, configs
+    from deepgen_model import SCBConnector, configs
 
     tokenizer, vlm_cfg = real_tokenizer_and_vlm_config()
     makers = {"vlm": lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**vlm_cfg)),
-              "connector": SCBBridge, "transformer": lambda: SD3Transformer2DModel(**configs.get("dit")),
+              "connector": SCBConnector, "transformer": lambda: SD3Transformer2DModel(**configs.get("dit")),
               "vae": lambda: AutoencoderKL(**configs.get("vae"))}
     root.mkdir(parents=True, exist_ok=True)
     g = torch.Generator(device).manual_seed(0)

@@ -24,7 +24,7 @@ import torch
 
 from bench.common import GiB, Memory, materialise, param_bytes, settle, table, write_json
 
-COMPONENTS = ("vlm", "bridge", "dit", "vae")
+COMPONENTS = ("vlm", "scb", "dit", "vae")
 VARIANTS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn}
 
 
@@ -34,7 +34,7 @@ def _meta(name: str):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from bench.common import real_tokenizer_and_vlm_config
-    from deepgen_model import SCBBridge, configs
+    from deepgen_model import SCBConnector, configs
 
     if name == "vlm":
         with init_empty_weights(include_buffers=False):
@@ -43,18 +43,18 @@ def _meta(name: str):
         m.lm_head.weight = m.get_input_embeddings().weight
         return m
     with init_empty_weights(include_buffers=False):
-        return {"bridge": SCBBridge, "dit": lambda: SD3Transformer2DModel(**configs.get("dit")),
+        return {"scb": SCBConnector, "dit": lambda: SD3Transformer2DModel(**configs.get("dit")),
                 "vae": lambda: AutoencoderKL(**configs.get("vae"))}[name]()
 
 
 def _tiny(name: str):
     from deepgen_model import tiny as deepgen_tiny
-    from deepgen_model import BridgeConfig, SCBBridge
+    from deepgen_model import SCBConfig, SCBConnector
 
     comps = deepgen_tiny.build_tiny_components(0)
-    if name == "bridge":
-        b = SCBBridge(BridgeConfig.from_state_dict(comps.bridge_state, comps.bridge_heads))
-        b.load_state_dict(comps.bridge_state)
+    if name == "scb":
+        b = SCBConnector(SCBConfig.from_state_dict(comps.scb_state, comps.scb_heads))
+        b.load_state_dict(comps.scb_state)
         return b
     return {"vlm": comps.vlm_base, "dit": comps.dit, "vae": comps.vae}[name]
 

@@ -2,7 +2,7 @@
 
     python bench/real_size_smoke.py [--size 256] [--steps 1] [--json out.json]
 
-Builds Qwen2.5-VL-3B, the SCB bridge, the SD3.5-M Kontext DiT and the SD3 VAE at their real sizes
+Builds Qwen2.5-VL-3B, the SCB connector, the SD3.5-M Kontext DiT and the SD3 VAE at their real sizes
 (docs/inference.md#components) without initialising them (accelerate.init_empty_weights, then random bf16 weights), runs
 text-to-image and a one-reference edit through DeepGenPipeline on the CPU with bf16 storage and
 fp32 compute, and prints time and peak RSS per stage. No weights are downloaded; outputs are noise.
@@ -54,7 +54,7 @@ class PeakRSS:
 def build(dtype: torch.dtype):
     t = time.perf_counter()
     parts = build_real(dtype)
-    return parts["tokenizer"], [parts[k] for k in ("vlm", "bridge", "dit", "vae")], {"materialise": time.perf_counter() - t}
+    return parts["tokenizer"], [parts[k] for k in ("vlm", "scb", "dit", "vae")], {"materialise": time.perf_counter() - t}
 
 
 def main(argv=None) -> int:
@@ -67,10 +67,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rss = PeakRSS()
-    tokenizer, (vlm, bridge, dit, vae), timings = build(torch.bfloat16)
-    for m in (vlm, bridge, dit, vae):
+    tokenizer, (vlm, scb, dit, vae), timings = build(torch.bfloat16)
+    for m in (vlm, scb, dit, vae):
         apply_manual_cast(m, torch.float32)  # bf16 storage, fp32 compute (engine-feasibility §3)
-    pipe = DeepGenPipeline(vlm, tokenizer, bridge, dit, vae, configs.get("scheduler"))
+    pipe = DeepGenPipeline(vlm, tokenizer, scb, dit, vae, configs.get("scheduler"))
     rows = [("materialise all weights (bf16)", timings["materialise"], rss.peak_gib())]
 
     def stage(name, fn):
@@ -82,12 +82,12 @@ def main(argv=None) -> int:
 
     size, steps = args.size, args.steps
     prompt = "a Delft-blue vase holding the flower that symbolises the Netherlands, studio light"
-    cond = stage("T2I encode: VLM + bridge (pos+neg)", lambda: pipe.encode(prompt))
+    cond = stage("T2I encode: VLM + SCB (pos+neg)", lambda: pipe.encode(prompt))
     out = stage(f"T2I {steps} DiT step(s) with CFG + VAE decode, {size}px",
                 lambda: pipe(conditioning=cond, width=size, height=size, steps=steps, seed=0))
     stage(f"  of which VAE decode {size}px", lambda: decode(pipe.vae, out.latents))
     ref = torch.rand(size, size, 3, generator=torch.Generator().manual_seed(0))
-    econd = stage(f"edit encode: ViT + VLM + bridge, 1 ref {size}px",
+    econd = stage(f"edit encode: ViT + VLM + SCB, 1 ref {size}px",
                   lambda: pipe.encode("make it night", images=[ref], max_side=size))
     stage(f"edit {steps} DiT step(s) with CFG + 1 ref + VAE encode/decode",
           lambda: pipe(conditioning=econd, steps=steps, seed=0))

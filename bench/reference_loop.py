@@ -136,8 +136,8 @@ class ReferenceDeepGen:
             out.append(torch.cat(layers, dim=-1))
         return torch.stack(out)
 
-    # ---------------------------------------------------------------- bridge
-    def _bridge(self, x: torch.Tensor):
+    # ---------------------------------------------------------------- SCB
+    def _scb(self, x: torch.Tensor):
         c, heads = self.connector, self.heads
         lin = lambda x, name: F.linear(x, c[f"{name}.weight"].to(x.dtype), c[f"{name}.bias"].to(x.dtype))  # noqa: E731
         x = lin(x.to(self.dtype), "projector_1")
@@ -214,7 +214,7 @@ class ReferenceDeepGen:
                 height, width = pixels[0].shape[-2:]
         else:
             texts = [_t2i(prompt), _t2i(negative)]
-        seq, pooled = self._bridge(self._stacked(texts, vit_tokens, grids))
+        seq, pooled = self._scb(self._stacked(texts, vit_tokens, grids))
         gen = torch.Generator("cpu").manual_seed(seed)
         latents = torch.randn((1, 16, height // 8, width // 8), generator=gen).to(self.device, self.dtype)
         self.scheduler.set_timesteps(steps, device=self.device)

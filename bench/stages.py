@@ -1,4 +1,4 @@
-"""Per-stage time and peak memory (ViT, VLM, bridge, DiT step, VAE), the cached re-run saving, the
+"""Per-stage time and peak memory (ViT, VLM, SCB, DiT step, VAE), the cached re-run saving, the
 VLM early stop, the tied LM head, and which weights sit on the accelerator under each offload mode.
 
     python bench/stages.py --model tiny                                 # CI smoke
@@ -23,7 +23,7 @@ import torch
 from bench.common import (EDIT_PROMPT, PROMPT, GiB, Memory, Stages, param_bytes, real_pipeline, reference_image,
                           settle, table, tiny_release, write_json)
 
-ENCODER = ("ViT", "VLM text", "bridge")
+ENCODER = ("ViT", "VLM text", "SCB")
 SAMPLER = ("DiT step", "VAE decode")
 
 
@@ -44,7 +44,7 @@ def _instrument(pipe, mem: Memory) -> Stages:
 
     visual, text = vlm_parts(pipe.vlm)
     st = Stages(mem)
-    st.wrap(visual, "forward", "ViT").wrap(text, "forward", "VLM text").wrap(pipe.bridge, "forward", "bridge")
+    st.wrap(visual, "forward", "ViT").wrap(text, "forward", "VLM text").wrap(pipe.scb, "forward", "SCB")
     st.wrap(pipe.transformer, "forward", "DiT step").wrap(pipe.vae, "encode", "VAE encode")
     st.wrap(pipe.vae, "decode", "VAE decode")
     head = getattr(pipe.vlm, "lm_head", None)
@@ -110,11 +110,11 @@ def _lm_head(pipe) -> dict:
 
 def _residency(pipe) -> list[dict]:
     """Weights that must sit on the accelerator in each phase, per offload mode (exact tensor sizes)."""
-    size = {n: param_bytes(m) for n, m in (("vlm", pipe.vlm), ("bridge", pipe.bridge), ("dit", pipe.transformer),
+    size = {n: param_bytes(m) for n, m in (("vlm", pipe.vlm), ("scb", pipe.scb), ("dit", pipe.transformer),
                                            ("vae", pipe.vae))}
-    phases = {"encode (VLM+bridge)": ("vlm", "bridge"), "reference VAE encode": ("vae",), "sampling (DiT)": ("dit",),
+    phases = {"encode (VLM+SCB)": ("vlm", "scb"), "reference VAE encode": ("vae",), "sampling (DiT)": ("dit",),
               "VAE decode": ("vae",)}
-    ours = {"vlm": "vlm", "bridge": "bridge", "transformer": "dit", "vae": "vae"}  # the pipeline's names -> this table's
+    ours = {"vlm": "vlm", "scb": "scb", "transformer": "dit", "vae": "vae"}  # the pipeline's names -> this table's
     stay = {mode: set(size) - {ours[n] for n in pipe.offloaded(mode)} for mode in pipe.OFFLOAD}
     rows = []
     for mode, resident in stay.items():
@@ -179,7 +179,7 @@ def run(argv=None) -> dict:
 
     stage_rows, cached_rows = [], []
     for r in runs:
-        for name in ("ViT", "VLM text", "bridge", "VAE encode", "DiT step", "VAE decode", "lm_head"):
+        for name in ("ViT", "VLM text", "SCB", "VAE encode", "DiT step", "VAE decode", "lm_head"):
             rec = r["stages"].get(name)
             if rec:
                 stage_rows.append({"run": r["run"], "stage": name, "calls": rec["calls"],
@@ -205,7 +205,7 @@ def run(argv=None) -> dict:
                              ("seconds_per_call", "s/call", "{:.3f}"), ("seconds", "s total", "{:.3f}"),
                              ("peak_gib", "peak GiB", "{:.2f}")], "per stage"))
     print(table(cached_rows, [("run", "run", ""), ("full_s", "full s", "{:.3f}"), ("cached_s", "re-run s", "{:.3f}"),
-                              ("encoder_s_full", "ViT+VLM+bridge s", "{:.3f}"),
+                              ("encoder_s_full", "ViT+VLM+SCB s", "{:.3f}"),
                               ("non_sampler_s_cached", "re-run non-sampler s", "{:.3f}"),
                               ("encoder_calls_cached", "encoder calls", ""),
                               ("skipped_fraction", "skipped", "{:.2%}")], "cached re-run"))

@@ -60,16 +60,24 @@ _EXPORTS = {
     "DeepGenOutput": ".pipeline",
     "DeepGenConditioning": ".conditioning",
     "DeepGenTransformer": ".transformer",
-    "SCBBridge": ".bridge",
-    "BridgeConfig": ".bridge",
+    "SCBConnector": ".scb",
+    "SCBConfig": ".scb",
     "DeepGenError": ".errors",
     "DeepGenInputError": ".errors",
     "DeepGenLoadError": ".errors",
 }
 __all__ = list(_EXPORTS)
+# Older names of public classes (docs/architecture.md, "One vocabulary"): still importable, with a warning.
+_DEPRECATED = {"SCBBridge": "SCBConnector", "BridgeConfig": "SCBConfig"}
 
 
 def __getattr__(name):
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(f"deepgen_model.{name} is deprecated: use deepgen_model.{_DEPRECATED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        name = _DEPRECATED[name]
     if name in _EXPORTS:
         import importlib
 

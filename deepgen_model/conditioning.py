@@ -1,6 +1,6 @@
 """Prompts (+ reference images) -> DiT conditioning, once per generation (docs/inference.md#vlm-forward, #editing).
 
-Positive and negative rows go through the VLM and the bridge in one batch so that the shorter rows
+Positive and negative rows go through the VLM and the SCB in one batch so that the shorter rows
 carry the official left padding (docs/inference.md#pitfall-1). Precision and device are the caller's: everything is
 computed in the dtype/device of the modules passed in.
 """
@@ -49,7 +49,7 @@ class DeepGenConditioning:
 
 def _device_and_dtype(linear) -> tuple[torch.device, torch.dtype]:
     """Where and in which dtype a Linear computes: its storage dtype, or the compute dtype when its
-    weights are cast per call (precision.py), so a bf16-stored fp32-computing bridge keeps fp32 input."""
+    weights are cast per call (precision.py), so a bf16-stored fp32-computing SCB keeps fp32 input."""
     w = linear.weight
     with torch.no_grad():
         return w.device, linear(torch.zeros(1, w.shape[1], dtype=w.dtype, device=w.device)).dtype
@@ -102,13 +102,13 @@ def _check_length(vlm, mask: torch.Tensor, think_tokens: int, b: int, image_toke
     return warnings
 
 
-def encode_steps(vlm, bridge, references: int = 0) -> int:
+def encode_steps(vlm, scb, references: int = 0) -> int:
     """The progress steps `encode` reports with `references` reference images: ViT blocks, decoder layers,
-    bridge layers (with real weights on a CPU each bridge layer of a long prompt takes seconds)."""
-    return progress_steps(vlm, references) + len(bridge.connector.layers)
+    SCB layers (with real weights on a CPU each SCB layer of a long prompt takes seconds)."""
+    return progress_steps(vlm, references) + len(scb.connector.layers)
 
 
-def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: list[str] | str,
+def encode(vlm, tokenizer, scb, prompts: list[str] | str, negative_prompts: list[str] | str,
            images: list[torch.Tensor] | None = None, max_side: int = 512, *,
            layer_callback=None, progress=None) -> DeepGenConditioning:
     """Text-to-image when `images` is None; editing with every tensor of `images` (ComfyUI IMAGE
@@ -116,7 +116,7 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
 
     A single negative string is used for every prompt. References are resized by the CLI rule
     (`reference_size`, long side at most `max_side`). layer_callback: called before every ViT block,
-    decoder layer and bridge layer (ComfyUI passes its interrupt check); progress: called as progress(done,
+    decoder layer and SCB layer (ComfyUI passes its interrupt check); progress: called as progress(done,
     total) after each of them, total = encode_steps(...) (ComfyUI passes its progress bar).
 
     Prompts are never truncated (the release does not truncate at inference); a sequence longer than
@@ -159,10 +159,10 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
                 if (w := empty_prompt_warning("prompt" + (f" {i}" if b > 1 else ""), p, images is not None))]
     for note in warnings:
         log.warning(note)
-    warnings += _check_length(vlm, mask, bridge.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
+    warnings += _check_length(vlm, mask, scb.meta_queries.shape[0], b, sum(counts) if images is not None else 0)
     occurrences = pixel_values * (2 * b) if images is not None else None  # same objects: ViT runs once per ref
     grid_thw = torch.cat(grids * (2 * b)) if images is not None else None
-    total, done = encode_steps(vlm, bridge, len(images) if images is not None else 0), 0
+    total, done = encode_steps(vlm, scb, len(images) if images is not None else 0), 0
 
     def step():
         nonlocal done
@@ -170,9 +170,9 @@ def encode(vlm, tokenizer, bridge, prompts: list[str] | str, negative_prompts: l
         progress(done, total)
 
     tick = step if progress is not None else None
-    stacked = stacked_hidden_states(vlm, tokenizer, bridge.meta_queries, ids, mask, occurrences, grid_thw,
+    stacked = stacked_hidden_states(vlm, tokenizer, scb.meta_queries, ids, mask, occurrences, grid_thw,
                                     layer_callback=layer_callback, progress=tick)
-    with torch.no_grad(), calling_per_layer(bridge.connector.layers, layer_callback, tick):
-        seq, pooled = bridge(stacked.to(*_device_and_dtype(bridge.projector_1)))
+    with torch.no_grad(), calling_per_layer(scb.connector.layers, layer_callback, tick):
+        seq, pooled = scb(stacked.to(*_device_and_dtype(scb.projector_1)))
     return DeepGenConditioning(seq=seq, pooled=pooled, references=references, reference_pixels=resized,
                                prompt_text=texts, warnings=warnings)

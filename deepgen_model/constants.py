@@ -59,5 +59,5 @@ LORA_SCALE = 2.0
 
 
 def selected_layers(num_hidden_layers: int) -> tuple[int, ...]:
-    """Hidden-state indices fed to the bridge, deepest first (docs/inference.md#layer-selection): 35, 29, 23, 17, 11, 5 at 36."""
+    """Hidden-state indices fed to the SCB, deepest first (docs/inference.md#layer-selection): 35, 29, 23, 17, 11, 5 at 36."""
     return tuple(range(num_hidden_layers - 1, 0, -LAYER_STRIDE))

@@ -75,7 +75,7 @@ def convert(src, dst_dir, *, vlm_base=None, dit_base=None, dtype=None, force=Fal
 
 
 def _convert_one(component, release, path, *, dtype, connector_heads) -> int:
-    from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
+    from .loading import load_scb, load_dit, load_scheduler_config, load_vae
     from .vlm_loading import load_vlm, vlm_legacy_state
 
     if component == "dit":
@@ -83,8 +83,8 @@ def _convert_one(component, release, path, *, dtype, connector_heads) -> int:
         scheduler = json.dumps(load_scheduler_config(release), sort_keys=True)
         return _save(path, dit.state_dict(), "dit", _diffusers_config_json(dit), dtype, scheduler_config=scheduler)
     if component == "scb":
-        bridge = load_bridge(release, dtype=dtype, num_attention_heads=connector_heads)
-        return _save(path, bridge.state_dict(), "scb", bridge.config.to_json(), dtype)
+        scb = load_scb(release, dtype=dtype, num_attention_heads=connector_heads)
+        return _save(path, scb.state_dict(), "scb", scb.config.to_json(), dtype)
     if component == "vae":
         vae = load_vae(release, dtype=dtype)
         return _save(path, vae.state_dict(), "vae", _diffusers_config_json(vae), dtype)

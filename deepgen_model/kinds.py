@@ -28,11 +28,11 @@ UNIPIC2 = "unipic2"  # UniPic2-SD3.5M-Kontext-2B style folder: transformer/ + va
 COMPONENTS = ("dit", "scb", "vlm", "vae")
 # One vocabulary: each component's key (files, loaders, Release methods, the nodes' model lists) and the name
 # messages and docs give it. The SCB connector is "scb" in code and files, "SCB" to people (the model class that
-# implements it is SCBBridge); the DiT is "dit" / "DiT" (diffusers calls its class, and the release its folder,
+# implements it is SCBConnector); the DiT is "dit" / "DiT" (diffusers calls its class, and the release its folder,
 # "transformer"). Older spellings are understood, never written.
 COMPONENT_NAMES = {"vlm": "VLM", "scb": "SCB", "dit": "DiT", "vae": "VAE", "tokenizer": "tokenizer",
                    "scheduler": "scheduler"}
-_OLD_COMPONENT_SPELLINGS = {"bridge": "scb", "connector": "scb", "transformer": "dit"}
+_OLD_COMPONENT_SPELLINGS = {"scb": "scb", "connector": "scb", "transformer": "dit"}
 # The two base folders the native model.pt needs: one name each, the ComfyUI widget's, in every message and
 # parameter (older spellings at the public edges: vlm_path / base_vlm_path, base_path; deprecated).
 VLM_BASE, DIT_BASE = "vlm_base", "dit_base"
@@ -57,7 +57,7 @@ CONVERTED_FILES = {c: f"deepgen_{c}.safetensors" for c in COMPONENTS}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja")
 NATIVE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-BRIDGE_FAMILIES = ("connector", "projector", "meta_queries")  # model.pt's key families of the SCB bridge
+SCB_FAMILIES = ("connector", "projector", "meta_queries")  # model.pt's key families of the SCB connector
 # the diffusers release's folder (and file) that holds each component
 RELEASE_PARTS = {"dit": "transformer", "scb": "connector/model.safetensors", "vlm": "vlm/config.json",
                  "vae": "vae", "tokenizer": "tokenizer"}

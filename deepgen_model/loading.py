@@ -1,4 +1,4 @@
-"""Builders of the SCB bridge, the DiT and the VAE from a Release (deepgen_model/release.py).
+"""Builders of the SCB connector, the DiT and the VAE from a Release (deepgen_model/release.py).
 
 Each takes an opened Release (a path is opened on the spot), asks it for its component (a Part: tensors and
 their checked config, whatever the layout) and only builds: on the meta device, assigning the tensors strictly
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .assign import assign, check_materialised, check_names_and_shapes, finish, preview
-from .bridge import BridgeConfig, SCBBridge
+from .scb import SCBConfig, SCBConnector
 from .errors import DeepGenLoadError
 from .keys import describe_families
 from .precision import cast_floating, parse_dtype
@@ -23,23 +23,23 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Bridge (connector + projectors + think tokens)
+# SCB (connector + projectors + think tokens)
 
-_BRIDGE_SHAPE_KEYS = ("projector_1.weight", "projector_2.weight", "projector_3.weight", "meta_queries",
+_SCB_SHAPE_KEYS = ("projector_1.weight", "projector_2.weight", "projector_3.weight", "meta_queries",
                       "connector.layers.0.mlp.fc1.weight")
 
 
-def load_bridge(release, *, dtype=None, device="cpu", num_attention_heads: int | None = None) -> SCBBridge:
-    """SCB bridge of a Release (or a path) of any layout. dtype None keeps the file's dtype (the release's connector is fp32).
+def load_scb(release, *, dtype=None, device="cpu", num_attention_heads: int | None = None) -> SCBConnector:
+    """SCB connector of a Release (or a path) of any layout. dtype None keeps the file's dtype (the release's connector is fp32).
 
     Sizes come from the tensor shapes, overridden by the config the release records. The head count is not
     visible in shapes: `num_attention_heads`, the recorded config (connector/config.json, the converted
     metadata), or the released default (32), in that order."""
     dtype = parse_dtype(dtype)
-    part = Release.of(release).bridge_part()
+    part = Release.of(release).scb_part()
     state, name = part.tensors, part.name
-    sizes = dataclasses.asdict(_bridge_config(state, name, num_attention_heads or part.config.get("num_attention_heads")))
-    cfg = BridgeConfig.from_dict({**sizes, **part.config, "num_attention_heads": sizes["num_attention_heads"]})
+    sizes = dataclasses.asdict(_scb_config(state, name, num_attention_heads or part.config.get("num_attention_heads")))
+    cfg = SCBConfig.from_dict({**sizes, **part.config, "num_attention_heads": sizes["num_attention_heads"]})
     if cfg.hidden_size % cfg.num_attention_heads:
         p1 = tuple(state["projector_1.weight"].shape) if "projector_1.weight" in state else None
         raise DeepGenLoadError(f"{name}: connector width {cfg.hidden_size} is not divisible by {cfg.num_attention_heads} "
@@ -47,22 +47,22 @@ def load_bridge(release, *, dtype=None, device="cpu", num_attention_heads: int |
                                "mis-shaped (a damaged or foreign file), or pass num_attention_heads= (the connector's "
                                "head count)")
     with torch.device("meta"):
-        bridge = SCBBridge(cfg)
-    assign(bridge, state, name)
-    check_materialised(bridge, name)
-    log.info("bridge from %s: %d tensors, %d heads", name, len(state), cfg.num_attention_heads)
-    return finish(bridge, dtype, device)
+        scb = SCBConnector(cfg)
+    assign(scb, state, name)
+    check_materialised(scb, name)
+    log.info("SCB from %s: %d tensors, %d heads", name, len(state), cfg.num_attention_heads)
+    return finish(scb, dtype, device)
 
 
-def _bridge_config(state: dict, name, heads) -> BridgeConfig:
-    missing = [k for k in _BRIDGE_SHAPE_KEYS if k not in state]
+def _scb_config(state: dict, name, heads) -> SCBConfig:
+    missing = [k for k in _SCB_SHAPE_KEYS if k not in state]
     if missing:
         raise DeepGenLoadError(f"{name}: missing tensors ({len(missing)}): {preview(missing)} "
                                f"(found {describe_families(state)})")
     if not heads:
-        log.info("%s: no connector config; using the released head count %d", name, BridgeConfig.num_attention_heads)
+        log.info("%s: no connector config; using the released head count %d", name, SCBConfig.num_attention_heads)
     try:
-        return BridgeConfig.from_state_dict(state, int(heads) if heads else None)
+        return SCBConfig.from_state_dict(state, int(heads) if heads else None)
     except (KeyError, IndexError, ZeroDivisionError) as e:
         raise DeepGenLoadError(f"{name}: connector tensors are inconsistent ({e})") from e
 
@@ -123,4 +123,4 @@ def load_scheduler_config(release) -> dict:
     return Release.of(release).scheduler_config()
 
 
-__all__ = ["load_bridge", "load_dit", "dit_weights", "load_vae", "load_vae_folder", "load_scheduler_config"]
+__all__ = ["load_scb", "load_dit", "dit_weights", "load_vae", "load_vae_folder", "load_scheduler_config"]

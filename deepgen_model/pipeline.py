@@ -3,16 +3,17 @@
     pipe = DeepGenPipeline.from_pretrained("models/deepgen/DeepGen-1.0-diffusers")
     out = pipe("a red cat on a blue mat", seed=42)          # out.images: [1, 512, 512, 3] in 0..1
     out = pipe("make the cat blue", images=[photo])          # edit; photo: [H, W, 3] float 0..1
-    cond = pipe.encode("a red cat")                          # run the VLM + bridge once ...
+    cond = pipe.encode("a red cat")                          # run the VLM + SCB once ...
     out = pipe(conditioning=cond, seed=7, steps=30)          # ... and re-sample without them
 
-Memory: offload="encoder" keeps the VLM and bridge on the CPU except while encoding (the DiT and VAE
+Memory: offload="encoder" keeps the VLM and SCB on the CPU except while encoding (the DiT and VAE
 get the accelerator); offload="all" also moves the DiT and VAE in only for their own stage.
 dit_weights="fp8_e4m3fn" stores the DiT's Linear weights in fp8 (half of bf16), computed in bf16/fp32.
 """
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .conditioning import DeepGenConditioning, encode
 from .constants import DEFAULT_CFG, DEFAULT_SIZE, DEFAULT_STEPS, EDIT_NEGATIVE, T2I_NEGATIVE, VAE_DOWNSCALE
 from .errors import DeepGenInputError
 from .images import output_size
-from .loading import load_bridge, load_dit, load_scheduler_config, load_vae
+from .loading import load_dit, load_scb, load_scheduler_config, load_vae
 from .precision import FP8_DTYPES, apply_manual_cast, compute_dtype_of, resolve_dtypes, store_linear_weights
 from .kinds import renamed_bases
 from .release import COMPONENTS, Release
@@ -56,21 +57,21 @@ def _move(module: torch.nn.Module, device: torch.device) -> None:
 
 
 class DeepGenPipeline:
-    """VLM + SCB bridge -> DiT with reference latents -> VAE, with the official schedule and CFG."""
+    """VLM + SCB connector -> DiT with reference latents -> VAE, with the official schedule and CFG."""
 
     OFFLOAD = ("none", "encoder", "all")
     # the components in the order they run (diffusers' name for it): offloading moves each in only for its stage,
     # "encoder" those that run before the DiT, "all" every one
-    model_cpu_offload_seq = "vlm->bridge->transformer->vae"
+    model_cpu_offload_seq = "vlm->scb->transformer->vae"
 
-    def __init__(self, vlm, tokenizer, bridge, dit, vae, scheduler_config: dict | None = None, *,
+    def __init__(self, vlm, tokenizer, scb, dit, vae, scheduler_config: dict | None = None, *,
                  offload: str = "none", device=None, offload_device="cpu"):
-        """offload: "none" (modules stay where they are), "encoder" (VLM + bridge wait on `offload_device`
+        """offload: "none" (modules stay where they are), "encoder" (VLM + SCB wait on `offload_device`
         and visit `device` only to encode) or "all" (every component visits `device` only for its stage).
         device: where stages run when offloading (default: CUDA if available)."""
         if offload not in self.OFFLOAD:
             raise DeepGenInputError(f"offload must be one of {self.OFFLOAD}, got {offload!r}.")
-        self.vlm, self.tokenizer, self.bridge, self.vae = vlm, tokenizer, bridge, vae
+        self.vlm, self.tokenizer, self.scb, self.vae = vlm, tokenizer, scb, vae
         self.transformer = dit if isinstance(dit, DeepGenTransformer) else DeepGenTransformer(dit)
         self.scheduler_config = dict(scheduler_config or {})
         self.offload, self.offload_device = offload, torch.device(offload_device)
@@ -80,6 +81,12 @@ class DeepGenPipeline:
         if offload != "none":
             for name in self.model_cpu_offload_seq.split("->"):
                 _move(getattr(self, name), self.offload_device if name in self.offloaded(offload) else self.device)
+
+    @property
+    def bridge(self):
+        """Deprecated spelling of `scb`."""
+        warnings.warn("DeepGenPipeline.bridge is deprecated: use DeepGenPipeline.scb", DeprecationWarning, stacklevel=2)
+        return self.scb
 
     @contextmanager
     def _resident(self, *modules):
@@ -135,31 +142,31 @@ class DeepGenPipeline:
         vlm, tokenizer = load_vlm(release, dtype=storage, device=device if quantization else load_on,
                                   attn_implementation=attn_implementation,
                                   quantization=quantization)
-        parts = [vlm, load_bridge(release, dtype=storage, device=load_on),
+        parts = [vlm, load_scb(release, dtype=storage, device=load_on),
                  load_dit(release, dtype=storage, device=load_on), load_vae(release, dtype=storage, device=load_on)]
         if dit_weights is not None:
             store_linear_weights(parts[2], dit_weights)
         computes = {}
-        for stage, module in zip(("vlm", "bridge", "dit", "vae"), parts):
+        for stage, module in zip(("vlm", "scb", "dit", "vae"), parts):
             computes[stage] = compute = resolve_dtypes(device, dtype, stage)[1]
             if compute != storage or (stage == "dit" and dit_weights is not None):
                 apply_manual_cast(module, compute)
-        vlm, bridge, dit, vae = parts
+        vlm, scb, dit, vae = parts
         log.info("DeepGen loaded from %s on %s (weights %s%s, compute %s, offload %s)", Path(path), device, storage,
                  f", DiT Linear {dit_weights}" if dit_weights else "",
                  ", ".join(f"{k} {str(v).removeprefix('torch.')}" for k, v in computes.items()), offload)
-        return cls(vlm, tokenizer, bridge, dit, vae, load_scheduler_config(release),
+        return cls(vlm, tokenizer, scb, dit, vae, load_scheduler_config(release),
                    offload=offload, device=device)
 
     def encode(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                images: Sequence[torch.Tensor] | None = None, max_side: int = DEFAULT_SIZE) -> DeepGenConditioning:
-        """Run the VLM and the bridge once. images: reference images [H, W, 3] in 0..1 (editing).
+        """Run the VLM and the SCB once. images: reference images [H, W, 3] in 0..1 (editing).
         negative_prompt None -> the authors' default: "" for text-to-image, the long quality negative
         for edits (docs/inference.md#defaults)."""
         if negative_prompt is None:
             negative_prompt = T2I_NEGATIVE if images is None else EDIT_NEGATIVE
-        with self._resident(*self._stage_modules("vlm", "bridge")):
-            cond = encode(self.vlm, self.tokenizer, self.bridge, prompt, negative_prompt, images, max_side)
+        with self._resident(*self._stage_modules("vlm", "scb")):
+            cond = encode(self.vlm, self.tokenizer, self.scb, prompt, negative_prompt, images, max_side)
         if self.offload != "none":  # the conditioning must outlive the encoder's visit to the device
             cond.seq, cond.pooled = cond.seq.to(self.offload_device), cond.pooled.to(self.offload_device)
         return cond

@@ -51,13 +51,13 @@ def cpu_has_native_bf16() -> bool:
 # Stages that compute in bf16 on a CPU with native bf16: each was measured faster in bf16 than in fp32
 # with a difference to fp32 within CPU_BF16_MAX_REL_RMS on its own output (bench/dtypes.py,
 # docs/performance.md §2). The VLM is 2.7x faster in bf16 but its hidden states moved 6.2 %: fp32.
-STAGES = ("vlm", "bridge", "dit", "vae")
-CPU_BF16_STAGES = frozenset({"bridge", "dit", "vae"})
+STAGES = ("vlm", "scb", "dit", "vae")
+CPU_BF16_STAGES = frozenset({"scb", "dit", "vae"})
 CPU_BF16_MAX_REL_RMS = 0.02
 
 
 def cpu_compute_dtype(stage: str | None = None) -> torch.dtype:
-    """The dtype `stage` ("vlm", "bridge", "dit", "vae") computes in on this CPU; None: bf16 wherever
+    """The dtype `stage` ("vlm", "scb", "dit", "vae") computes in on this CPU; None: bf16 wherever
     the CPU has native bf16 (a caller that is no single stage)."""
     if stage is not None and stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")

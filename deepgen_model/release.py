@@ -3,7 +3,7 @@
 `Release.open(path, vlm_base=None, dit_base=None)` detects the layout once (the kinds of paths are in
 deepgen_model/kinds.py, re-exported here) and reads a native model.pt at most once. It owns the rules of
 each layout: which file, folder, key family and config make each component, what may be combined
-(`require`), where the tokenizer is. It hands each component out as a `Part` (`bridge_part`, `dit_part`,
+(`require`), where the tokenizer is. It hands each component out as a `Part` (`scb_part`, `dit_part`,
 `vae_part`, `vlm_part`; `scheduler_config`, `tokenizer_sources`): tensors and their checked config for every
 layout, folders included, so the builders (loading.py, vlm_loading.py) only build and assign. Every file of a release is opened here (`_torch_load`,
 `read_safetensors`, `safetensors_metadata`, `json_file`, `read_tokenizer_files`), so
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from . import configs, download, validation
+from . import config_checks, configs, download, validation
 from .errors import DeepGenLoadError
 from .keys import describe_families, family
 # the kinds of paths, re-exported: the loaders, nodes and tests import the one vocabulary from here
-from .kinds import (BRIDGE_FAMILIES, COMPONENTS, CONVERTED, CONVERTED_FILES, DIFFUSERS, DOWNLOAD_HINT,  # noqa: F401
+from .kinds import (SCB_FAMILIES, COMPONENTS, CONVERTED, CONVERTED_FILES, DIFFUSERS, DOWNLOAD_HINT,  # noqa: F401
                     FILE_KINDS, FORMAT, LAYOUTS, NATIVE, PART_HINT, QWEN, QWEN_HINT, RELEASE_PARTS, SOURCES,
                     TOKENIZER_FILES, UNIPIC2, UNIPIC2_HINT, converted_file, detect_layout, file_kind, folder_kind,
                     native_file)
@@ -161,7 +161,7 @@ def read_tokenizer_files(source) -> dict[str, str]:
 
 def json_file(path: Path, component: str) -> dict:
     """A config file of `component` (VLM, SCB, DiT, VAE, scheduler), parsed and checked."""
-    return validation.check_config(validation.read_json(path, component), component, path)
+    return config_checks.check_config(validation.read_json(path, component), component, path)
 
 
 def folder_part(folder: Path, component: str) -> "Part":
@@ -174,7 +174,7 @@ def folder_part(folder: Path, component: str) -> "Part":
 
 def checked_part(name, tensors: dict, config: dict, component: str) -> "Part":
     """A Part whose (already checked) config is also checked against its tensors."""
-    validation.check_tensors(tensors, config, component, name)
+    config_checks.check_tensors(tensors, config, component, name)
     return Part(name, tensors=tensors, config=config)
 
 
@@ -285,7 +285,7 @@ class Release:
             for base, value, kind, parts in (("vlm_base", self.vlm_base, QWEN, {"vlm", "tokenizer"}),
                                              ("dit_base", self.dit_base, UNIPIC2, {"vae"})):
                 if value is None and parts & set(components):
-                    raise MissingPart(f"{self.path} is the native model.pt, which holds only the DiT, the bridge and "
+                    raise MissingPart(f"{self.path} is the native model.pt, which holds only the DiT, the SCB and "
                                       f"the VLM LoRA: set {base} to {DOWNLOAD_HINT[kind]}.", kind)
             return self
         own = {"vlm_base": self._has("vlm"), "dit_base": self._has("vae")}
@@ -318,15 +318,15 @@ class Release:
         name = converted_file(self.path, component)
         return checked_part(name, tensors, json.loads(meta["config"]), component)
 
-    def bridge_part(self) -> Part:
-        """The SCB bridge's tensors and the config the release records for it: the converted file's whole
+    def scb_part(self) -> Part:
+        """The SCB connector's tensors and the config the release records for it: the converted file's whole
         config; connector/config.json's head count and layer_norm_eps (the sizes come from the tensors);
         nothing in model.pt."""
         if self.layout == CONVERTED:
             return self._converted("scb")
         if self.layout == NATIVE:
             return Part(self.native_file(), tensors={k: v for k, v in self.native_state().items()
-                                                     if family(k) in BRIDGE_FAMILIES})
+                                                     if family(k) in SCB_FAMILIES})
         name = self.path / RELEASE_PARTS["scb"]
         if not name.exists():  # a folder in its place is named by the header check
             raise DeepGenLoadError(f"{name} is missing: {download.fetch_hint(name)}")

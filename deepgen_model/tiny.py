@@ -87,7 +87,7 @@ TINY_DIT = dict(sample_size=32, patch_size=2, in_channels=16, out_channels=16, n
                 num_attention_heads=3, joint_attention_dim=32, caption_projection_dim=192, pooled_projection_dim=32,
                 pos_embed_max_size=64, dual_attention_layers=(0,), qk_norm="rms_norm")
 
-# connector/config.json of the release, at toy size (docs/inference.md#scb-bridge). The head count is the release's 32
+# connector/config.json of the release, at toy size (docs/inference.md#scb-connector). The head count is the release's 32
 # (head_dim 2): a native model.pt carries no connector config, so loaders fall back to 32 heads.
 TINY_CONNECTOR = {"hidden_size": 64, "intermediate_size": 94, "num_hidden_layers": 6, "num_attention_heads": 32,
                   "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "attention_dropout": 0.0}
@@ -321,8 +321,8 @@ def merge_lora_legacy(base: dict[str, torch.Tensor], lora: dict[str, torch.Tenso
     return merged
 
 
-def build_bridge_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Connector + projectors + think tokens with the release's key names (docs/inference.md#scb-bridge), fp32."""
+def build_scb_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Connector + projectors + think tokens with the release's key names (docs/inference.md#scb-connector), fp32."""
     g = _gen(seed, 3)
     h, inter, llm = TINY_CONNECTOR["hidden_size"], TINY_CONNECTOR["intermediate_size"], TINY_TEXT["hidden_size"]
     shapes = {"meta_queries": (TINY_NUM_QUERIES, llm),
@@ -364,8 +364,8 @@ class TinyDeepGen:
     vlm_base: object
     lora: dict
     vlm_merged_state: dict
-    bridge_state: dict
-    bridge_heads: int
+    scb_state: dict
+    scb_heads: int
     dit: object
     dit_base: object
     vae: object
@@ -382,7 +382,7 @@ def build_tiny_components(seed: int = 0) -> TinyDeepGen:
     return TinyDeepGen(
         tokenizer=load_tokenizer(), vlm_base=vlm, lora=lora,
         vlm_merged_state=merge_lora_legacy(legacy_vlm_state(vlm), lora),
-        bridge_state=build_bridge_state(seed), bridge_heads=TINY_CONNECTOR["num_attention_heads"],
+        scb_state=build_scb_state(seed), scb_heads=TINY_CONNECTOR["num_attention_heads"],
         dit=build_dit(seed, 4), dit_base=build_dit(seed, 5), vae=build_vae(seed),
         scheduler_config=dict(TINY_SCHEDULER), seed=seed)
 
@@ -447,7 +447,7 @@ def write_diffusers_release(root, comps: TinyDeepGen) -> Path:
     _write_diffusers_model(comps.vae, root / "vae")
     _write_scheduler(root / "scheduler", comps)
     (root / "connector").mkdir(exist_ok=True)
-    save_file({k: v.float() for k, v in _tensors(comps.bridge_state).items()}, str(root / "connector" / "model.safetensors"),
+    save_file({k: v.float() for k, v in _tensors(comps.scb_state).items()}, str(root / "connector" / "model.safetensors"),
               metadata={"format": "pt"})
     _json(root / "connector" / "config.json", comps.connector_config)
     _write_vlm_folder(root / "vlm", _tensors(comps.vlm_merged_state), with_tokenizer=False)
@@ -474,7 +474,7 @@ def native_state(comps: TinyDeepGen, lora: str | None = None) -> dict[str, torch
     if lora not in (None, "new", "legacy"):
         raise ValueError(f"lora must be None, 'new' or 'legacy', not {lora!r}")
     state = {"transformer." + k: v for k, v in comps.dit.state_dict().items()}
-    state.update(comps.bridge_state)
+    state.update(comps.scb_state)
     if lora:
         state.update({(k if lora == "new" else lora_legacy_name(k)): v for k, v in comps.lora.items()})
     return _tensors(state)

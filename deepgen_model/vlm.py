@@ -1,4 +1,4 @@
-"""One Qwen2.5-VL text forward -> stacked hidden states for the SCB bridge
+"""One Qwen2.5-VL text forward -> stacked hidden states for the SCB connector
 (docs/inference.md#layer-selection, #vlm-forward, #pitfall-1, #pitfall-2, #pitfall-6, #pitfall-7).
 
 The stock text model runs unmodified; hooks (always removed again) do three things:
@@ -137,7 +137,7 @@ def calling_per_layer(layers, before=None, after=None):
 
 def progress_steps(vlm, references: int) -> int:
     """How many progress steps stacked_hidden_states reports: the ViT blocks of each reference (each runs
-    once, shared by both branches) and the decoder layers up to the deepest one the bridge reads."""
+    once, shared by both branches) and the decoder layers up to the deepest one the SCB reads."""
     visual, text_model = vlm_parts(vlm)
     return references * len(getattr(visual, "blocks", ())) + max(selected_layers(len(text_model.layers)))
 

@@ -52,3 +52,16 @@ def keep_legacy_lora_names() -> None:
 
     model_lora_keys_unet.deepgen_aliases = True
     comfy.lora.model_lora_keys_unet = model_lora_keys_unet
+
+
+
+def advanced(widget):
+    """Marks a V3 widget input as an expert setting, which frontends that know the flag fold away behind "show
+    advanced inputs": its `advanced` attribute where comfy_api's inputs have one (0.33 and later), else the same
+    key in its extra_dict (0.3.75, whose Combo.Input takes no extra_dict argument). /object_info carries
+    `"advanced": true` either way; a frontend that does not know the flag shows the widget as before."""
+    if hasattr(widget, "advanced"):
+        widget.advanced = True
+    else:
+        widget.extra_dict["advanced"] = True
+    return widget

@@ -1,4 +1,4 @@
-"""DeepGen's models as ComfyUI objects: the DiT as a MODEL, the VLM and the SCB bridge as DEEPGEN_VLM /
+"""DeepGen's models as ComfyUI objects: the DiT as a MODEL, the VLM and the SCB connector as DEEPGEN_VLM /
 DEEPGEN_SCB ModelPatchers, the VAE as a comfy.sd.VAE.
 
 The DiT: a ModelPatcher over DeepGenModel, core's own SD3 model class, whose diffusion model is DeepGenMMDiT:
@@ -12,10 +12,10 @@ reach core's SD3. ComfyUI's samplers call `apply_model(x, sigma, c_crossattn=seq
   "pooled_output" -> `y`;
   "reference_latents" (raw VAE latents, what core ReferenceLatent appends) -> process_latent_in ->
       `ref_latents`, fed to the DiT as clean reference tokens (docs/inference.md#dit).
-The VLM and the bridge are plain ModelPatchers, so ComfyUI's model management loads them onto the GPU,
+The VLM and the SCB are plain ModelPatchers, so ComfyUI's model management loads them onto the GPU,
 and "Unload models" / POST /free release them; nothing is kept in a private cache. Their layers are
 re-classed in place to comfy.ops classes, as the MMDiT is built from them, so ModelPatcher's lowvram partial
-loading and per-call casting of smaller stored weights work for all three; the VLM and the bridge compute in a
+loading and per-call casting of smaller stored weights work for all three; the VLM and the SCB compute in a
 fixed dtype where it differs from the storage one (a CPU's bf16 storage). How each model meets comfy.ops, and
 which dtype it computes in, is nodes/comfy_ops.py.
 """
@@ -244,7 +244,7 @@ def model_sigmas(model: comfy.model_patcher.ModelPatcher, steps: int, latent_sha
     return official_sigmas(steps, float(sampling.shift), len(sampling.sigmas))
 
 
-# ------------------------------------------------------------------ the VLM and the SCB bridge
+# ------------------------------------------------------------------ the VLM and the SCB connector
 
 DeepGenVLM = io.Custom("DEEPGEN_VLM")
 DeepGenSCB = io.Custom("DEEPGEN_SCB")
@@ -269,7 +269,7 @@ def vlm_parts_of(patcher) -> tuple[torch.nn.Module, object]:
 
 
 def scb_module(patcher) -> torch.nn.Module:
-    """DEEPGEN_SCB -> SCBBridge."""
+    """DEEPGEN_SCB -> SCBConnector."""
     return patcher.model
 
 

@@ -7,11 +7,11 @@ class swapping, ComfyUI's own manual-cast choice for the DiT, and reading a MODE
 nodes/comfy_models.py (the model classes) as it depends on comfy.ops internals (CastWeightBiasOp,
 cast_bias_weight) that core may change, where the model classes depend on core's model API.
 
-The VLM and the SCB bridge (transformers / our modules) have their layers re-classed in place (weights untouched)
+The VLM and the SCB connector (transformers / our modules) have their layers re-classed in place (weights untouched)
 to comfy.ops classes, the classes the DiT's MMDiT is built from, so that ModelPatcher can cast stored weights per
 call and leave part of a model offloaded (lowvram partial loading). Two modes per layer:
   plain:  its own forward; ModelPatcher turns casting on for the layers it leaves offloaded;
-  a fixed compute dtype (the VLM and the bridge when storage != compute, e.g. bf16 stored, fp32 computed on a
+  a fixed compute dtype (the VLM and the SCB when storage != compute, e.g. bf16 stored, fp32 computed on a
           CPU): floating inputs are cast to that dtype as well, so each layer runs exactly the arithmetic of
           precision.apply_manual_cast (the engine's). Casting to the input's dtype would not do: transformers
           picks activation dtypes from parameter dtypes (Qwen2.5-VL's patch embedding casts the pixels to its
@@ -68,7 +68,7 @@ def dit_operations(weight_dtype: torch.dtype, load_device, supported: list[torch
     return manual_cast, comfy.ops.manual_cast if manual_cast is not None else comfy.ops.disable_weight_init
 
 
-# ------------------------------------------------------------------ the VLM and the bridge: comfy.ops class swapping
+# ------------------------------------------------------------------ the VLM and the SCB: comfy.ops class swapping
 
 def _plain_class(cls: type) -> type | None:
     """The torch/diffusers/transformers class a layer swaps from (also for an already swapped one); None: not swapped

@@ -30,28 +30,28 @@ from .memory import memory_guard, unload
 
 
 def _encode(vlm, scb, prompt: str, negative: str, images, max_side: int, after: int = 0):
-    """Load VLM + bridge through ComfyUI's model management, encode, then move the VLM off the GPU.
+    """Load VLM + SCB through ComfyUI's model management, encode, then move the VLM off the GPU.
 
-    ComfyUI's progress bar moves through every stage: the loading, each ViT block, decoder layer and bridge
+    ComfyUI's progress bar moves through every stage: the loading, each ViT block, decoder layer and SCB
     layer, the unloading, then `after` steps the caller reports itself (one per reference it VAE-encodes).
     ComfyUI's interrupt is checked before every block and layer (and by every progress report); an
     out-of-memory error becomes a clear one (memory_guard); nothing else is caught."""
     model, tokenizer = vlm_parts_of(vlm)
-    bridge = scb_module(scb)
-    steps = encode_steps(model, bridge, len(images or ()))
+    connector = scb_module(scb)
+    steps = encode_steps(model, connector, len(images or ()))
     bar = comfy.utils.ProgressBar(1 + steps + 1 + after)
     with memory_guard("encoding the prompt with the VLM"):
         mm.load_models_gpu([vlm, scb], force_full_load=True)
         bar.update(1)
         try:
-            cond = joint_encode(model, tokenizer, bridge, prompt, negative, images, max_side,
+            cond = joint_encode(model, tokenizer, connector, prompt, negative, images, max_side,
                                 layer_callback=mm.throw_exception_if_processing_interrupted,
                                 progress=lambda done, _: bar.update_absolute(1 + done))
         finally:
             unload(vlm)  # the DiT needs the room more than the (3B) VLM does
         bar.update(1)
     if not (torch.isfinite(cond.seq).all() and torch.isfinite(cond.pooled).all()):
-        weights = {"VLM": model.named_parameters(), "SCB": bridge.named_parameters()}
+        weights = {"VLM": model.named_parameters(), "SCB": connector.named_parameters()}
         inputs = {f"image{i}": image for i, image in enumerate(images or [], 1)}
         raise DeepGenInputError(nonfinite_cause("encoding the prompt", inputs, weights, compute_dtype(vlm)) + ".")
     return cond, bar
@@ -93,10 +93,10 @@ class DeepGenTextEncode(io.ComfyNode):
             display_name="DeepGen Text Encode",
             category="DeepGen/conditioning",
             description="Text-to-image conditioning: prompt and negative prompt go through the VLM and the "
-                        "SCB bridge together (one batch, shared padding), exactly as the official pipeline.",
+                        "SCB connector together (one batch, shared padding), exactly as the official pipeline.",
             inputs=[
                 DeepGenVLM.Input("vlm", tooltip="The DeepGen VLM (DeepGen VLM Loader or DeepGen Checkpoint Loader)."),
-                DeepGenSCB.Input("scb", tooltip="The DeepGen SCB bridge (DeepGen SCB Loader or DeepGen Checkpoint Loader)."),
+                DeepGenSCB.Input("scb", tooltip="The DeepGen SCB connector (DeepGen SCB Loader or DeepGen Checkpoint Loader)."),
                 io.String.Input("prompt", multiline=True, dynamic_prompts=True, default="",
                                 tooltip=_tooltip_prompt("prompt") + " 'Generate an image: ' is prepended."),
                 io.String.Input("negative_prompt", multiline=True, dynamic_prompts=True, default=T2I_NEGATIVE,
@@ -142,7 +142,7 @@ class DeepGenEditEncode(io.ComfyNode):
                         "empty latent of the official output size.",
             inputs=[
                 DeepGenVLM.Input("vlm", tooltip="The DeepGen VLM (DeepGen VLM Loader or DeepGen Checkpoint Loader)."),
-                DeepGenSCB.Input("scb", tooltip="The DeepGen SCB bridge (DeepGen SCB Loader or DeepGen Checkpoint Loader)."),
+                DeepGenSCB.Input("scb", tooltip="The DeepGen SCB connector (DeepGen SCB Loader or DeepGen Checkpoint Loader)."),
                 io.Vae.Input("vae", tooltip="The SD3 VAE that encodes the references into reference latents."),
                 io.String.Input("prompt", multiline=True, dynamic_prompts=True, default="",
                                 tooltip=_tooltip_prompt("edit instruction")),

@@ -19,6 +19,7 @@ from ..deepgen_model.release import QWEN, SOURCES, UNIPIC2, MissingPart, Release
 from . import paths
 from .comfy_models import (DeepGenModelConfig, DeepGenSCB, DeepGenVLM, VLMModule, comfy_vae, deepgen_model_patcher,
                            encoder_patcher)
+from .comfy_compat import advanced
 from .comfy_ops import dit_weight_dtype
 from .memory import memory_guard
 
@@ -27,6 +28,12 @@ QUANTIZATIONS = ["none", "8-bit", "4-bit nf4"]
 ATTENTIONS = list(vlm_loading.ATTN_IMPLEMENTATIONS)
 DIT_PRECISIONS = [*PRECISIONS, "fp8_e4m3fn"]
 _QUANT_ARG = {"none": None, "8-bit": "8bit", "4-bit nf4": "nf4"}  # widget -> vlm_loading.load_vlm
+
+
+def expert(name: str, options: list[str], default: str, tooltip: str):
+    """A loader's expert setting (weight_dtype, quantization, attention): a combo whose default suits almost everyone,
+    marked advanced so frontends that know the flag fold it away."""
+    return advanced(io.Combo.Input(name, options=options, default=default, tooltip=tooltip))
 
 
 def weight_dtypes(choice: str, device: torch.device, stage: str) -> tuple[torch.dtype, torch.dtype]:
@@ -82,10 +89,10 @@ def load_vlm_patcher(release: Release, description: str, weight_dtype: str = "au
 def load_scb_patcher(release: Release, weight_dtype: str = "auto"):
     """DEEPGEN_SCB of an opened release."""
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    storage, compute = weight_dtypes(weight_dtype, load_device, "bridge")
-    with memory_guard(f"loading the SCB bridge from {release}"):
-        bridge = loading.load_bridge(release, dtype=storage, device=offload_device)
-    return encoder_patcher(bridge, storage, compute, load_device, offload_device)
+    storage, compute = weight_dtypes(weight_dtype, load_device, "scb")
+    with memory_guard(f"loading the SCB connector from {release}"):
+        scb = loading.load_scb(release, dtype=storage, device=offload_device)
+    return encoder_patcher(scb, storage, compute, load_device, offload_device)
 
 
 def load_dit_model(release: Release, weight_dtype: str = "auto"):
@@ -127,7 +134,7 @@ class DeepGenCheckpointLoader(io.ComfyNode):
             display_name="DeepGen Checkpoint Loader",
             category="DeepGen/loaders",
             description="Loads everything DeepGen needs from one release: the DiT (MODEL), the VLM, the SCB "
-                        "bridge and the VAE.",
+                        "connector and the VAE.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=paths.choices(*SOURCES["checkpoint"]),
                                tooltip="The DeepGen-1.0-diffusers folder, the native DeepGen-1.0 model.pt, or a "
@@ -138,14 +145,14 @@ class DeepGenCheckpointLoader(io.ComfyNode):
                 io.Combo.Input("dit_base", options=[NONE] + paths.choices(UNIPIC2), default=NONE,
                                tooltip="Only for the native model.pt (it has no VAE): the "
                                        "UniPic2-SD3.5M-Kontext-2B folder (VAE, scheduler and DiT config)."),
-                io.Combo.Input("weight_dtype", options=PRECISIONS, default="auto",
-                               tooltip="Weight precision of all parts. auto: bf16 on GPUs (as the release); on "
-                                       "CPUs bf16/fp32 storage computed in fp32."),
-                io.Combo.Input("quantization", options=QUANTIZATIONS, default="none",
-                               tooltip="Quantize the VLM with bitsandbytes (8-bit or 4-bit NF4); needs bitsandbytes."),
-                io.Combo.Input("attention", options=ATTENTIONS, default="sdpa",
-                               tooltip="Attention backend of the VLM: sdpa (default), eager, or flash_attention_2 "
-                                       "(needs flash-attn)."),
+                expert("weight_dtype", PRECISIONS, "auto",
+                       "Weight precision of all parts. auto: bf16 on GPUs (as the release); on "
+                       "CPUs bf16/fp32 storage computed in fp32."),
+                expert("quantization", QUANTIZATIONS, "none",
+                       "Quantize the VLM with bitsandbytes (8-bit or 4-bit NF4); needs bitsandbytes."),
+                expert("attention", ATTENTIONS, "sdpa",
+                       "Attention backend of the VLM: sdpa (default), eager, or flash_attention_2 "
+                       "(needs flash-attn)."),
             ],
             outputs=[
                 io.Model.Output("model", display_name="MODEL"),
@@ -203,16 +210,16 @@ class DeepGenVLMLoader(io.ComfyNode):
                                tooltip="A DeepGen diffusers release folder (uses its vlm/ and tokenizer/), a "
                                        "Qwen2.5-VL-3B-Instruct folder, or a converted deepgen_vlm*.safetensors; "
                                        "looked up in models/deepgen and models/text_encoders."),
-                io.Combo.Input("weight_dtype", options=PRECISIONS, default="auto",
-                               tooltip="Weight precision. auto: bf16 on GPUs (as the release); on CPUs without "
-                                       "native bf16, bf16 storage computed in fp32."),
-                io.Combo.Input("quantization", options=QUANTIZATIONS, default="none",
-                               tooltip="Quantize the VLM with bitsandbytes (8-bit or 4-bit NF4) to save memory; "
-                                       "needs the bitsandbytes package. Slightly changes the conditioning."),
-                io.Combo.Input("attention", options=ATTENTIONS, default="sdpa",
-                               tooltip="Attention backend of the VLM. sdpa (default) and eager need nothing extra; "
-                                       "flash_attention_2 needs flash-attn. The official padding behaviour is "
-                                       "reproduced with every backend."),
+                expert("weight_dtype", PRECISIONS, "auto",
+                       "Weight precision. auto: bf16 on GPUs (as the release); on CPUs without "
+                       "native bf16, bf16 storage computed in fp32."),
+                expert("quantization", QUANTIZATIONS, "none",
+                       "Quantize the VLM with bitsandbytes (8-bit or 4-bit NF4) to save memory; "
+                       "needs the bitsandbytes package. Slightly changes the conditioning."),
+                expert("attention", ATTENTIONS, "sdpa",
+                       "Attention backend of the VLM. sdpa (default) and eager need nothing extra; "
+                       "flash_attention_2 needs flash-attn. The official padding behaviour is "
+                       "reproduced with every backend."),
                 io.Combo.Input("lora", options=[NONE] + paths.choices(*SOURCES["lora"]), default=NONE,
                                optional=True,
                                tooltip="Only with a Qwen2.5-VL-3B base folder as vlm_name: the native DeepGen "
@@ -238,15 +245,15 @@ class DeepGenSCBLoader(io.ComfyNode):
             node_id="DeepGenSCBLoader",
             display_name="DeepGen SCB Loader",
             category="DeepGen/loaders",
-            description="Loads the Stacked Channel Bridge: think tokens, projectors and connector that turn VLM "
-                        "hidden states into the DiT's context.",
+            description="Loads the SCB (Stacked Channel Bridging) connector: think tokens, projectors and connector "
+                        "layers that turn VLM hidden states into the DiT's context.",
             inputs=[
                 io.Combo.Input("scb_name", options=paths.choices(*SOURCES["scb"]),
                                tooltip="A DeepGen diffusers release folder (uses connector/), a native model.pt, "
                                        "or a converted deepgen_scb*.safetensors; looked up in models/deepgen."),
-                io.Combo.Input("weight_dtype", options=PRECISIONS, default="auto",
-                               tooltip="Weight precision. auto: bf16 on GPUs (as the release); fp32-compute on CPUs "
-                                       "without native bf16."),
+                expert("weight_dtype", PRECISIONS, "auto",
+                       "Weight precision. auto: bf16 on GPUs (as the release); fp32-compute on CPUs "
+                       "without native bf16."),
             ],
             outputs=[DeepGenSCB.Output("scb", display_name="DEEPGEN_SCB")],
         )
@@ -278,10 +285,10 @@ class DeepGenDiTLoader(io.ComfyNode):
                 io.Combo.Input("dit_base", options=[NONE, *paths.choices(*SOURCES["dit_base"])], default=NONE,
                                tooltip="Only for the native model.pt: the UniPic2-SD3.5M-Kontext-2B folder "
                                        f"(DiT config and scheduler). 'none' uses the built-in config and shift {DEFAULT_SHIFT}."),
-                io.Combo.Input("weight_dtype", options=DIT_PRECISIONS, default="auto",
-                               tooltip="Weight precision. auto: ComfyUI's choice for your device "
-                                       "(bf16 on recent GPUs, fp32 on CPU). fp8_e4m3fn: Linear weights in fp8, "
-                                       "computed in bf16 - about half the memory, slightly different images."),
+                expert("weight_dtype", DIT_PRECISIONS, "auto",
+                       "Weight precision. auto: ComfyUI's choice for your device "
+                       "(bf16 on recent GPUs, fp32 on CPU). fp8_e4m3fn: Linear weights in fp8, "
+                       "computed in bf16 - about half the memory, slightly different images."),
             ],
             outputs=[io.Model.Output(display_name="MODEL")],
         )

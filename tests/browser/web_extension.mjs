@@ -631,7 +631,7 @@ try {
   check("the example workflow runs in the UI", run.end.what === "success", JSON.stringify(run.end));
   const mine = run.events.filter((e) => e[0] === run.encodeId);
   const want = Array.from({ length: spec.encode_progress_total }, (_, i) => i + 1);
-  check("encode progress reaches the UI through every stage (loading, decoder layers, bridge layers, unloading)",
+  check("encode progress reaches the UI through every stage (loading, decoder layers, SCB layers, unloading)",
     JSON.stringify(mine.map((e) => e[1])) === JSON.stringify(want) && mine.every((e) => e[2] === spec.encode_progress_total),
     JSON.stringify(mine));
   await page.waitForFunction(() => window.app.graph.nodes.find((x) => x.type === "DeepGenTextEncode")

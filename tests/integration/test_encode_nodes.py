@@ -29,11 +29,11 @@ def ref_images(comfy_base) -> dict:
 @pytest.fixture(scope="module")
 def engine(release):
     """The engine's own objects, loaded from the same release at fp32 (what the graphs below use)."""
-    from deepgen_model.loading import load_bridge, load_vae
+    from deepgen_model.loading import load_scb, load_vae
     from deepgen_model.vlm_loading import load_vlm
 
     vlm, tokenizer = load_vlm(release, dtype="fp32")
-    return vlm, tokenizer, load_bridge(release, dtype="fp32"), load_vae(release, dtype="fp32")
+    return vlm, tokenizer, load_scb(release, dtype="fp32"), load_vae(release, dtype="fp32")
 
 
 def loaders(dtype="fp32") -> dict:
@@ -87,8 +87,8 @@ def test_text_encode_equals_engine_encode(comfy_inprocess, release, engine):
 
     run_ok(comfy_inprocess, text_graph())
     (positive,), (negative,) = outputs(comfy_inprocess, "3")
-    vlm, tokenizer, bridge, _ = engine
-    ref = encode(vlm, tokenizer, bridge, PROMPT, NEGATIVE)
+    vlm, tokenizer, scb, _ = engine
+    ref = encode(vlm, tokenizer, scb, PROMPT, NEGATIVE)
     for (cond,), row in ((positive, 0), (negative, 1)):
         seq, info = cond
         assert torch.equal(seq, ref.seq[row:row + 1]), (seq - ref.seq[row:row + 1]).abs().max()
@@ -99,7 +99,7 @@ def test_text_encode_equals_engine_encode(comfy_inprocess, release, engine):
     assert positive[0][0].shape == negative[0][0].shape
     assert negative[0][1]["deepgen_prompt"].endswith("Generate an image: blurry<|im_end|>\n<|im_start|>assistant\n")
     # docs/inference.md#pitfall-1: encoding the negative alone (no padding) gives a different conditioning
-    alone = encode(vlm, tokenizer, bridge, NEGATIVE, NEGATIVE)
+    alone = encode(vlm, tokenizer, scb, NEGATIVE, NEGATIVE)
     assert alone.seq.shape[1] < negative[0][0].shape[1]
 
 
@@ -117,7 +117,7 @@ def test_models_are_managed_by_comfyui(comfy_inprocess, release):
 
 def test_vlm_moved_off_the_load_device_after_encoding(comfy_inprocess, release, monkeypatch):
     """With a load device distinct from the offload device (cpu:0 stands in for a GPU here), the encode
-    node unloads the VLM right after encoding so the DiT gets the room; the bridge stays loaded."""
+    node unloads the VLM right after encoding so the DiT gets the room; the SCB stays loaded."""
     mm = sys.modules["comfy.model_management"]
     monkeypatch.setattr(mm, "text_encoder_device", lambda: torch.device("cpu", 0))
     try:
@@ -149,9 +149,9 @@ def test_edit_encode_two_references(comfy_inprocess, release, ref_images, engine
     monkeypatch.undo()
     (positive,), (negative,), (latent,) = outputs(comfy_inprocess, "3")
     comfy_vae = outputs(comfy_inprocess, "9")[0][0]
-    vlm, tokenizer, bridge, vae = engine
+    vlm, tokenizer, scb, vae = engine
     images = [ref_images[n] for n in names]
-    ref = encode(vlm, tokenizer, bridge, "make it blue", NEGATIVE, images, max_side=64)
+    ref = encode(vlm, tokenizer, scb, "make it blue", NEGATIVE, images, max_side=64)
     sizes = [reference_size(w, h, 64) for w, h in SIZES.values()]  # (64, 32) and (32, 64)
     tokens = sum(image_token_count(h, w) for w, h in sizes)
     for (cond,), row in ((positive, 0), (negative, 1)):
@@ -229,9 +229,9 @@ def test_requeue_with_new_seed_reuses_the_encode(comfy_server, release):
 
 @pytest.mark.parametrize("refs", [0, 1, 2])
 def test_progress_moves_through_every_stage(comfy_inprocess, release, ref_images, refs, monkeypatch):
-    """The encode node's bar moves after loading, every ViT block, decoder layer and bridge layer, the unloading
+    """The encode node's bar moves after loading, every ViT block, decoder layer and SCB layer, the unloading
     and each reference's VAE encode, and reaches its end only then (it used to sit at 100 % from the last
-    decoder layer through the bridge: ~40 s with real weights and a long prompt on a CPU)."""
+    decoder layer through the SCB: ~40 s with real weights and a long prompt on a CPU)."""
     import comfy.utils
 
     from deepgen_model import tiny as deepgen_tiny

@@ -3,8 +3,8 @@
 precision.apply_manual_cast (the same layers cast, to the same dtype), and stay identical when ComfyUI leaves every
 layer offloaded (lowvram).
 
-The engine's encode (VLM hidden states, then the bridge) runs on the tiny fixture with one reference image,
-so the ViT's Conv3d patch embedding, the token Embedding, the RMSNorms, the Linears and the bridge's
+The engine's encode (VLM hidden states, then the SCB) runs on the tiny fixture with one reference image,
+so the ViT's Conv3d patch embedding, the token Embedding, the RMSNorms, the Linears and the SCB's
 LayerNorms all take part.
 """
 from __future__ import annotations
@@ -15,14 +15,14 @@ import sys
 import pytest
 import torch
 
-from deepgen_model.bridge import BridgeConfig, SCBBridge
+from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.conditioning import encode
 from deepgen_model.precision import COMPUTE_DTYPE_ATTR, apply_manual_cast, compute_dtype_of
 
 BF16, FP32 = torch.bfloat16, torch.float32
 CPU = torch.device("cpu")
 # storage, compute: a CPU's VLM (bf16 stored, fp32 computed) and bf16 throughout (a GPU's, or a native-bf16
-# CPU's bridge)
+# CPU's SCB)
 CASES = [(BF16, FP32), (BF16, BF16)]
 
 
@@ -39,35 +39,35 @@ def ops(comfy_inprocess):
 
 
 def _stored(tiny, storage):
-    bridge = SCBBridge(BridgeConfig.from_state_dict(tiny.bridge_state, tiny.bridge_heads)).eval()
-    bridge.load_state_dict(tiny.bridge_state, strict=True)
-    return copy.deepcopy(tiny.vlm_base).to(storage), bridge.to(storage)
+    scb = SCBConnector(SCBConfig.from_state_dict(tiny.scb_state, tiny.scb_heads)).eval()
+    scb.load_state_dict(tiny.scb_state, strict=True)
+    return copy.deepcopy(tiny.vlm_base).to(storage), scb.to(storage)
 
 
-def _encode(vlm, tokenizer, bridge):
+def _encode(vlm, tokenizer, scb):
     """(stacked VLM hidden states, seq, pooled) of a one-reference edit encode."""
     image = torch.rand(60, 100, 3, generator=torch.Generator().manual_seed(7))
     seen = []
-    hook = bridge.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    hook = scb.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:
-        cond = encode(vlm, tokenizer, bridge, "make it blue", "blurry", [image], max_side=64)
+        cond = encode(vlm, tokenizer, scb, "make it blue", "blurry", [image], max_side=64)
     finally:
         hook.remove()
     return seen[0], cond.seq, cond.pooled
 
 
 def _engine(tiny, storage, compute):
-    vlm, bridge = _stored(tiny, storage)
+    vlm, scb = _stored(tiny, storage)
     if compute != storage:
         apply_manual_cast(vlm, compute)
-        apply_manual_cast(bridge, compute)
-    return _encode(vlm, tiny.tokenizer, bridge)
+        apply_manual_cast(scb, compute)
+    return _encode(vlm, tiny.tokenizer, scb)
 
 
 def _patchers(cm, tiny, storage, compute):
-    vlm, bridge = _stored(tiny, storage)
+    vlm, scb = _stored(tiny, storage)
     return (cm.encoder_patcher(cm.VLMModule(vlm, tiny.tokenizer, CPU, "tiny"), storage, compute, CPU, CPU),
-            cm.encoder_patcher(bridge, storage, compute, CPU, CPU))
+            cm.encoder_patcher(scb, storage, compute, CPU, CPU))
 
 
 def _through(cm, vlm_patcher, scb_patcher):
@@ -76,10 +76,10 @@ def _through(cm, vlm_patcher, scb_patcher):
 
 
 def _layers(vlm_patcher, scb_patcher):
-    """Every module that holds parameters itself, but the bridge's think tokens (a bare Parameter the
+    """Every module that holds parameters itself, but the SCB's think tokens (a bare Parameter the
     encode casts itself, as in the engine)."""
     return [m for p in (vlm_patcher, scb_patcher) for m in p.model.modules()
-            if m._parameters and not isinstance(m, SCBBridge)]
+            if m._parameters and not isinstance(m, SCBConnector)]
 
 
 def _assert_equal(got, want):
@@ -114,9 +114,9 @@ def test_patchers_compute_like_the_engines_manual_cast(cm, tiny, storage, comput
 def test_patchers_cast_the_layers_the_engine_casts(cm, ops, tiny, storage, compute):
     """One rule (precision.is_cast_layer / casts_weights): the layers given a fixed compute dtype are those the
     engine's manual cast casts, and the one probe (comfy_ops.compute_dtype) reports the compute dtype."""
-    vlm, bridge = _stored(tiny, storage)
+    vlm, scb = _stored(tiny, storage)
     engine = {}
-    for part, module in (("vlm", vlm), ("scb", bridge)):
+    for part, module in (("vlm", vlm), ("scb", scb)):
         apply_manual_cast(module, compute)
         engine[part] = {n: m.__dict__[COMPUTE_DTYPE_ATTR] for n, m in module.named_modules()
                         if COMPUTE_DTYPE_ATTR in m.__dict__}

@@ -232,7 +232,7 @@ def test_checkpoint_loader_loads_every_layout(comfy_inprocess, layouts):
 
 
 def test_native_checkpoint_is_read_once(comfy_inprocess, layouts, monkeypatch):
-    """DiT, bridge and VLM LoRA of a native model.pt come from one read of the file, in the node too."""
+    """DiT, SCB and VLM LoRA of a native model.pt come from one read of the file, in the node too."""
     import torch
 
     reads, load = [], torch.load

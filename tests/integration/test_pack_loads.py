@@ -76,6 +76,7 @@ def test_validation_error_inprocess(comfy_inprocess):
 def test_pack_nodes_in_object_info(comfy_server, comfy_inprocess):
     info = comfy_server.object_info()
     served = {nid for nid, d in info.items() if d.get("python_module") == f"custom_nodes.{PACK}"}
+    assert served, "the server lists none of the pack's nodes (see its log: IMPORT FAILED?)"
     assert served == set(comfy_inprocess.pack_nodes), "server and in-process disagree on the pack's nodes"
     for node_id in served:
         assert _is_deepgen_category(info[node_id]["category"]), f"{node_id}: {info[node_id]['category']!r}"
@@ -129,3 +130,14 @@ def test_validation_error_on_server(comfy_server):
     assert err.value.status == 400
     assert err.value.body["error"]["type"] == "prompt_outputs_failed_validation"
     assert "1" in err.value.body["node_errors"]
+
+
+def test_expert_widgets_are_marked_advanced(comfy_server):
+    """weight_dtype, quantization and attention carry `advanced: true` in /object_info (frontends that know the
+    flag fold them away); every other widget stays in view."""
+    info = comfy_server.object_info()
+    for node_id in ("DeepGenCheckpointLoader", "DeepGenVLMLoader", "DeepGenSCBLoader", "DeepGenDiTLoader",
+                    "DeepGenVAELoader", "DeepGenTextEncode", "DeepGenEditEncode", "DeepGenSampler"):
+        inputs = {**info[node_id]["input"]["required"], **info[node_id]["input"].get("optional", {})}
+        marked = {name for name, spec in inputs.items() if len(spec) > 1 and spec[1].get("advanced") is True}
+        assert marked == {"weight_dtype", "quantization", "attention"} & set(inputs), node_id

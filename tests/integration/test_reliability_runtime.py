@@ -62,7 +62,7 @@ def failure(comfy, prompt, fresh=False, on_event=None) -> tuple[str, dict]:
 
 # one prompt per test: the executor caches the last prompt's outputs, and each incident must hit a real run
 PROMPTS = {"vlm_oom": "vlm oom", "dit_oom": "dit oom", "load_oom": "load oom", "vlm_int": "vlm interrupt",
-           "dit_int": "dit interrupt", "vae_int": "vae interrupt", "bridge_int": "bridge interrupt"}
+           "dit_int": "dit interrupt", "vae_int": "vae interrupt", "scb_int": "scb interrupt"}
 
 
 @pytest.fixture(scope="module")
@@ -207,10 +207,10 @@ def test_nan_weights_are_named_as_the_cause_not_fp16(comfy, part, node, cause):
 
 # ------------------------------------------------------------------ interrupts
 
-@pytest.mark.parametrize("stage, at", [("vlm", 3), ("bridge", 2)])
+@pytest.mark.parametrize("stage, at", [("vlm", 3), ("scb", 2)])
 def test_interrupt_during_encode_stops_at_the_next_layer(comfy, baseline, monkeypatch, stage, at):
-    """Interrupted while VLM decoder layer 3, or bridge layer 2, runs: the next layer never starts."""
-    cls = text_layer_class(comfy) if stage == "vlm" else pack(comfy, "deepgen_model.bridge").ConnectorLayer
+    """Interrupted while VLM decoder layer 3, or SCB layer 2, runs: the next layer never starts."""
+    cls = text_layer_class(comfy) if stage == "vlm" else pack(comfy, "deepgen_model.scb").ConnectorLayer
     original, calls = cls.forward, []
 
     def counting(self, *args, **kwargs):

@@ -385,13 +385,13 @@ def server(comfy_server, release):
 
 def _engine_conditioning(release_dir, prompt):
     from deepgen_model.conditioning import encode
-    from deepgen_model.loading import load_bridge
+    from deepgen_model.loading import load_scb
     from deepgen_model.vlm_loading import load_vlm
 
     vlm, tokenizer = load_vlm(release_dir, dtype=torch.float32)
-    bridge = load_bridge(release_dir, dtype=torch.float32)
+    scb = load_scb(release_dir, dtype=torch.float32)
     with torch.no_grad():
-        c = encode(vlm, tokenizer, bridge, prompt, "", None)
+        c = encode(vlm, tokenizer, scb, prompt, "", None)
     return (c.seq[0:1], c.pooled[0:1]), (c.seq[1:2], c.pooled[1:2])
 
 

@@ -120,7 +120,7 @@ def _spec(server, release, chromium, artifacts) -> dict:
     return {
         "url": server.url, "chromium": chromium, "artifacts": str(artifacts), "model": RELEASE, "server_pid": server.proc.pid,
         "release_dir": str(release), "hidden_release_dir": str(server.base / "release-moved-away"),
-        # the T2I encode node's bar: loading, 35 decoder layers, 6 bridge layers, unloading
+        # the T2I encode node's bar: loading, 35 decoder layers, 6 SCB layers, unloading
         "encode_progress_total": 1 + max(selected_layers(deepgen_tiny.TINY_TEXT["num_hidden_layers"]))
                                  + deepgen_tiny.TINY_CONNECTOR["num_hidden_layers"] + 1,
         "images": {"load": name, "empty": {"width": EMPTY_IMAGE[0], "height": EMPTY_IMAGE[1]},

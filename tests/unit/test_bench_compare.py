@@ -33,5 +33,5 @@ def test_compare_tiny_alternates_and_breaks_down_by_stage(tiny_layouts, tmp_path
     printed = capsys.readouterr().out
     assert "pack/ref median" in printed and "per stage, both sides" in printed
     # the compute dtype is reported per stage (the CPU policy computes the VLM and the DiT differently)
-    assert set(result["compute"]) == {"vlm", "bridge", "dit", "vae"}
+    assert set(result["compute"]) == {"vlm", "scb", "dit", "vae"}
     assert " ".join(f"{k} {v}" for k, v in result["compute"].items()) in printed

@@ -17,7 +17,7 @@ def test_dtypes_tiny(tiny_layouts, tmp_path):
         assert 0 < row["own_rel_rms"] < 0.2, (stage, row)  # bf16 differs from fp32, but not wildly
         assert row["image_psnr_db"] > 20 and math.isfinite(row["image_psnr_db"])
         assert row["measured_choice"] in ("fp32", "bf16") and row["pack_policy"] in ("fp32", "bf16")
-    assert {tuple(run["bf16"]) for run in r["runs"]} == {(), tuple(sorted(precision.STAGES)), ("vlm",), ("bridge",),
+    assert {tuple(run["bf16"]) for run in r["runs"]} == {(), tuple(sorted(precision.STAGES)), ("vlm",), ("scb",),
                                                          ("dit",)}
     assert 0 < r["whole"]["latent_rel_rms"] < 0.2
 
@@ -26,4 +26,4 @@ def test_set_compute_switches_only_the_named_stages(tiny_layouts):
     pipe = dtypes.load_pipeline("tiny", str(tiny_layouts["diffusers"]))
     dtypes.set_compute(pipe, {"dit"})
     got = {k: precision.compute_dtype_of(m) for k, m in dtypes.modules(pipe).items()}
-    assert got == {"vlm": torch.float32, "bridge": torch.float32, "dit": torch.bfloat16, "vae": torch.float32}
+    assert got == {"vlm": torch.float32, "scb": torch.float32, "dit": torch.bfloat16, "vae": torch.float32}

@@ -14,9 +14,9 @@ def test_fp8_tiny(tiny_layouts, tmp_path):
 
 
 def test_memory_tiny(tmp_path):
-    r = memory.run(["--model", "tiny", "--components", "bridge", "dit", "--json", str(tmp_path / "m.json")])
+    r = memory.run(["--model", "tiny", "--components", "scb", "dit", "--json", str(tmp_path / "m.json")])
     rows = {(row["component"], row["storage"]): row for row in r["rows"]}
-    for name in ("bridge", "dit"):
+    for name in ("scb", "dit"):
         assert abs(rows[(name, "bf16")]["bytes_gib"] * 2 - rows[(name, "fp32")]["bytes_gib"]) < 1e-6
         for row in (rows[(name, "bf16")], rows[(name, "fp32")]):
             assert abs(row["bytes_gib"] - row["measured_tensor_gib"]) < 1e-6  # the prediction is what gets built

@@ -24,28 +24,28 @@ def _ref_image():
 def test_offload_modes_move_modules_and_keep_outputs(release, plain, offload, monkeypatch):
     pipe = DeepGenPipeline.from_pretrained(release, dtype="fp32", device="cpu", offload=offload)
     moves = []
-    for name in ("vlm", "bridge", "transformer", "vae"):
+    for name in ("vlm", "scb", "transformer", "vae"):
         module = getattr(pipe, name)
         original = module.to
         monkeypatch.setattr(module, "to", lambda *a, _n=name, _o=original, **k: (moves.append(_n), _o(*a, **k))[1])
     out = pipe("a red cat", "", images=[_ref_image()], steps=2, seed=3, max_side=64)
     want = plain("a red cat", "", images=[_ref_image()], steps=2, seed=3, max_side=64)
     torch.testing.assert_close(out.latents, want.latents, atol=0, rtol=0)
-    assert moves.count("vlm") == 2 and moves.count("bridge") == 2  # in for encoding, out after
+    assert moves.count("vlm") == 2 and moves.count("scb") == 2  # in for encoding, out after
     assert ("transformer" in moves) == (offload == "all") and ("vae" in moves) == (offload == "all")
 
 
 def test_offload_follows_the_component_order():
-    """The VLM and the bridge run before the DiT: "encoder" offloads exactly them (model_cpu_offload_seq)."""
-    assert DeepGenPipeline.model_cpu_offload_seq == "vlm->bridge->transformer->vae"
+    """The VLM and the SCB run before the DiT: "encoder" offloads exactly them (model_cpu_offload_seq)."""
+    assert DeepGenPipeline.model_cpu_offload_seq == "vlm->scb->transformer->vae"
     assert DeepGenPipeline.offloaded("none") == ()
-    assert DeepGenPipeline.offloaded("encoder") == ("vlm", "bridge")
-    assert DeepGenPipeline.offloaded("all") == ("vlm", "bridge", "transformer", "vae")
+    assert DeepGenPipeline.offloaded("encoder") == ("vlm", "scb")
+    assert DeepGenPipeline.offloaded("all") == ("vlm", "scb", "transformer", "vae")
 
 
 def test_offload_mode_is_validated(plain):
     with pytest.raises(DeepGenInputError, match="offload"):
-        DeepGenPipeline(plain.vlm, plain.tokenizer, plain.bridge, plain.transformer, plain.vae, offload="gpu")
+        DeepGenPipeline(plain.vlm, plain.tokenizer, plain.scb, plain.transformer, plain.vae, offload="gpu")
 
 
 def test_cached_rerun_does_not_re_encode_references(plain, monkeypatch):

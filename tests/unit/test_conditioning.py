@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepgen_model.bridge import BridgeConfig, SCBBridge
+from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.conditioning import DeepGenConditioning, encode
 from deepgen_model.constants import EDIT_NEGATIVE
 from deepgen_model.errors import DeepGenInputError
@@ -23,15 +23,15 @@ from reference_images import resize_reference
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _bridge(state, heads):
-    b = SCBBridge(BridgeConfig.from_state_dict(state, heads)).eval()
+def _scb(state, heads):
+    b = SCBConnector(SCBConfig.from_state_dict(state, heads)).eval()
     b.load_state_dict(state, strict=True)
     return b
 
 
 @pytest.fixture(scope="module")
-def bridge(tiny):
-    return _bridge(tiny.bridge_state, tiny.bridge_heads)
+def scb(tiny):
+    return _scb(tiny.scb_state, tiny.scb_heads)
 
 
 def _images():
@@ -39,25 +39,25 @@ def _images():
     return [torch.rand(60, 100, 3, generator=g), torch.rand(64, 64, 3, generator=g)]  # -> 96x64 and 64x64 at 96
 
 
-def test_t2i_rows_strings_and_composition(tiny, bridge):
+def test_t2i_rows_strings_and_composition(tiny, scb):
     prompts = ["a red cat", "a photo of a dog running on the beach at sunset"]
-    cond = encode(tiny.vlm_base, tiny.tokenizer, bridge, prompts, "")
+    cond = encode(tiny.vlm_base, tiny.tokenizer, scb, prompts, "")
     assert isinstance(cond, DeepGenConditioning) and cond.batch_size == 2
     texts = [t2i_prompt(p) for p in prompts] + [t2i_prompt("")] * 2
     assert cond.prompt_text == texts and cond.references == []
     ids, mask = tokenize_pair(tiny.tokenizer, texts[:2], texts[2:])
-    assert cond.seq.shape == (4, ids.shape[1] + 128, bridge.config.joint_attention_dim)
-    assert cond.pooled.shape == (4, bridge.config.pooled_projection_dim)
+    assert cond.seq.shape == (4, ids.shape[1] + 128, scb.config.joint_attention_dim)
+    assert cond.pooled.shape == (4, scb.config.pooled_projection_dim)
     with torch.no_grad():
-        seq, pooled = bridge(stacked_hidden_states(tiny.vlm_base, tiny.tokenizer, bridge.meta_queries, ids, mask))
+        seq, pooled = scb(stacked_hidden_states(tiny.vlm_base, tiny.tokenizer, scb.meta_queries, ids, mask))
     assert torch.equal(cond.seq, seq) and torch.equal(cond.pooled, pooled)
     assert torch.equal(cond.positive()[0], seq[:2]) and torch.equal(cond.negative()[1], pooled[2:])
     assert not torch.equal(cond.pooled[0], cond.pooled[1])
 
 
-def test_edit_references_prompts_and_splice(tiny, bridge):
+def test_edit_references_prompts_and_splice(tiny, scb):
     images = _images()
-    cond = encode(tiny.vlm_base, tiny.tokenizer, bridge, "make the sky purple", EDIT_NEGATIVE, images, max_side=96)
+    cond = encode(tiny.vlm_base, tiny.tokenizer, scb, "make the sky purple", EDIT_NEGATIVE, images, max_side=96)
     refs = [resize_reference(im, 96) for im in images]
     assert [tuple(r.shape) for r in cond.references] == [(3, 64, 96), (3, 64, 64)]
     assert all(torch.equal(a, b) for a, b in zip(cond.references, refs))
@@ -69,20 +69,20 @@ def test_edit_references_prompts_and_splice(tiny, bridge):
     ids, mask = tokenize_pair(tiny.tokenizer, cond.prompt_text[:1], cond.prompt_text[1:])
     vit = [vit_inputs(r) for r in refs]
     with torch.no_grad():
-        stacked = stacked_hidden_states(tiny.vlm_base, tiny.tokenizer, bridge.meta_queries, ids, mask,
+        stacked = stacked_hidden_states(tiny.vlm_base, tiny.tokenizer, scb.meta_queries, ids, mask,
                                         [v[0] for v in vit] * 2, torch.cat([v[1] for v in vit] * 2))
-        seq, pooled = bridge(stacked)
-    assert cond.seq.shape == seq.shape == (2, ids.shape[1] + 128, bridge.config.joint_attention_dim)
+        seq, pooled = scb(stacked)
+    assert cond.seq.shape == seq.shape == (2, ids.shape[1] + 128, scb.config.joint_attention_dim)
     assert torch.equal(cond.seq, seq) and torch.equal(cond.pooled, pooled)
     # both branches see the references: changing one reference moves the negative too
-    other = encode(tiny.vlm_base, tiny.tokenizer, bridge, "make the sky purple", EDIT_NEGATIVE,
+    other = encode(tiny.vlm_base, tiny.tokenizer, scb, "make the sky purple", EDIT_NEGATIVE,
                    [images[0], 1 - images[1]], max_side=96)
     assert (other.pooled - cond.pooled).abs().amax(dim=1).gt(1e-4).all()
 
 
-def test_batch_of_edits_shares_references(tiny, bridge):
+def test_batch_of_edits_shares_references(tiny, scb):
     images = _images()[1:]
-    cond = encode(tiny.vlm_base, tiny.tokenizer, bridge, ["add a hat", "add a hat"], ["", ""], images, max_side=64)
+    cond = encode(tiny.vlm_base, tiny.tokenizer, scb, ["add a hat", "add a hat"], ["", ""], images, max_side=64)
     assert cond.seq.shape[0] == 4 and len(cond.references) == 1
     torch.testing.assert_close(cond.seq[0], cond.seq[1], rtol=0, atol=0)
     torch.testing.assert_close(cond.seq[2], cond.seq[3], rtol=0, atol=0)
@@ -96,31 +96,31 @@ def test_batch_of_edits_shares_references(tiny, bridge):
     (dict(negative_prompts=["a", "b", "c"]), "negative"),
     (dict(prompts=[]), "prompts"),
 ])
-def test_bad_inputs_raise(tiny, bridge, kwargs, match):
+def test_bad_inputs_raise(tiny, scb, kwargs, match):
     args = dict(prompts=["a", "b"], negative_prompts="", images=None, max_side=512) | kwargs
     with pytest.raises(DeepGenInputError, match=match):
-        encode(tiny.vlm_base, tiny.tokenizer, bridge, **args)
+        encode(tiny.vlm_base, tiny.tokenizer, scb, **args)
 
 
-def test_runs_in_the_modules_dtype(tiny, bridge):
+def test_runs_in_the_modules_dtype(tiny, scb):
     vlm = copy.deepcopy(tiny.vlm_base).to(torch.bfloat16)
-    b16 = copy.deepcopy(bridge).to(torch.bfloat16)
+    b16 = copy.deepcopy(scb).to(torch.bfloat16)
     cond = encode(vlm, tiny.tokenizer, b16, "a red cat", "", _images()[1:], max_side=64)
     assert cond.seq.dtype == cond.pooled.dtype == torch.bfloat16
     assert torch.isfinite(cond.seq).all() and cond.references[0].dtype == torch.float32
-    mixed = encode(vlm, tiny.tokenizer, bridge, "a red cat", "", None)  # bf16 VLM into an fp32 bridge
+    mixed = encode(vlm, tiny.tokenizer, scb, "a red cat", "", None)  # bf16 VLM into an fp32 SCB
     assert mixed.seq.dtype == torch.float32
 
 
-def test_manual_cast_keeps_the_compute_dtype(tiny, bridge):
+def test_manual_cast_keeps_the_compute_dtype(tiny, scb):
     """bf16 storage + fp32 compute (the CPU path) must not round activations to bf16 in between."""
     precision = pytest.importorskip("deepgen_model.precision")
     stored = copy.deepcopy(tiny.vlm_base).to(torch.bfloat16)
-    stored_bridge = copy.deepcopy(bridge).to(torch.bfloat16)
-    reference = encode(copy.deepcopy(stored).float(), tiny.tokenizer, copy.deepcopy(stored_bridge).float(), "a red cat", "")
+    stored_scb = copy.deepcopy(scb).to(torch.bfloat16)
+    reference = encode(copy.deepcopy(stored).float(), tiny.tokenizer, copy.deepcopy(stored_scb).float(), "a red cat", "")
     precision.apply_manual_cast(stored, torch.float32)
-    precision.apply_manual_cast(stored_bridge, torch.float32)
-    cond = encode(stored, tiny.tokenizer, stored_bridge, "a red cat", "")
+    precision.apply_manual_cast(stored_scb, torch.float32)
+    cond = encode(stored, tiny.tokenizer, stored_scb, "a red cat", "")
     assert cond.seq.dtype == torch.float32
     torch.testing.assert_close(cond.seq, reference.seq, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cond.pooled, reference.pooled, rtol=1e-5, atol=1e-5)
@@ -140,11 +140,11 @@ def _run_conditioning(root: str, out: str) -> None:
     vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(root / "vlm"), attn_implementation="sdpa").eval()
     state = load_file(str(root / "connector" / "model.safetensors"))
     heads = json.loads((root / "connector" / "config.json").read_text())["num_attention_heads"]
-    bridge = _bridge(state, heads)
+    scb = _scb(state, heads)
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(60, 100, 3, generator=g), torch.rand(40, 40, 3, generator=g)]
-    t2i = encode(vlm, tok, bridge, ["a red cat", "a photo of a dog running on the beach"], "")
-    edit = encode(vlm, tok, bridge, "make the sky purple", EDIT_NEGATIVE, images, max_side=96)
+    t2i = encode(vlm, tok, scb, ["a red cat", "a photo of a dog running on the beach"], "")
+    edit = encode(vlm, tok, scb, "make the sky purple", EDIT_NEGATIVE, images, max_side=96)
     torch.save({"version": __version__, "dtype": str(vlm.dtype), "t2i": (t2i.seq, t2i.pooled),
                 "edit": (edit.seq, edit.pooled)}, out)
 

@@ -43,9 +43,9 @@ def test_reload_identical(tiny, tiny_layouts, converted):
     assert detect_layout(dst) == "converted"
     _equal(loading.load_dit(dst).state_dict(), tiny.dit.state_dict())
     _equal(loading.load_vae(dst).state_dict(), tiny.vae.state_dict())
-    bridge = loading.load_bridge(dst)
-    assert bridge.config == loading.load_bridge(tiny_layouts["diffusers"]).config
-    _equal(bridge.state_dict(), tiny.bridge_state)
+    scb = loading.load_scb(dst)
+    assert scb.config == loading.load_scb(tiny_layouts["diffusers"]).config
+    _equal(scb.state_dict(), tiny.scb_state)
     direct, _ = load_vlm(Release.open(tiny_layouts["native_lora_new"], vlm_base=tiny_layouts["qwen"]))
     vlm, tok = load_vlm(dst / "deepgen_vlm.safetensors")
     _equal(vlm.state_dict(), direct.state_dict())
@@ -85,8 +85,8 @@ def test_refuses_overwrite_and_force(tiny_layouts, tmp_path, capsys):
     assert conv.main(args + ["--force"]) == 0
     dit = loading.load_dit(tmp_path)
     assert {t.dtype for t in dit.state_dict().values()} == {torch.bfloat16}
-    bridge = loading.load_bridge(tmp_path)  # the fp32 connector was cast too
-    assert bridge.meta_queries.dtype == torch.bfloat16
+    scb = loading.load_scb(tmp_path)  # the fp32 connector was cast too
+    assert scb.meta_queries.dtype == torch.bfloat16
 
 
 def test_native_without_vlm_path_fails_clearly(tiny_layouts, tmp_path):

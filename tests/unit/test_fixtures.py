@@ -161,7 +161,7 @@ def test_native_model_pt_without_lora(tiny_layouts, tiny):
     for k, v in dit.items():
         assert torch.equal(sd["transformer." + k], v), k
     rest = {k: v for k, v in sd.items() if not k.startswith("transformer.")}
-    assert_same(rest, tiny.bridge_state)
+    assert_same(rest, tiny.scb_state)
     assert len(rest) == 103 and not any(k.startswith("lmm.") for k in sd)
     assert (tiny_layouts["native"].parent / "config.json").is_file()
 
@@ -242,7 +242,7 @@ def test_vlm_folder_loads_with_from_pretrained(tiny_layouts, tiny, where):
 
 
 def test_vlm_hidden_states_are_finite_and_lora_sensitive(tiny):
-    """36 layers of loud weights stay finite, and the merged LoRA moves the bridge's layers measurably."""
+    """36 layers of loud weights stay finite, and the merged LoRA moves the SCB's layers measurably."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     merged = Qwen2_5_VLForConditionalGeneration(tiny.vlm_base.config).eval()
@@ -301,10 +301,10 @@ def test_dit_vae_and_scheduler_load_and_are_loud(tiny_layouts, tiny):
     assert lat.shape == (1, 16, 8, 8) and torch.isfinite(lat).all()
 
 
-def test_bridge_state_shapes(tiny):
-    assert tiny.bridge_heads == 32 and 64 % tiny.bridge_heads == 0  # the release's head count
-    assert len(tiny.bridge_state) == 103
-    assert all(torch.isfinite(v).all() and v.std() > 0 for v in tiny.bridge_state.values() if v.numel() > 1)
+def test_scb_state_shapes(tiny):
+    assert tiny.scb_heads == 32 and 64 % tiny.scb_heads == 0  # the release's head count
+    assert len(tiny.scb_state) == 103
+    assert all(torch.isfinite(v).all() and v.std() > 0 for v in tiny.scb_state.values() if v.numel() > 1)
 
 
 def _digest(state):
@@ -317,13 +317,13 @@ def _digest(state):
 
 def test_builds_are_deterministic_and_seeded(tiny, tmp_path):
     again = dt.build_tiny_components(0)
-    for name in ("vlm_merged_state", "bridge_state", "lora"):
+    for name in ("vlm_merged_state", "scb_state", "lora"):
         assert _digest(getattr(again, name)) == _digest(getattr(tiny, name)), name
     for name in ("vlm_base", "dit", "dit_base", "vae"):
         assert _digest(getattr(again, name).state_dict()) == _digest(getattr(tiny, name).state_dict()), name
     other = dt.build_tiny_components(1)
     assert _digest(other.dit.state_dict()) != _digest(tiny.dit.state_dict())
-    assert _digest(other.bridge_state) != _digest(tiny.bridge_state)
+    assert _digest(other.scb_state) != _digest(tiny.scb_state)
     a = dt.write_native_model_pt(tmp_path / "a" / "model.pt", tiny, "new")
     b = dt.write_native_model_pt(tmp_path / "b" / "model.pt", again, "new")
     assert a.read_bytes() == b.read_bytes()

@@ -150,20 +150,20 @@ def test_dit_native_missing_and_misshaped_tensor(tiny_layouts, tmp_path):
         loading.load_dit(Release.open(tmp_path / "model.pt", dit_base=tiny_layouts["unipic2"]))
 
 
-def test_bridge_identical_across_layouts(tiny, tiny_layouts):
-    release = loading.load_bridge(tiny_layouts["diffusers"])
-    assert release.config.num_attention_heads == tiny.bridge_heads  # from connector/config.json
-    native = loading.load_bridge(tiny_layouts["native"])  # no config: the released 32 heads (tiny uses 32 too)
-    assert tiny.bridge_heads == 32 and native.config == release.config
-    for bridge in (release, native):
-        sd = bridge.state_dict()
-        assert set(sd) == set(tiny.bridge_state) and len(sd) == 103
-        assert all(torch.equal(sd[k], tiny.bridge_state[k]) for k in sd)
+def test_scb_identical_across_layouts(tiny, tiny_layouts):
+    release = loading.load_scb(tiny_layouts["diffusers"])
+    assert release.config.num_attention_heads == tiny.scb_heads  # from connector/config.json
+    native = loading.load_scb(tiny_layouts["native"])  # no config: the released 32 heads (tiny uses 32 too)
+    assert tiny.scb_heads == 32 and native.config == release.config
+    for scb in (release, native):
+        sd = scb.state_dict()
+        assert set(sd) == set(tiny.scb_state) and len(sd) == 103
+        assert all(torch.equal(sd[k], tiny.scb_state[k]) for k in sd)
 
 
-def test_bridge_head_count_must_fit(tiny_layouts):
+def test_scb_head_count_must_fit(tiny_layouts):
     with pytest.raises(DeepGenLoadError, match=r"model\.pt: connector width 64 is not divisible by 5 heads"):
-        loading.load_bridge(tiny_layouts["native"], num_attention_heads=5)
+        loading.load_scb(tiny_layouts["native"], num_attention_heads=5)
 
 
 def _connector_release(tmp_path, tiny, state):
@@ -175,15 +175,15 @@ def _connector_release(tmp_path, tiny, state):
     return root
 
 
-def test_bridge_missing_unexpected_misshaped(tiny, tmp_path):
-    state = {k: v.clone() for k, v in tiny.bridge_state.items()}
+def test_scb_missing_unexpected_misshaped(tiny, tmp_path):
+    state = {k: v.clone() for k, v in tiny.scb_state.items()}
     del state["connector.layers.4.mlp.fc2.bias"]
     state["connector.final_norm.weight"] = torch.zeros(1)
     h = state["connector.layers.2.self_attn.q_proj.weight"].shape[0]
     state["connector.layers.2.self_attn.q_proj.weight"] = torch.zeros(h, h - 1)
     root = _connector_release(tmp_path, tiny, state)
     with pytest.raises(DeepGenLoadError) as e:
-        loading.load_bridge(root)
+        loading.load_scb(root)
     msg = str(e.value)
     assert "connector/model.safetensors" in msg
     assert "missing tensors (1): connector.layers.4.mlp.fc2.bias" in msg
@@ -191,10 +191,10 @@ def test_bridge_missing_unexpected_misshaped(tiny, tmp_path):
     assert f"connector.layers.2.self_attn.q_proj.weight ({h}, {h - 1}) (expected ({h}, {h}))" in msg
 
 
-def test_bridge_without_shape_keys(tiny, tmp_path):
-    state = {k: v for k, v in tiny.bridge_state.items() if k != "meta_queries"}
+def test_scb_without_shape_keys(tiny, tmp_path):
+    state = {k: v for k, v in tiny.scb_state.items() if k != "meta_queries"}
     with pytest.raises(DeepGenLoadError, match="missing tensors.*meta_queries"):
-        loading.load_bridge(_connector_release(tmp_path, tiny, state))
+        loading.load_scb(_connector_release(tmp_path, tiny, state))
 
 
 def test_vae_and_scheduler(tiny, tiny_layouts):
@@ -256,7 +256,7 @@ def test_bitsandbytes_not_imported_without_quantization(tiny_layouts):
         "import sys; sys.path.append(sys.argv[1]); from deepgen_model import loading as L, vlm_loading as V\n"
         "from deepgen_model.release import Release\n"
         "d, n, q = sys.argv[2], sys.argv[3], sys.argv[4]\n"
-        "V.load_vlm(d); V.load_vlm(Release.open(n, vlm_base=q)); L.load_bridge(d)\n"
+        "V.load_vlm(d); V.load_vlm(Release.open(n, vlm_base=q)); L.load_scb(d)\n"
         "print('BNB-plain', 'bitsandbytes' in sys.modules)\n"
         "V.load_vlm(d, quantization='8bit')\n"
         "print('BNB-8bit', 'bitsandbytes' in sys.modules)\n")

@@ -150,5 +150,5 @@ def test_a_release_missing_one_file_of_a_folder_names_that_file_not_the_folder(m
     msg = refusal(lambda: Release.open(release).require(component))
     assert msg == f"missing {rel} in {release}; {one_file_fix(release / rel, RELEASE_URL + rel)}."
     if component == "scb":
-        msg = refusal(lambda: loading.load_bridge(release))
+        msg = refusal(lambda: loading.load_scb(release))
         assert msg == f"{release / rel} is missing: {one_file_fix(release / rel, RELEASE_URL + rel)}"

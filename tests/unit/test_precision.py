@@ -37,10 +37,10 @@ def test_pipeline_computes_each_stage_as_the_policy_says(monkeypatch, tiny_layou
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(precision, "CPU_BF16_STAGES", frozenset({"vlm", "dit"}))
     pipe = DeepGenPipeline.from_pretrained(tiny_layouts["diffusers"], device="cpu")
-    parts = {"vlm": pipe.vlm, "bridge": pipe.bridge, "dit": pipe.transformer, "vae": pipe.vae}
+    parts = {"vlm": pipe.vlm, "scb": pipe.scb, "dit": pipe.transformer, "vae": pipe.vae}
     assert {k: dominant_dtype(m) for k, m in parts.items()} == dict.fromkeys(parts, torch.bfloat16)
     assert {k: compute_dtype_of(m) for k, m in parts.items()} == {
-        "vlm": torch.bfloat16, "bridge": torch.float32, "dit": torch.bfloat16, "vae": torch.float32}
+        "vlm": torch.bfloat16, "scb": torch.float32, "dit": torch.bfloat16, "vae": torch.float32}
     out = pipe("a red cube", width=32, height=32, steps=1)
     assert torch.isfinite(out.images).all()
 
@@ -139,13 +139,13 @@ def test_cast_layers_are_weight_layers_and_rmsnorms_but_not_quantized_ones():
     assert [precision.COMPUTE_DTYPE_ATTR in x.__dict__ for x in m] == [False, True, True]
 
 
-def test_manual_cast_tiny_bridge(tiny):
-    from deepgen_model.bridge import BridgeConfig, SCBBridge
+def test_manual_cast_tiny_scb(tiny):
+    from deepgen_model.scb import SCBConfig, SCBConnector
 
-    bridge = SCBBridge(BridgeConfig.from_state_dict(tiny.bridge_state, tiny.bridge_heads))
-    bridge.load_state_dict(tiny.bridge_state)
-    x = torch.randn(2, 7, bridge.projector_1.in_features)
-    _, want, got = _check(bridge, lambda m: m(x))
+    scb = SCBConnector(SCBConfig.from_state_dict(tiny.scb_state, tiny.scb_heads))
+    scb.load_state_dict(tiny.scb_state)
+    x = torch.randn(2, 7, scb.projector_1.in_features)
+    _, want, got = _check(scb, lambda m: m(x))
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 

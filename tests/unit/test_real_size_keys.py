@@ -4,14 +4,14 @@ import torch
 from accelerate import init_empty_weights
 
 from deepgen_model import configs
-from deepgen_model.bridge import BridgeConfig, SCBBridge
+from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.keys import count_families, normalize_vlm_keys, to_legacy
 from deepgen_model.lora import group_lora, iter_merged
 
 # docs/inference.md#sizes: what the real checkpoints hold (tensor count, element count).
 REAL_SIZES = {
     "dit": (909, 2_469_663_936),
-    "bridge": (103, 432_449_532),
+    "scb": (103, 432_449_532),
     "vlm": (824, 3_754_622_976),
     "vlm_lora": (832, 185_163_776),
     "vae": (244, 83_819_683),
@@ -36,11 +36,11 @@ def test_dit_909_tensors():
     assert count_families(native)["transformer"] == 909
 
 
-def test_bridge_103_tensors():
+def test_scb_103_tensors():
     with torch.device("meta"):
-        bridge = SCBBridge(BridgeConfig())
-    sd = bridge.state_dict()
-    assert (len(sd), _numel(sd)) == REAL_SIZES["bridge"] == (103, 432_449_532)
+        scb = SCBConnector(SCBConfig())
+    sd = scb.state_dict()
+    assert (len(sd), _numel(sd)) == REAL_SIZES["scb"] == (103, 432_449_532)
     fam = count_families(sd)
     assert (fam["connector"], fam["projector"], fam["meta_queries"]) == (96, 6, 1)
 

@@ -32,13 +32,13 @@ def counted(monkeypatch):
 
 
 def test_native_checkpoint_load_reads_model_pt_once(tiny_layouts, counted):
-    """The whole pipeline from a native model.pt (+ Qwen and UniPic2 bases): DiT, bridge and VLM LoRA
+    """The whole pipeline from a native model.pt (+ Qwen and UniPic2 bases): DiT, SCB and VLM LoRA
     all come from ONE read of model.pt, and the layout is detected once."""
     pipe = DeepGenPipeline.from_pretrained(tiny_layouts["native_lora_new"], vlm_base=tiny_layouts["qwen"],
                                            dit_base=tiny_layouts["unipic2"], dtype="fp32", device="cpu")
     assert counted["torch.load"] == [str(tiny_layouts["native_lora_new"])]
     assert counted["detect_layout"] == 1
-    assert pipe.transformer.dit is not None and pipe.bridge is not None and pipe.vlm is not None
+    assert pipe.transformer.dit is not None and pipe.scb is not None and pipe.vlm is not None
 
 
 def test_convert_of_a_native_checkpoint_reads_model_pt_once(tiny_layouts, counted, tmp_path):
@@ -94,20 +94,20 @@ def test_complete_releases_refuse_unused_bases_and_name_missing_parts(tiny_layou
 
 
 def test_each_layout_hands_out_its_components(tiny, tiny_layouts, tmp_path):
-    """The Release hands out each component as tensors + config (the builders never ask which layout): the same bridge tensors
+    """The Release hands out each component as tensors + config (the builders never ask which layout): the same SCB tensors
     in every layout, with only what the release records of their config; model.pt's DiT without its prefix
     and with the dit_base's config; the base VLM with model.pt's LoRA merged; the tokenizer's sources."""
     convert(tiny_layouts["diffusers"], tmp_path, components=("scb", "vlm"))
     diffusers, converted = Release.open(tiny_layouts["diffusers"]), Release.open(tmp_path)
     native = Release.open(tiny_layouts["native_lora_new"], tiny_layouts["qwen"], tiny_layouts["unipic2"])
-    bridges = {r.layout: r.bridge_part() for r in (diffusers, native, converted)}
-    for part in bridges.values():
-        assert set(part.tensors) == set(tiny.bridge_state)
-        assert all(torch.equal(part.tensors[k], v) for k, v in tiny.bridge_state.items())
+    scbs = {r.layout: r.scb_part() for r in (diffusers, native, converted)}
+    for part in scbs.values():
+        assert set(part.tensors) == set(tiny.scb_state)
+        assert all(torch.equal(part.tensors[k], v) for k, v in tiny.scb_state.items())
     # connector/config.json: only what shapes cannot tell; model.pt records nothing; the converted file all of it
-    assert bridges[DIFFUSERS].config == {k: tiny.connector_config[k] for k in ("num_attention_heads", "layer_norm_eps")}
-    assert bridges[NATIVE].config == {} and bridges[NATIVE].name == tiny_layouts["native_lora_new"]
-    assert bridges[CONVERTED].config["hidden_size"] == tiny.connector_config["hidden_size"]
+    assert scbs[DIFFUSERS].config == {k: tiny.connector_config[k] for k in ("num_attention_heads", "layer_norm_eps")}
+    assert scbs[NATIVE].config == {} and scbs[NATIVE].name == tiny_layouts["native_lora_new"]
+    assert scbs[CONVERTED].config["hidden_size"] == tiny.connector_config["hidden_size"]
 
     dit = native.dit_part()
     assert set(dit.tensors) == set(tiny.dit.state_dict()) and dit.name == f"{tiny_layouts['native_lora_new']} (transformer.*)"

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from deepgen_model import loading
 from deepgen_model import vlm_loading
-from deepgen_model.bridge import BridgeConfig, SCBBridge
+from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.compat import text_config, vlm_parts
 from deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, empty_prompt_warning, encode, encode_steps
 from deepgen_model.constants import selected_layers
@@ -17,9 +17,9 @@ from deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 
 
 @pytest.fixture(scope="module")
-def bridge(tiny):
-    b = SCBBridge(BridgeConfig.from_state_dict(tiny.bridge_state, tiny.bridge_heads)).eval()
-    b.load_state_dict(tiny.bridge_state, strict=True)
+def scb(tiny):
+    b = SCBConnector(SCBConfig.from_state_dict(tiny.scb_state, tiny.scb_heads)).eval()
+    b.load_state_dict(tiny.scb_state, strict=True)
     return b
 
 
@@ -31,23 +31,23 @@ def _hooks(module) -> int:
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in module.modules())
 
 
-def test_layer_callback_runs_per_layer_and_can_stop_the_forward(tiny, bridge):
+def test_layer_callback_runs_per_layer_and_can_stop_the_forward(tiny, scb):
     vlm = tiny.vlm_base
     hooks = _hooks(vlm)
     calls = []
-    plain = encode(vlm, tiny.tokenizer, bridge, "a cat", "")
-    cond = encode(vlm, tiny.tokenizer, bridge, "a cat", "", layer_callback=lambda: calls.append(1))
+    plain = encode(vlm, tiny.tokenizer, scb, "a cat", "")
+    cond = encode(vlm, tiny.tokenizer, scb, "a cat", "", layer_callback=lambda: calls.append(1))
     torch.testing.assert_close(cond.seq, plain.seq, rtol=0, atol=0)  # observing changes nothing
-    n_layers, bridge_layers = len(vlm_parts(vlm)[1].layers), len(bridge.connector.layers)
-    # one per decoder layer run (the forward stops at 35), then one per bridge layer
-    assert len(calls) == max(selected_layers(n_layers)) + bridge_layers
+    n_layers, scb_layers = len(vlm_parts(vlm)[1].layers), len(scb.connector.layers)
+    # one per decoder layer run (the forward stops at 35), then one per SCB layer
+    assert len(calls) == max(selected_layers(n_layers)) + scb_layers
 
     calls.clear()
     image = torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(0))
-    encode(vlm, tiny.tokenizer, bridge, "make it red", "", images=[image], max_side=64,
+    encode(vlm, tiny.tokenizer, scb, "make it red", "", images=[image], max_side=64,
            layer_callback=lambda: calls.append(1))
     vit_blocks = len(vlm_parts(vlm)[0].blocks)
-    assert len(calls) == vit_blocks + max(selected_layers(n_layers)) + bridge_layers  # the ViT runs once per reference
+    assert len(calls) == vit_blocks + max(selected_layers(n_layers)) + scb_layers  # the ViT runs once per reference
 
     seen = []
 
@@ -57,69 +57,69 @@ def test_layer_callback_runs_per_layer_and_can_stop_the_forward(tiny, bridge):
             raise _Stop
 
     with pytest.raises(_Stop):
-        encode(vlm, tiny.tokenizer, bridge, "a cat", "", layer_callback=stop_at_four)
+        encode(vlm, tiny.tokenizer, scb, "a cat", "", layer_callback=stop_at_four)
     assert len(seen) == 4
     assert _hooks(vlm) == hooks  # every hook removed again, also after the exception
 
-    bridge_hooks, seen = _hooks(bridge), []  # an interrupt inside the bridge: before its second layer
+    scb_hooks, seen = _hooks(scb), []  # an interrupt inside the SCB: before its second layer
 
-    def stop_in_the_bridge():
+    def stop_in_the_scb():
         seen.append(1)
         if len(seen) == max(selected_layers(n_layers)) + 2:
             raise _Stop
 
     with pytest.raises(_Stop):
-        encode(vlm, tiny.tokenizer, bridge, "a cat", "", layer_callback=stop_in_the_bridge)
-    assert _hooks(vlm) == hooks and _hooks(bridge) == bridge_hooks
+        encode(vlm, tiny.tokenizer, scb, "a cat", "", layer_callback=stop_in_the_scb)
+    assert _hooks(vlm) == hooks and _hooks(scb) == scb_hooks
 
 
-def test_prompt_beyond_the_vlm_context_is_refused_and_long_ones_are_kept(tiny, bridge, caplog, monkeypatch):
+def test_prompt_beyond_the_vlm_context_is_refused_and_long_ones_are_kept(tiny, scb, caplog, monkeypatch):
     vlm, tok = tiny.vlm_base, tiny.tokenizer
     cfg = text_config(vlm)
     monkeypatch.setattr(cfg, "max_position_embeddings", 300)
-    think = bridge.meta_queries.shape[0]
+    think = scb.meta_queries.shape[0]
     fits = "a " * (300 - think - 40)
     long = "a " * 400
     with pytest.raises(DeepGenInputError, match=r"^prompt is \d+ tokens .* context of 300 positions.*refused, not truncated"):
-        encode(vlm, tok, bridge, long, "")
+        encode(vlm, tok, scb, long, "")
     with pytest.raises(DeepGenInputError, match=r"^negative_prompt is \d+ tokens"):
-        encode(vlm, tok, bridge, "a cat", long)
+        encode(vlm, tok, scb, "a cat", long)
     with pytest.raises(DeepGenInputError, match=r"^prompt 1 is"):
-        encode(vlm, tok, bridge, ["a cat", long], "")
-    encode(vlm, tok, bridge, fits, "")  # within the limit: encoded
+        encode(vlm, tok, scb, ["a cat", long], "")
+    encode(vlm, tok, scb, fits, "")  # within the limit: encoded
     monkeypatch.undo()
 
     text = "a " * (TRAINED_PROMPT_TOKENS + 50)
     with caplog.at_level(logging.WARNING, logger="deepgen_model.conditioning"):
-        cond = encode(vlm, tok, bridge, text, "")
+        cond = encode(vlm, tok, scb, text, "")
     assert "trained on prompts of at most 1024 tokens" in caplog.text
     n = len(tok(cond.prompt_text[0])["input_ids"])
     assert cond.seq.shape[1] == n + think  # nothing truncated
     # the same note travels with the conditioning, for the UI (the log alone reaches nobody)
     assert len(cond.warnings) == 1 and cond.warnings[0] in caplog.text
     assert cond.warnings[0].startswith(f"prompt is {n} tokens; DeepGen was trained on prompts of at most 1024")
-    assert encode(vlm, tok, bridge, "a cat", "").warnings == []
+    assert encode(vlm, tok, scb, "a cat", "").warnings == []
 
 
 @pytest.mark.parametrize("references", [0, 2])
-def test_progress_reports_every_stage_in_order(tiny, bridge, references):
-    """One step per ViT block of each reference, per decoder layer and per bridge layer: after the last
-    decoder layer the bar keeps moving through the bridge (with real weights on a CPU that took ~40 s
+def test_progress_reports_every_stage_in_order(tiny, scb, references):
+    """One step per ViT block of each reference, per decoder layer and per SCB layer: after the last
+    decoder layer the bar keeps moving through the SCB (with real weights on a CPU that took ~40 s
     at 100 % for a long prompt)."""
     vlm = tiny.vlm_base
     hooks, seen = _hooks(vlm), []
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(40, 56, 3, generator=g) for _ in range(references)] or None
-    plain = encode(vlm, tiny.tokenizer, bridge, "a cat", "", images=images, max_side=64)
-    cond = encode(vlm, tiny.tokenizer, bridge, "a cat", "", images=images, max_side=64,
+    plain = encode(vlm, tiny.tokenizer, scb, "a cat", "", images=images, max_side=64)
+    cond = encode(vlm, tiny.tokenizer, scb, "a cat", "", images=images, max_side=64,
                   progress=lambda done, total: seen.append((done, total)))
     torch.testing.assert_close(cond.seq, plain.seq, rtol=0, atol=0)  # observing changes nothing
     visual, text_model = vlm_parts(vlm)
     total = (references * len(visual.blocks) + max(selected_layers(len(text_model.layers)))
-             + len(bridge.connector.layers))
-    assert encode_steps(vlm, bridge, references) == total
+             + len(scb.connector.layers))
+    assert encode_steps(vlm, scb, references) == total
     assert seen == [(k, total) for k in range(1, total + 1)]
-    assert _hooks(vlm) == hooks and _hooks(bridge) == 0
+    assert _hooks(vlm) == hooks and _hooks(scb) == 0
 
 
 # ------------------------------------------------------------------ loading errors name the file and the key
@@ -172,20 +172,20 @@ def test_dit_missing_tensor_is_named(release_copy):
         loading.load_dit(release_copy, dtype="fp32")
 
 
-def test_an_empty_prompt_is_encoded_with_a_note(tiny, bridge, caplog):
+def test_an_empty_prompt_is_encoded_with_a_note(tiny, scb, caplog):
     """Blank prompts run (as the release does) but say why the picture follows no text; negatives may be empty."""
     image = torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(1))
     with caplog.at_level(logging.WARNING, logger="deepgen_model.conditioning"):
-        t2i = encode(tiny.vlm_base, tiny.tokenizer, bridge, " \n", "")
-        edit = encode(tiny.vlm_base, tiny.tokenizer, bridge, "", "", images=[image], max_side=64)
-        both = encode(tiny.vlm_base, tiny.tokenizer, bridge, ["a cat", ""], "")
+        t2i = encode(tiny.vlm_base, tiny.tokenizer, scb, " \n", "")
+        edit = encode(tiny.vlm_base, tiny.tokenizer, scb, "", "", images=[image], max_side=64)
+        both = encode(tiny.vlm_base, tiny.tokenizer, scb, ["a cat", ""], "")
     assert t2i.warnings == [empty_prompt_warning("prompt", "", edit=False)]
     assert t2i.warnings[0] == ("prompt is empty: DeepGen gets no description, so it draws nothing in particular; "
                                "write what you want")
     assert edit.warnings == [empty_prompt_warning("prompt", "", edit=True)] and "edit instruction" in edit.warnings[0]
     assert both.warnings == [empty_prompt_warning("prompt 1", "", edit=False)]
     assert t2i.warnings[0] in caplog.text
-    assert encode(tiny.vlm_base, tiny.tokenizer, bridge, "a cat", "").warnings == []
+    assert encode(tiny.vlm_base, tiny.tokenizer, scb, "a cat", "").warnings == []
 
 
 def test_cfg_note_only_above_the_authors_range():

@@ -9,7 +9,7 @@ import pytest
 
 from deepgen_model import configs
 from deepgen_model import download as dl
-from deepgen_model.bridge import BridgeConfig
+from deepgen_model.scb import SCBConfig
 from deepgen_model.constants import selected_layers
 from workflow_export import BYPASSED, FRONTEND_ONLY, MUTED
 
@@ -126,13 +126,13 @@ def test_the_workflows_doc_pairs_each_template_with_its_twin():
 
 
 def test_the_web_extension_doc_counts_the_release_stages():
-    """docs/web-extension.md: the encode progress steps of the release (ViT blocks, decoder layers, bridge)."""
+    """docs/web-extension.md: the encode progress steps of the release (ViT blocks, decoder layers, SCB layers)."""
     doc = (REPO / "docs" / "web-extension.md").read_text(encoding="utf-8")
     vlm = configs.get("vlm")
     vit = vlm["vision_config"]["depth"]
     assert f"once per ViT block of each reference ({vit} per reference for the release)" in doc
     assert f"once\nper VLM decoder layer ({max(selected_layers(vlm['num_hidden_layers']))} for the release" in doc
-    assert f"once\nper bridge layer ({BridgeConfig().num_hidden_layers}:" in doc
+    assert f"once\nper SCB layer ({SCBConfig().num_hidden_layers}:" in doc
 
 
 def test_the_readme_states_the_largest_size():

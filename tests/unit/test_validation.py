@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
-from deepgen_model import inputs, loading, validation, vlm_loading
+from deepgen_model import config_checks, inputs, loading, validation, vlm_loading
 from deepgen_model.conditioning import encode
 from deepgen_model.errors import DeepGenInputError, DeepGenLoadError
 
@@ -129,7 +129,7 @@ def tripwires(monkeypatch):
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from deepgen_model import bridge
+    from deepgen_model import scb
 
     def boom(*a, **k):
         raise AssertionError("a model was built from a file that should have been refused")
@@ -138,12 +138,12 @@ def tripwires(monkeypatch):
         monkeypatch.setattr(cls, "from_pretrained", boom)
         monkeypatch.setattr(cls, "from_config", boom, raising=False)
         monkeypatch.setattr(cls, "_from_config", boom, raising=False)
-    monkeypatch.setattr(bridge.SCBBridge, "__init__", boom)
+    monkeypatch.setattr(scb.SCBConnector, "__init__", boom)
 
 
 LOADERS = {"DiT": ("transformer/diffusion_pytorch_model.safetensors", lambda r: loading.load_dit(r)),
            "VAE": ("vae/diffusion_pytorch_model.safetensors", lambda r: loading.load_vae(r)),
-           "SCB": ("connector/model.safetensors", lambda r: loading.load_bridge(r)),
+           "SCB": ("connector/model.safetensors", lambda r: loading.load_scb(r)),
            "VLM": ("vlm/model-00002-of-00002.safetensors", lambda r: vlm_loading.load_vlm(r))}
 
 
@@ -316,7 +316,7 @@ def test_config_that_is_not_json_and_a_folder_for_config(release, tripwires):
     (release / "connector" / "config.json").unlink()
     (release / "connector" / "config.json").mkdir()
     with pytest.raises(DeepGenLoadError, match=r"^SCB file .*connector/config\.json: is a folder"):
-        loading.load_bridge(release)
+        loading.load_scb(release)
 
 
 @pytest.mark.parametrize("name, text, fragment", [
@@ -359,49 +359,49 @@ def test_converted_files_with_damaged_metadata(tmp_path, tiny, tripwires):
 
 def test_intact_release_still_loads(release):
     assert loading.load_dit(release).config.num_layers == 3
-    assert loading.load_bridge(release).meta_queries.shape[0] == 128
+    assert loading.load_scb(release).meta_queries.shape[0] == 128
 
 
 # ------------------------------------------------------------------ prompts, cfg, steps
 
 
 @pytest.fixture(scope="module")
-def bridge(tiny):
-    from deepgen_model.bridge import BridgeConfig, SCBBridge
+def scb(tiny):
+    from deepgen_model.scb import SCBConfig, SCBConnector
 
-    b = SCBBridge(BridgeConfig.from_state_dict(tiny.bridge_state, tiny.bridge_heads)).eval()
-    b.load_state_dict(tiny.bridge_state, strict=True)
+    b = SCBConnector(SCBConfig.from_state_dict(tiny.scb_state, tiny.scb_heads)).eval()
+    b.load_state_dict(tiny.scb_state, strict=True)
     return b
 
 
 @pytest.mark.parametrize("token", ["<|image_pad|>", "<|video_pad|>"])
-def test_image_tokens_in_user_text_name_the_prompt(tiny, bridge, token):
+def test_image_tokens_in_user_text_name_the_prompt(tiny, scb, token):
     for kwargs, name in (({"prompts": f"a {token} cat", "negative_prompts": ""}, "prompt"),
                          ({"prompts": "a cat", "negative_prompts": f"blurry{token}"}, "negative_prompt")):
         with pytest.raises(DeepGenInputError) as err:
-            encode(tiny.vlm_base, tiny.tokenizer, bridge, **kwargs)
+            encode(tiny.vlm_base, tiny.tokenizer, scb, **kwargs)
         assert str(err.value).startswith(f"{name} contains {token}"), err.value
     image = [torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(1))]
     with pytest.raises(DeepGenInputError, match=r"^prompt contains"):
-        encode(tiny.vlm_base, tiny.tokenizer, bridge, f"{token}{token}", "", image, max_side=32)
+        encode(tiny.vlm_base, tiny.tokenizer, scb, f"{token}{token}", "", image, max_side=32)
 
 
-def test_lone_surrogates_in_user_text_name_the_input(tiny, bridge):
+def test_lone_surrogates_in_user_text_name_the_input(tiny, scb):
     """A JSON "\\ud800" escape parses into a lone surrogate, which the tokenizer rejects with a raw TypeError."""
     for kwargs, name in (({"prompts": "a \ud800 cat", "negative_prompts": ""}, "prompt"),
                          ({"prompts": "a cat", "negative_prompts": "\udc00"}, "negative_prompt")):
         with pytest.raises(DeepGenInputError) as err:
-            encode(tiny.vlm_base, tiny.tokenizer, bridge, **kwargs)
+            encode(tiny.vlm_base, tiny.tokenizer, scb, **kwargs)
         assert str(err.value).startswith(f"{name} contains an unpaired surrogate (U+"), err.value
     inputs.check_prompt("caf\u00e9 \U0001f431", "prompt")  # real characters outside the BMP are fine
 
 
-def test_other_special_tokens_are_parsed_as_special_tokens_like_the_official_code(tiny, bridge):
+def test_other_special_tokens_are_parsed_as_special_tokens_like_the_official_code(tiny, scb):
     """The release tokenises the user text with special-token parsing on: "<|im_end|>" typed by a user is the
     single special token (not its characters), and conditioning still works. Documented in docs/reliability.md."""
     for token in ("<|im_end|>", "<|vision_start|>", "<|endoftext|>"):
         assert tiny.tokenizer(token, add_special_tokens=False)["input_ids"] == [tiny.token_ids[token]]
-        cond = encode(tiny.vlm_base, tiny.tokenizer, bridge, f"a cat {token} on a mat", "")
+        cond = encode(tiny.vlm_base, tiny.tokenizer, scb, f"a cat {token} on a mat", "")
         assert torch.isfinite(cond.seq).all()
 
 
@@ -529,7 +529,7 @@ def test_fuzz_weight_dtypes_and_shapes_through_the_loaders(release):
     import time
 
     rng = random.Random(4)
-    files = {"SCB": ("connector/model.safetensors", lambda: loading.load_bridge(release)),
+    files = {"SCB": ("connector/model.safetensors", lambda: loading.load_scb(release)),
              "DiT": ("transformer/diffusion_pytorch_model.safetensors", lambda: loading.load_dit(release)),
              "VAE": ("vae/diffusion_pytorch_model.safetensors", lambda: loading.load_vae(release))}
     intact = {c: (release / rel).read_bytes() for c, (rel, _) in files.items()}
@@ -576,12 +576,12 @@ def test_fuzz_config_checks(tiny):
     rng = random.Random(7)
     shapes = {"DiT": {k: tuple(v.shape) for k, v in tiny.dit.state_dict().items()},
               "VAE": {k: tuple(v.shape) for k, v in tiny.vae.state_dict().items()},
-              "SCB": {k: tuple(v.shape) for k, v in tiny.bridge_state.items()},
+              "SCB": {k: tuple(v.shape) for k, v in tiny.scb_state.items()},
               "VLM": {k: tuple(v.shape) for k, v in tiny.vlm_merged_state.items()}}
     configs = {"DiT": dict(tiny.dit.config), "VAE": dict(tiny.vae.config), "SCB": dict(deepgen_tiny.TINY_CONNECTOR),
                "VLM": json.loads(json.dumps(deepgen_tiny.TINY_VLM_CONFIG))}
     for name, cfg in configs.items():  # the intact configs pass
-        validation.check_tensors(shapes[name], validation.check_config(json.loads(json.dumps(cfg, default=list)), name, "c"),
+        config_checks.check_tensors(shapes[name], config_checks.check_config(json.loads(json.dumps(cfg, default=list)), name, "c"),
                                  name, "w")
     values = [-1, 0, 1, 2, 3, 10**6, 10**9, 2**62, "abc", "", None, 1.5, float("nan"), True, [], {}, [1, 2], [-1]]
     deadline, refused = time.monotonic() + 15, 0
@@ -596,13 +596,13 @@ def test_fuzz_config_checks(tiny):
         if rng.random() < 0.03:
             cfg = rng.choice([[cfg], "cfg", 3, None])
         try:
-            checked = validation.check_config(cfg, name, "config.json")
-            validation.check_tensors(shapes[name], checked, name, "weights")
+            checked = config_checks.check_config(cfg, name, "config.json")
+            config_checks.check_tensors(shapes[name], checked, name, "weights")
         except DeepGenLoadError as e:
             assert str(e).startswith(f"{name} file "), e
             refused += 1
             continue
-        low = validation._expectations(checked, name)[0]
+        low = config_checks._expectations(checked, name)[0]
         assert low <= sum(math.prod(s) for s in shapes[name].values())
     assert refused > 100
 
@@ -642,11 +642,11 @@ class _Loaded:
     FILES = {"VLM": "vlm/config.json", "SCB": "connector/config.json", "DiT": "transformer/config.json",
              "VAE": "vae/config.json", "scheduler": "scheduler/scheduler_config.json"}
 
-    def __init__(self, root: Path, bridge_module):
+    def __init__(self, root: Path, scb_module):
         import transformers
 
         transformers.logging.set_verbosity_error()
-        self.root, self.bridge = root, bridge_module
+        self.root, self.scb = root, scb_module
         self.configs = {c: json.loads((root / f).read_text()) for c, f in self.FILES.items()}
         g = torch.Generator().manual_seed(0)
         self.latent = torch.randn(1, 16, 8, 8, generator=g)
@@ -660,9 +660,9 @@ class _Loaded:
         with torch.no_grad():
             if component == "VLM":
                 vlm, tokenizer = vlm_loading.load_vlm(self.root)
-                return encode(vlm, tokenizer, self.bridge, "a cat", "").seq
+                return encode(vlm, tokenizer, self.scb, "a cat", "").seq
             if component == "SCB":
-                return loading.load_bridge(self.root)(torch.ones(1, 3, 6 * 64))[0]
+                return loading.load_scb(self.root)(torch.ones(1, 3, 6 * 64))[0]
             if component == "DiT":
                 dit = loading.load_dit(self.root)
                 return dit(hidden_states=self.latent, encoder_hidden_states=self.context,
@@ -678,10 +678,10 @@ class _Loaded:
 def _fields(cfg: dict, component: str) -> list[tuple[str, ...]]:
     """Every field path of a config and every field its SPECS name (vision fields under vision_config)."""
     if component == "VLM":
-        spec = [(k,) for k in validation.SPECS["VLM"]] + [("vision_config", k) for k in validation.SPECS["VLM vision"]]
+        spec = [(k,) for k in config_checks.SPECS["VLM"]] + [("vision_config", k) for k in config_checks.SPECS["VLM vision"]]
         have = [(k,) for k in cfg] + [("vision_config", k) for k in cfg["vision_config"]]
     else:
-        spec, have = [(k,) for k in validation.SPECS[component]], [(k,) for k in cfg]
+        spec, have = [(k,) for k in config_checks.SPECS[component]], [(k,) for k in cfg]
     # and, for the VLM, what transformers' own PretrainedConfig reads when a saved config carries it
     extra = [("rope_scaling", "mrope_section"), ("rope_scaling", "type"), *((k,) for k in _GENERIC)] \
         if component == "VLM" else []
@@ -703,7 +703,7 @@ def _assign(cfg: dict, field: tuple[str, ...], value):
 
 
 def _spec(component: str, field: tuple[str, ...]):
-    table = validation.SPECS["VLM vision" if field[0] == "vision_config" else component]
+    table = config_checks.SPECS["VLM vision" if field[0] == "vision_config" else component]
     return table.get(field[-1]) if len(field) <= 2 and (field[0] == "vision_config" or len(field) == 1) else None
 
 
@@ -715,13 +715,13 @@ def test_a_text_config_must_carry_the_language_models_sizes(text_config):
 
     cfg = json.loads(json.dumps(deepgen_tiny.TINY_VLM_CONFIG))
     if text_config == "sizes differ":
-        text_config = {k: cfg[k] for k in validation._TEXT_MODEL_FIELDS} | {"hidden_size": 2 * cfg["hidden_size"]}
+        text_config = {k: cfg[k] for k in config_checks._TEXT_MODEL_FIELDS} | {"hidden_size": 2 * cfg["hidden_size"]}
     cfg["text_config"] = text_config
     with pytest.raises(DeepGenLoadError, match="text_config.*config.json|config.json.*text_config"):
-        validation.check_config(cfg, "VLM", "vlm/config.json")
+        config_checks.check_config(cfg, "VLM", "vlm/config.json")
 
 
-def test_fuzz_every_config_field_through_the_loaders(release, bridge):
+def test_fuzz_every_config_field_through_the_loaders(release, scb):
     """Seeded and bounded in time: each field of each config (every field SPECS names, and every field the tiny
     release's files carry) gets a random value, the config is written to the release and the component is loaded
     and run through its loader. It must end in one of:
@@ -734,7 +734,7 @@ def test_fuzz_every_config_field_through_the_loaders(release, bridge):
     import time
 
     rng = random.Random(20)
-    loaded = _Loaded(release, bridge)
+    loaded = _Loaded(release, scb)
     jobs = [(c, f) for c in loaded.FILES for f in _fields(loaded.configs[c], c)]
     rng.shuffle(jobs)
     deadline, seen = time.monotonic() + 25, {"refused": 0, "ran": 0, "fields": set()}
@@ -764,8 +764,8 @@ def test_fuzz_every_config_field_through_the_loaders(release, bridge):
             seen["fields"].add((component, field))
             assert torch.isfinite(out).all(), (component, field, value)
             spec = _spec(component, field)
-            if spec is not None and spec[0] == validation.ONE_OF:
-                assert any(validation._same(value, v) for v in spec[1]) or value is None, (component, field, value)
+            if spec is not None and spec[0] == config_checks.ONE_OF:
+                assert any(config_checks._same(value, v) for v in spec[1]) or value is None, (component, field, value)
             elif spec is None and field[-1] not in ("rope_scaling", "type", "mrope_section"):
                 assert torch.equal(out, loaded.baseline[component]), f"{component} {field}={value!r} changed the output"
         else:
@@ -798,24 +798,24 @@ def test_real_size_configs_and_tensors_pass():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from deepgen_model import configs
-    from deepgen_model.bridge import BridgeConfig, SCBBridge
+    from deepgen_model.scb import SCBConfig, SCBConnector
     from deepgen_model.keys import to_legacy
 
     with torch.device("meta"):
         dit = SD3Transformer2DModel.from_config(configs.get("dit")).state_dict()
         vae = AutoencoderKL.from_config(configs.get("vae")).state_dict()
-        bridge = SCBBridge(BridgeConfig()).state_dict()
+        scb = SCBConnector(SCBConfig()).state_dict()
     with init_empty_weights():
         vlm = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig.from_dict(configs.get("vlm"))).state_dict()
     legacy = {to_legacy(k): v for k, v in vlm.items() if k != "lm_head.weight"}
     connector = {"hidden_size": 2048, "intermediate_size": 11946, "num_hidden_layers": 6, "num_attention_heads": 32,
                  "layer_norm_eps": 1e-6}
     for name, cfg, state in (("DiT", configs.get("dit"), dit), ("VAE", configs.get("vae"), vae),
-                             ("SCB", connector, bridge), ("SCB", json.loads(BridgeConfig().to_json()), bridge),
+                             ("SCB", connector, scb), ("SCB", json.loads(SCBConfig().to_json()), scb),
                              ("VLM", configs.get("vlm"), vlm), ("VLM", configs.get("vlm"), legacy),
                              ("VLM", Qwen2_5_VLConfig.from_dict(configs.get("vlm")).to_dict(), legacy),  # as saved
                              ("scheduler", configs.get("scheduler"), None)):
-        validation.check_config(cfg, name, "config.json")
+        config_checks.check_config(cfg, name, "config.json")
         if state is not None:
-            validation.check_tensors(state, cfg, name, "weights")
-    assert validation._expectations(configs.get("vlm"), "VLM")[0] <= 3_754_622_976  # the real VLM's elements (docs/inference.md#sizes)
+            config_checks.check_tensors(state, cfg, name, "weights")
+    assert config_checks._expectations(configs.get("vlm"), "VLM")[0] <= 3_754_622_976  # the real VLM's elements (docs/inference.md#sizes)

@@ -1,4 +1,4 @@
-"""VLM forward for the bridge
+"""VLM forward for the SCB
 (docs/inference.md#layer-selection, #vlm-forward, #pitfall-1, #pitfall-2, #pitfall-6, #pitfall-7, #pitfall-8)."""
 import copy
 
@@ -36,7 +36,7 @@ def pair(tiny):
 
 def _inputs(tiny, m, ids, mask):
     """Independent assembly of the text-only forward inputs (embeddings + think tokens + mRoPE)."""
-    q = tiny.bridge_state["meta_queries"]
+    q = tiny.scb_state["meta_queries"]
     _, text = compat.vlm_parts(m)
     b = ids.shape[0]
     emb = torch.cat([text.get_input_embeddings()(ids), q[None].expand(b, -1, -1)], dim=1)
@@ -78,7 +78,7 @@ def test_rope_index_text_and_image_rules(tiny, vlm):
 
 def test_early_stop_equals_full_forward_hidden_states(tiny, vlm, pair):
     ids, mask = pair
-    stacked = stacked_hidden_states(vlm, tiny.tokenizer, tiny.bridge_state["meta_queries"], ids, mask)
+    stacked = stacked_hidden_states(vlm, tiny.tokenizer, tiny.scb_state["meta_queries"], ids, mask)
     assert stacked.shape == (2, ids.shape[1] + 128, 6 * 64)
     text, emb, ext_mask, pos = _inputs(tiny, vlm, ids, mask)
     with fa2_pad_emulation(text, ext_mask):
@@ -94,7 +94,7 @@ def test_layer_36_and_final_norm_never_run(tiny, vlm, pair):
     handles = [m.register_forward_hook(lambda *a, n=n: calls.append(n)) for n, m in
                (("layer36", text.layers[35]), ("norm", text.norm), ("layer35", text.layers[34]))]
     try:
-        stacked_hidden_states(vlm, tiny.tokenizer, tiny.bridge_state["meta_queries"], *pair)
+        stacked_hidden_states(vlm, tiny.tokenizer, tiny.scb_state["meta_queries"], *pair)
     finally:
         for h in handles:
             h.remove()
@@ -109,7 +109,7 @@ def test_pad_queries_get_zero_attention_output(tiny, vlm, pair):
     handles = [layer.self_attn.o_proj.register_forward_hook(lambda m, a, out: seen.append((a[0], out)))
                for layer in text.layers]
     try:
-        stacked_hidden_states(vlm, tiny.tokenizer, tiny.bridge_state["meta_queries"], ids, mask)
+        stacked_hidden_states(vlm, tiny.tokenizer, tiny.scb_state["meta_queries"], ids, mask)
     finally:
         for h in handles:
             h.remove()
@@ -122,7 +122,7 @@ def test_pad_queries_get_zero_attention_output(tiny, vlm, pair):
 def test_eager_and_sdpa_agree_only_with_the_emulation(tiny, vlm, eager_vlm, pair):
     ids, mask = pair
     n_pad = int((~mask[1]).sum())
-    q = tiny.bridge_state["meta_queries"]
+    q = tiny.scb_state["meta_queries"]
     a = stacked_hidden_states(vlm, tiny.tokenizer, q, ids, mask)
     b = stacked_hidden_states(eager_vlm, tiny.tokenizer, q, ids, mask)
     assert torch.equal(a[1, :n_pad], b[1, :n_pad])  # pad rows: attention 0, MLP path only
@@ -137,7 +137,7 @@ def test_eager_and_sdpa_agree_only_with_the_emulation(tiny, vlm, eager_vlm, pair
 def test_real_rows_of_a_padded_prompt_equal_the_prompt_alone(tiny, vlm, pair):
     ids, mask = pair
     n_pad = int((~mask[1]).sum())
-    q = tiny.bridge_state["meta_queries"]
+    q = tiny.scb_state["meta_queries"]
     both = stacked_hidden_states(vlm, tiny.tokenizer, q, ids, mask)
     alone = stacked_hidden_states(vlm, tiny.tokenizer, q, ids[1:, n_pad:], mask[1:, n_pad:])
     torch.testing.assert_close(both[1:, n_pad:], alone, rtol=1e-4, atol=1e-4)
@@ -150,7 +150,7 @@ def _refs():
 
 
 def test_image_embeddings_land_on_image_pads_positive_rows_first(tiny, vlm):
-    tok, q = tiny.tokenizer, tiny.bridge_state["meta_queries"]
+    tok, q = tiny.tokenizer, tiny.scb_state["meta_queries"]
     refs = _refs()
     vit = [vit_inputs(r) for r in refs]
     counts = [image_token_count(r.shape[1], r.shape[2]) for r in refs]
@@ -194,10 +194,10 @@ def test_image_token_count_mismatch_raises(tiny, vlm):
     pv, grid = vit_inputs(refs[0])
     ids, mask = tokenize_pair(tiny.tokenizer, [edit_prompt("x", [3])], [edit_prompt("", [3])])
     with pytest.raises(DeepGenInputError, match="image"):
-        stacked_hidden_states(vlm, tiny.tokenizer, tiny.bridge_state["meta_queries"], ids, mask, [pv, pv],
+        stacked_hidden_states(vlm, tiny.tokenizer, tiny.scb_state["meta_queries"], ids, mask, [pv, pv],
                               torch.cat([grid, grid]))
     with pytest.raises(DeepGenInputError):
-        stacked_hidden_states(vlm, tiny.tokenizer, tiny.bridge_state["meta_queries"], ids, mask)
+        stacked_hidden_states(vlm, tiny.tokenizer, tiny.scb_state["meta_queries"], ids, mask)
 
 
 def _hook_count(m):
@@ -206,7 +206,7 @@ def _hook_count(m):
 
 def test_hooks_are_removed_even_on_error(tiny, vlm, pair):
     before = _hook_count(vlm)
-    stacked_hidden_states(vlm, tiny.tokenizer, tiny.bridge_state["meta_queries"], *pair)
+    stacked_hidden_states(vlm, tiny.tokenizer, tiny.scb_state["meta_queries"], *pair)
     assert _hook_count(vlm) == before
     _, text = compat.vlm_parts(vlm)
 
@@ -216,7 +216,7 @@ def test_hooks_are_removed_even_on_error(tiny, vlm, pair):
     h = text.layers[7].register_forward_pre_hook(boom)
     try:
         with pytest.raises(KeyError):
-            stacked_hidden_states(vlm, tiny.tokenizer, tiny.bridge_state["meta_queries"], *pair)
+            stacked_hidden_states(vlm, tiny.tokenizer, tiny.scb_state["meta_queries"], *pair)
     finally:
         h.remove()
     assert _hook_count(vlm) == before

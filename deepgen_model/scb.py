@@ -1,4 +1,4 @@
-"""The Stacked Channel Bridge (SCB): think tokens, projectors and the connector (docs/inference.md#scb-bridge).
+"""The Stacked Channel Bridging (SCB) connector (SCB): think tokens, projectors and the connector (docs/inference.md#scb-connector).
 
 Module and parameter names equal the release's key names, so a state dict from
 `connector/model.safetensors` (or the `connector.*`, `projector_*`, `meta_queries` keys of the
@@ -15,8 +15,8 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class BridgeConfig:
-    """Sizes of the bridge. Defaults are the released DeepGen 1.0 values."""
+class SCBConfig:
+    """Sizes of the SCB. Defaults are the released DeepGen 1.0 values."""
 
     llm_hidden_size: int = 2048  # Qwen2.5-VL-3B text hidden size
     num_stacked_layers: int = 6  # hidden states 35, 29, 23, 17, 11, 5
@@ -33,11 +33,11 @@ class BridgeConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BridgeConfig":
+    def from_dict(cls, d: dict) -> "SCBConfig":
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @classmethod
-    def from_state_dict(cls, sd: dict, num_attention_heads: int | None = None) -> "BridgeConfig":
+    def from_state_dict(cls, sd: dict, num_attention_heads: int | None = None) -> "SCBConfig":
         """Read every size from tensor shapes; the head count is not visible in shapes."""
         p1 = sd["projector_1.weight"]
         layers = {int(k.split(".")[2]) for k in sd if k.startswith("connector.layers.")}
@@ -59,7 +59,7 @@ class BridgeConfig:
 class ConnectorAttention(nn.Module):
     """Bidirectional multi-head attention: no mask, no positions (every token sees every token)."""
 
-    def __init__(self, cfg: BridgeConfig):
+    def __init__(self, cfg: SCBConfig):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -75,7 +75,7 @@ class ConnectorAttention(nn.Module):
 
 
 class ConnectorMLP(nn.Module):
-    def __init__(self, cfg: BridgeConfig):
+    def __init__(self, cfg: SCBConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
@@ -87,7 +87,7 @@ class ConnectorMLP(nn.Module):
 class ConnectorLayer(nn.Module):
     """Pre-LN encoder layer: x + attn(LN1 x), then x + mlp(LN2 x)."""
 
-    def __init__(self, cfg: BridgeConfig):
+    def __init__(self, cfg: SCBConfig):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.self_attn = ConnectorAttention(cfg)
@@ -100,7 +100,7 @@ class ConnectorLayer(nn.Module):
 
 
 class ConnectorEncoder(nn.Module):
-    def __init__(self, cfg: BridgeConfig):
+    def __init__(self, cfg: SCBConfig):
         super().__init__()
         self.layers = nn.ModuleList(ConnectorLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
@@ -110,12 +110,12 @@ class ConnectorEncoder(nn.Module):
         return x  # no final norm
 
 
-class SCBBridge(nn.Module):
+class SCBConnector(nn.Module):
     """VLM hidden states (stacked on channels) -> DiT context `seq` and `pooled` vectors."""
 
-    def __init__(self, cfg: BridgeConfig | None = None):
+    def __init__(self, cfg: SCBConfig | None = None):
         super().__init__()
-        self.config = cfg = cfg or BridgeConfig()
+        self.config = cfg = cfg or SCBConfig()
         self.meta_queries = nn.Parameter(torch.zeros(cfg.num_queries, cfg.llm_hidden_size))
         self.projector_1 = nn.Linear(cfg.llm_hidden_size * cfg.num_stacked_layers, cfg.hidden_size)
         self.connector = ConnectorEncoder(cfg)
@@ -125,6 +125,6 @@ class SCBBridge(nn.Module):
     def forward(self, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """stacked [B, L, 6*H] -> (seq [B, L, joint_attention_dim], pooled [B, pooled_projection_dim]).
 
-        The pooled mean runs over all L positions, pads included (docs/inference.md#scb-bridge, #pitfall-1)."""
+        The pooled mean runs over all L positions, pads included (docs/inference.md#scb-connector, #pitfall-1)."""
         x = self.connector(self.projector_1(stacked))
         return self.projector_3(x), self.projector_2(x.mean(dim=1))
