@@ -10,7 +10,7 @@ VAE encode, DiT step, VAE decode), on ONE set of bf16-stored weights; only the c
 - Speed: all stages in fp32 and all in bf16, alternately (the order flips every round), --repeat
   rounds; each stage's median time in each, and the machine load of every run.
 - Fidelity: each stage alone in bf16 (the others fp32), against the all-fp32 run: the relative RMS
-  difference of that stage's OWN output (VLM: the stacked hidden states the SCB reads; scb: the
+  difference of that stage's OWN output (VLM: the stacked hidden states the SCB reads; SCB: the
   DiT context; DiT: the first step's velocity; VAE: the reference latent and the decoded image of the
   fp32 latents), and what it does to the final latents and image. Then all stages in bf16.
 - Decision per stage: bf16 where it is faster AND its own-output difference is within
