@@ -21,6 +21,7 @@ which dtype it computes in, is nodes/comfy_ops.py.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -78,6 +79,24 @@ class _TargetResiduals(Sequence):
         return torch.cat([add, add.new_zeros(add.shape[0], self.n_total - self.n_target, add.shape[2])], dim=1)
 
 
+log = logging.getLogger(__name__)
+_SAID_MISSING_BLOCKS: set[tuple[int, tuple[int, ...]]] = set()
+
+
+def warn_missing_blocks(transformer_options: dict, depth: int) -> None:
+    """Say once, in the log, which replaced blocks the DiT does not have. Skip-layer guidance (and any patch that
+    replaces a block) names blocks by index, and core's MMDiT never reaches an index beyond its blocks, so such
+    a patch does nothing, silently, in core as here."""
+    replaced = transformer_options.get("patches_replace", {}).get("dit", {})
+    missing = tuple(sorted(k[1] for k in replaced if isinstance(k, tuple) and len(k) == 2
+                           and k[0] == "double_block" and isinstance(k[1], int) and k[1] >= depth))
+    if missing and (depth, missing) not in _SAID_MISSING_BLOCKS:
+        _SAID_MISSING_BLOCKS.add((depth, missing))
+        log.warning("DeepGen: a block patch (skip-layer guidance?) names DiT block(s) %s, but this DiT has %d blocks "
+                    "(0-%d): nothing happens for those; pick block numbers below %d.",
+                    ", ".join(map(str, missing)), depth, depth - 1, depth)
+
+
 class DeepGenMMDiT(OpenAISignatureMMDITWrapper):
     """ComfyUI's own MMDiT (SD3.5-Medium's blocks, so every core patch, attention override, LoRA and ControlNet
     reaches it as it reaches core's SD3) with DeepGen's reference tokens (docs/inference.md#dit): the DeepGen rules are the
@@ -101,6 +120,7 @@ class DeepGenMMDiT(OpenAISignatureMMDITWrapper):
             check_latent(z, f"latent {i}", *self.size_limits)
             for j, r in enumerate(refs[i]):
                 check_latent(r, f"reference {j} of sample {i}", *self.size_limits)
+        warn_missing_blocks(transformer_options, len(self.joint_blocks))
         tokens, n_target = reference_sequence(self.embed_latents, x, refs)
         c = self.t_embedder(timesteps, dtype=tokens.dtype) + self.y_embedder(y)
         if control is not None:

@@ -262,6 +262,32 @@ def test_skipped_block_equals_the_block_bypassed_by_hand(comfy_inprocess, dit, t
     assert (got - forward(dit)).abs().max() > 1e-3
 
 
+def test_a_skipped_block_the_dit_lacks_is_named_once_in_the_log(comfy_inprocess, dit, caplog):
+    """Core never reaches a replaced block beyond the DiT's (SLG with "30" on a 24-block DiT does nothing, for
+    core's SD3 too): the DeepGen MODEL says so in the log, once, naming the blocks it has; a block it has is
+    not mentioned."""
+    import comfy.model_patcher
+
+    def skip(args, extra):
+        return {"img": args["img"], "txt": args["txt"]}
+
+    def patched(*blocks):
+        options = {"transformer_options": {}}
+        for b in blocks:
+            options = comfy.model_patcher.set_model_options_patch_replace(options, skip, "dit", "double_block", b)
+        return options["transformer_options"]
+
+    said = lambda: [r.getMessage() for r in caplog.records if "names DiT block" in r.getMessage()]  # noqa: E731
+    with caplog.at_level(logging.WARNING):
+        got = forward(dit, transformer_options=patched(41, 43))
+        forward(dit, transformer_options=patched(41, 43))
+        assert said() == ["DeepGen: a block patch (skip-layer guidance?) names DiT block(s) 41, 43, but this DiT "
+                          "has 3 blocks (0-2): nothing happens for those; pick block numbers below 3."]
+        forward(dit, transformer_options=patched(1))
+        assert len(said()) == 1
+    assert torch.equal(got, forward(dit))  # nothing happened, as the message says
+
+
 # ------------------------------------------------------------------ attention overrides
 
 def test_attention_goes_through_comfy_attention_overrides(dit):
