@@ -107,6 +107,8 @@ def test_ui_workflow_validates_against_object_info(name, object_info):
                     assert isinstance(value, int), f"{where}: {wname}={value!r}"
             elif opts["type"] == "STRING":
                 assert isinstance(value, str), f"{where}: {wname}={value!r}"
+            if opts.get("advanced") and value != opts.get("default", value):  # the frontend hides advanced widgets
+                assert node.get("showAdvanced") is True, f"{where}: {wname}={value!r} is hidden; set showAdvanced"
         # sockets: names and types as the server declares them; required sockets connected
         for slot in node.get("inputs", []):
             section, spec = input_spec(info, slot["name"])
