@@ -56,10 +56,10 @@ def keep_legacy_lora_names() -> None:
 
 
 def advanced(widget):
-    """Marks a V3 widget input as an expert setting, which frontends that know the flag fold away behind "show
-    advanced inputs": its `advanced` attribute where comfy_api's inputs have one (0.33 and later), else the same
-    key in its extra_dict (0.3.75, whose Combo.Input takes no extra_dict argument). /object_info carries
-    `"advanced": true` either way; a frontend that does not know the flag shows the widget as before."""
+    """Marks a V3 widget input as an expert setting, which frontends that know the flag hide until the node's
+    "Show Advanced" is on (frontend 1.32 does): its `advanced` attribute where comfy_api's inputs have one (0.33
+    and later), else the same key in its extra_dict (0.3.75, whose Combo.Input takes no extra_dict argument).
+    /object_info carries `"advanced": true` either way; a frontend that does not know the flag shows the widget."""
     if hasattr(widget, "advanced"):
         widget.advanced = True
     else:
