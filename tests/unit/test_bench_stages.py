@@ -5,12 +5,12 @@ from bench import stages
 def test_stages_tiny(tiny_layouts, tmp_path):
     r = stages.run(["--model", "tiny", "--release", str(tiny_layouts["diffusers"]), "--json", str(tmp_path / "s.json")])
     calls = {(row["run"], row["stage"]): row.get("calls") for row in r["stages"]}
-    assert calls[("T2I", "VLM text")] == 1 and calls[("T2I", "scb")] == 1 and ("T2I", "ViT") not in calls
+    assert calls[("T2I", "VLM text")] == 1 and calls[("T2I", "SCB")] == 1 and ("T2I", "ViT") not in calls
     assert calls[("edit, 1 reference", "ViT")] == 1  # one reference: the ViT runs once for pos + neg rows
     assert calls[("edit, 1 reference", "DiT step")] == 1  # batched CFG: one DiT call per step
     # cached re-runs: no encoder work and no second VAE encode of the same reference
     for run in ("T2I cached re-run (seed, cfg)", "edit cached re-run (seed, cfg)"):
-        assert not {s for (r_, s) in calls if r_ == run} & {"ViT", "VLM text", "scb", "VAE encode", "lm_head"}
+        assert not {s for (r_, s) in calls if r_ == run} & {"ViT", "VLM text", "SCB", "VAE encode", "lm_head"}
         assert calls[(run, "DiT step")] == 1 and calls[(run, "VAE decode")] == 1
     assert all(c["encoder_calls_cached"] == 0 and c["encoder_s_full"] > 0 for c in r["cached"])
     d = r["vlm_depth"]
