@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from .assign import assign, check_materialised, check_names_and_shapes, finish, preview
-from .scb import SCBConfig, SCBConnector
 from .errors import DeepGenLoadError
 from .keys import describe_families
 from .precision import cast_floating, parse_dtype
 from .release import Part, Release, folder_part
+from .scb import SCBConfig, SCBConnector
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # SCB (connector + projectors + think tokens)
 
 _SCB_SHAPE_KEYS = ("projector_1.weight", "projector_2.weight", "projector_3.weight", "meta_queries",
-                      "connector.layers.0.mlp.fc1.weight")
+                   "connector.layers.0.mlp.fc1.weight")
 
 
 def load_scb(release, *, dtype=None, device="cpu", num_attention_heads: int | None = None) -> SCBConnector:

@@ -15,9 +15,9 @@ import sys
 import pytest
 import torch
 
-from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.conditioning import encode
 from deepgen_model.precision import COMPUTE_DTYPE_ATTR, apply_manual_cast, compute_dtype_of
+from deepgen_model.scb import SCBConfig, SCBConnector
 
 BF16, FP32 = torch.bfloat16, torch.float32
 CPU = torch.device("cpu")

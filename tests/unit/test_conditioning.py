@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.conditioning import DeepGenConditioning, encode
 from deepgen_model.constants import EDIT_NEGATIVE
 from deepgen_model.errors import DeepGenInputError
 from deepgen_model.images import resized_uint8, to_signed, vit_inputs
 from deepgen_model.prompts import edit_prompt, t2i_prompt, tokenize_pair
+from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.vlm import stacked_hidden_states
 from reference_images import resize_reference
 

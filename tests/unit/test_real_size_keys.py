@@ -4,9 +4,9 @@ import torch
 from accelerate import init_empty_weights
 
 from deepgen_model import configs
-from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.keys import count_families, normalize_vlm_keys, to_legacy
 from deepgen_model.lora import group_lora, iter_merged
+from deepgen_model.scb import SCBConfig, SCBConnector
 
 # docs/inference.md#sizes: what the real checkpoints hold (tensor count, element count).
 REAL_SIZES = {

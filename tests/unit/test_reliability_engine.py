@@ -9,11 +9,11 @@ from safetensors.torch import load_file, save_file
 
 from deepgen_model import loading
 from deepgen_model import vlm_loading
-from deepgen_model.scb import SCBConfig, SCBConnector
 from deepgen_model.compat import text_config, vlm_parts
 from deepgen_model.conditioning import TRAINED_PROMPT_TOKENS, empty_prompt_warning, encode, encode_steps
 from deepgen_model.constants import selected_layers
 from deepgen_model.errors import DeepGenInputError, DeepGenLoadError
+from deepgen_model.scb import SCBConfig, SCBConnector
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 
 from deepgen_model import configs
 from deepgen_model import download as dl
-from deepgen_model.scb import SCBConfig
 from deepgen_model.constants import selected_layers
+from deepgen_model.scb import SCBConfig
 from workflow_export import BYPASSED, FRONTEND_ONLY, MUTED
 
 REPO = Path(__file__).resolve().parents[2]
