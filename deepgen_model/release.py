@@ -25,8 +25,8 @@ from . import config_checks, configs, download, validation
 from .errors import DeepGenLoadError
 from .keys import describe_families, family
 # the kinds of paths, re-exported: the loaders, nodes and tests import the one vocabulary from here
-from .kinds import (SCB_FAMILIES, COMPONENTS, CONVERTED, CONVERTED_FILES, DIFFUSERS, DOWNLOAD_HINT,  # noqa: F401
-                    FILE_KINDS, FORMAT, LAYOUTS, NATIVE, PART_HINT, QWEN, QWEN_HINT, RELEASE_PARTS, SOURCES,
+from .kinds import (COMPONENTS, CONVERTED, CONVERTED_FILES, DIFFUSERS, DOWNLOAD_HINT, FILE_KINDS,  # noqa: F401
+                    FORMAT, LAYOUTS, NATIVE, PART_HINT, QWEN, QWEN_HINT, RELEASE_PARTS, SCB_FAMILIES, SOURCES,
                     TOKENIZER_FILES, UNIPIC2, UNIPIC2_HINT, converted_file, detect_layout, file_kind, folder_kind,
                     native_file)
 from .lora import merge_lora_into_state, split_lora

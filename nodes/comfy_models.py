@@ -88,8 +88,7 @@ def warn_missing_blocks(transformer_options: dict, depth: int) -> None:
     replaces a block) names blocks by index, and core's MMDiT never reaches an index beyond its blocks, so such
     a patch does nothing, silently, in core as here."""
     replaced = transformer_options.get("patches_replace", {}).get("dit", {})
-    missing = tuple(sorted(k[1] for k in replaced if isinstance(k, tuple) and len(k) == 2
-                           and k[0] == "double_block" and isinstance(k[1], int) and k[1] >= depth))
+    missing = tuple(sorted(i for kind, i in replaced if kind == "double_block" and i >= depth))
     if missing and (depth, missing) not in _SAID_MISSING_BLOCKS:
         _SAID_MISSING_BLOCKS.add((depth, missing))
         log.warning("DeepGen: a block patch (skip-layer guidance?) names DiT block(s) %s, but this DiT has %d blocks "
